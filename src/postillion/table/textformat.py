@@ -1,0 +1,135 @@
+"""The text format of file tables, makemap input and backend-config files.
+
+SPEC §2.1, one reader for all three so an administrator learns it once:
+
+* blanks trimmed, blank lines skipped; a line whose first non-blank is `#` is
+  a comment (`#` elsewhere is data);
+* a trailing `\\` joins the next line (an escaped `\\\\` does not);
+* a map line is `key value`, `key: value` or `key:value`: the key runs to the
+  first space, tab or `:`, then blanks and `: ` are skipped
+  (`vmail:2000:2000:/var/vmail` is key `vmail`, value `2000:2000:/var/vmail`);
+* the first data line decides map (it has a space, tab or `:`) or list;
+  `# @list` before it forces a list, for IPv6 addresses.
+
+Errors name `file:line` and what is wrong, and are raised as `BackendError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from postillion.table.backend import Shape
+from postillion.table.errors import BackendError
+
+SEPARATORS = " \t:"
+
+
+def logical_lines(text: str, origin: str) -> Iterator[tuple[int, str]]:
+    """(line number, trimmed text) of each non-blank line, comments included.
+
+    A line ending in an odd number of backslashes continues on the next one:
+    the backslash is dropped and the next line appended as it is, so its
+    indentation separates the words.  A comment never continues.
+    """
+    pending: list[str] = []
+    start = 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip() if not pending else raw.rstrip()
+        if not pending:
+            if not line:
+                continue
+            start = number
+            if line.startswith("#"):
+                yield number, line
+                continue
+        trailing = len(line) - len(line.rstrip("\\"))
+        if trailing % 2:
+            pending.append(line[:-1])
+            continue
+        pending.append(line)
+        joined = "".join(pending).strip()
+        pending = []
+        if joined:
+            yield start, joined
+    if pending:
+        raise BackendError(f"{origin}:{start}: line continued with \\ at end of file")
+
+
+def split_map_line(line: str) -> tuple[str, str]:
+    """Split a trimmed data line into key and value ("" if there is none)."""
+    end = 0
+    while end < len(line) and line[end] not in SEPARATORS:
+        end += 1
+    key = line[:end]
+    rest = line[end + 1:]
+    i = 0
+    while i < len(rest) and (rest[i] in " \t" or (rest[i] == ":" and rest[i + 1:i + 2] in (" ", "\t"))):
+        i += 1
+    return key, rest[i:]
+
+
+def is_list_directive(comment: str) -> bool:
+    return comment[1:].strip() == "@list"
+
+
+@dataclass(frozen=True, slots=True)
+class Contents:
+    """What a static or file table holds, swapped as one object on reload.
+
+    `decided` is False for an empty file (no data line, no `# @list`): it is
+    a map by default but fits a table that was a list before.
+    """
+
+    shape: Shape
+    elements: tuple[str, ...] = ()
+    mapping: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    decided: bool = True
+
+    @classmethod
+    def of_list(cls, items: tuple[str, ...] | list[str]) -> Contents:
+        return cls(Shape.LIST, tuple(items))
+
+    @classmethod
+    def of_map(cls, pairs: Mapping[str, str], decided: bool = True) -> Contents:
+        return cls(Shape.MAP, mapping=MappingProxyType(dict(pairs)), decided=decided)
+
+
+def parse_table_text(text: str, origin: str) -> Contents:
+    """Parse a file table (SPEC §2.1); keys lowercased, values as written.
+
+    Raises BackendError naming `origin:line` for a key without a value, an
+    empty key, or two keys equal after lowercasing.
+    """
+    shape: Shape | None = None
+    force_list = False
+    elements: list[str] = []
+    mapping: dict[str, str] = {}
+    first_seen: dict[str, int] = {}
+    for number, line in logical_lines(text, origin):
+        if line.startswith("#"):
+            if shape is None and is_list_directive(line):
+                force_list = True
+            continue
+        if shape is None:
+            has_separator = any(c in line for c in SEPARATORS)
+            shape = Shape.LIST if force_list or not has_separator else Shape.MAP
+        if shape is Shape.LIST:
+            elements.append(line)
+            continue
+        key, value = split_map_line(line)
+        if not key:
+            raise BackendError(f"{origin}:{number}: line starts with a separator, no key")
+        if not value:
+            raise BackendError(f'{origin}:{number}: key "{key}" has no value')
+        folded = key.lower()
+        if folded in first_seen:
+            raise BackendError(
+                f'{origin}:{number}: duplicate key "{folded}" (first on line {first_seen[folded]})')
+        first_seen[folded] = number
+        mapping[folded] = value
+    if shape is Shape.LIST or force_list:
+        return Contents.of_list(elements)
+    return Contents.of_map(mapping, decided=shape is not None)

@@ -1,0 +1,165 @@
+"""Builders that put the same logical table into each backend, for real.
+
+A builder writes real files and real SQLite databases under tmp_path and
+opens a `Table` through `open_table`, exactly as the daemon would.  The
+conformance suite runs every test against each builder.
+
+SQL data holds keys lowercased (the table binds the lowercased key; an
+administrator writing capitals in SQL must use COLLATE NOCASE), so the SQLite
+builder lowercases keys when it inserts them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from postillion.table import Service, Table, open_table
+from postillion.table.sqlshape import columns
+
+
+class Builder:
+    kind = ""
+    lists_match = True      # wildcards/CIDR are matched by the table (not the query)
+    can_update = True
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.opened: list[Table] = []
+
+    async def _open(self, table: Table) -> Table:
+        await table.open()
+        self.opened.append(table)
+        return table
+
+    async def list(self, name: str, service: Service, items: Sequence[str]) -> Table:
+        raise NotImplementedError
+
+    async def map(self, name: str, service: Service, pairs: dict[str, str]) -> Table:
+        raise NotImplementedError
+
+    def rewrite_map(self, name: str, service: Service, pairs: dict[str, str]) -> None:
+        """Change the source so that `update()` sees new contents."""
+        raise NotImplementedError
+
+    def break_source(self, name: str, service: Service) -> None:
+        """Make the source unusable, so that `update()` must fail."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        for table in self.opened:
+            await table.close()
+
+
+class StaticBuilder(Builder):
+    kind = "static"
+    can_update = False
+
+    async def list(self, name, service, items):
+        return await self._open(open_table(name, "static", None, items=tuple(items)))
+
+    async def map(self, name, service, pairs):
+        return await self._open(open_table(name, "static", None, pairs=tuple(pairs.items()),
+                                           is_map=True))
+
+
+def file_text_map(pairs: dict[str, str]) -> str:
+    return "# written by the test suite\n\n" + "".join(f"{k} {v}\n" for k, v in pairs.items())
+
+
+class FileBuilder(Builder):
+    kind = "file"
+
+    def path(self, name: str) -> Path:
+        return self.tmp / f"{name}.txt"
+
+    async def list(self, name, service, items):
+        self.path(name).write_text("# @list\n" + "".join(f"{i}\n" for i in items))
+        return await self._open(open_table(name, "file", str(self.path(name))))
+
+    async def map(self, name, service, pairs):
+        self.path(name).write_text(file_text_map(pairs))
+        return await self._open(open_table(name, "file", str(self.path(name))))
+
+    def rewrite_map(self, name, service, pairs):
+        self.path(name).write_text(file_text_map(pairs))
+
+    def break_source(self, name, service):
+        with self.path(name).open("a") as f:
+            f.write("a-key-without-value\n")
+
+
+class SqliteBuilder(Builder):
+    kind = "sqlite"
+    lists_match = False
+    generation = 0
+
+    def conf(self, name: str) -> Path:
+        return self.tmp / f"{name}.conf"
+
+    def _write(self, name: str, service: Service, rows: list[tuple[object, ...]], ncols: int) -> None:
+        self.generation += 1
+        db_name = f"{name}-{self.generation}.sqlite"
+        cols = [f"c{i}" for i in range(1, ncols + 1)]
+        db = sqlite3.connect(self.tmp / db_name)
+        db.execute(f"CREATE TABLE t (k TEXT, {', '.join(cols)})")
+        db.executemany(f"INSERT INTO t VALUES (?, {', '.join('?' * ncols)})", rows)
+        db.commit()
+        db.close()
+        self.conf(name).write_text(
+            f"dbpath {db_name}\n"
+            f"query_{service.value} SELECT {', '.join(cols)} FROM t WHERE k = ?\n")
+
+    def _map_rows(self, service: Service, pairs: dict[str, str]) -> list[tuple[object, ...]]:
+        n = columns(service)
+        rows: list[tuple[object, ...]] = []
+        for key, raw in pairs.items():
+            parts: list[object] = list(raw.split(":", n - 1)) if n > 1 else [raw]
+            if n == 2 and len(parts) == 1:
+                parts = [key.lower(), raw]          # `secret` alone: user = key
+            parts += [None] * (n - len(parts))
+            rows.append((key.lower(), *parts))
+        return rows
+
+    async def list(self, name, service, items):
+        self._write(name, service, [(i.lower(), i) for i in items], 1)
+        return await self._open(open_table(name, "sqlite", str(self.conf(name))))
+
+    async def map(self, name, service, pairs):
+        self._write(name, service, self._map_rows(service, pairs), columns(service))
+        return await self._open(open_table(name, "sqlite", str(self.conf(name))))
+
+    def rewrite_map(self, name, service, pairs):
+        self._write(name, service, self._map_rows(service, pairs), columns(service))
+
+    def break_source(self, name, service):
+        with self.conf(name).open("a") as f:
+            f.write("dbpth typo.sqlite\n")
+
+
+BUILDERS = {"static": StaticBuilder, "file": FileBuilder, "sqlite": SqliteBuilder}
+
+
+@pytest.fixture(params=sorted(BUILDERS))
+async def builder(request, tmp_path) -> AsyncIterator[Builder]:
+    b = BUILDERS[request.param](tmp_path)
+    yield b
+    await b.aclose()
+
+
+@pytest.fixture(params=["static", "file"])
+async def list_builder(request, tmp_path) -> AsyncIterator[Builder]:
+    """Backends whose lists the table matches itself (SPEC §1.4)."""
+    b = BUILDERS[request.param](tmp_path)
+    yield b
+    await b.aclose()
+
+
+@pytest.fixture(params=["file", "sqlite"])
+async def updatable(request, tmp_path) -> AsyncIterator[Builder]:
+    b = BUILDERS[request.param](tmp_path)
+    yield b
+    await b.aclose()

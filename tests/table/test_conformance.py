@@ -1,0 +1,266 @@
+"""Every backend answers the same logical tables the same way.
+
+Run against static, file and SQLite (see conftest.py).  List matching
+(wildcards, CIDR) is the table's job only for static and file lists; an SQL
+query gets the key as is, so those tests use `list_builder`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sqlite3
+
+import pytest
+
+from postillion.errors import LookupUnavailable
+from postillion.table import (
+    Credentials, Domain, ExpandList, Service, TableError, Userinfo,
+)
+
+ALIASES = {
+    "postmaster@example.test": "alice@example.test",
+    "root": "alice, bob",
+    "Carol": "carol@elsewhere.test",
+    "list": '"|/usr/bin/cmd a,b", dave',
+}
+USERS = {
+    "alice": "1000:1000:/home/alice",
+    "bob": "bob:1001:1001:/home/bob",        # the 2012 four-field form
+    "Carol": "1002:1002:/var/vmail/carol",
+}
+CREDENTIALS = {
+    "alice": "alice:$2b$12$abcdefghijklmnopqrstuv",
+    "bob": "$6$salt$hash",                   # `secret` alone: user = key
+}
+DOMAINS = ["example.test", "Mixed.Test", "other.test"]
+
+INJECTIONS = [
+    "alice' OR '1'='1",
+    "alice\" OR \"1\"=\"1",
+    "alice'; DROP TABLE t; --",
+    "alice\n",
+    "alice\r\nDATA",
+    "alice\x00",
+    "%",
+    "a%",
+    "_",
+    "*",
+    "alice\\",
+    "\udcff",
+]
+
+
+async def test_alias_found(builder):
+    t = await builder.map("aliases", Service.ALIAS, ALIASES)
+    assert await t.lookup(Service.ALIAS, "postmaster@example.test") == \
+        ExpandList(("alice@example.test",))
+    assert await t.lookup(Service.ALIAS, "root") == ExpandList(("alice", "bob"))
+    assert await t.lookup(Service.ALIAS, "list") == ExpandList(("|/usr/bin/cmd a,b", "dave"))
+
+
+async def test_not_found_is_none(builder):
+    t = await builder.map("aliases", Service.ALIAS, ALIASES)
+    assert await t.lookup(Service.ALIAS, "nobody@example.test") is None
+    assert await t.check(Service.ALIAS, "nobody@example.test") is False
+
+
+async def test_keys_are_lowercased(builder):
+    t = await builder.map("aliases", Service.ALIAS, ALIASES)
+    assert await t.lookup(Service.ALIAS, "PostMaster@EXAMPLE.test") == \
+        ExpandList(("alice@example.test",))
+    assert await t.lookup(Service.ALIAS, "CAROL") == ExpandList(("carol@elsewhere.test",))
+    assert await t.lookup(Service.ALIAS, "carol") == ExpandList(("carol@elsewhere.test",))
+
+
+async def test_values_are_not_lowercased(builder):
+    t = await builder.map("creds", Service.CREDENTIALS, {"Eve": "Eve:SeCrEt"})
+    assert await t.lookup(Service.CREDENTIALS, "eve") == Credentials("Eve", "SeCrEt")
+
+
+async def test_check_on_map_is_key_exists(builder):
+    t = await builder.map("aliases", Service.ALIAS, ALIASES)
+    assert await t.check(Service.ALIAS, "ROOT") is True
+
+
+async def test_userinfo_both_forms(builder):
+    t = await builder.map("users", Service.USERINFO, USERS)
+    assert await t.lookup(Service.USERINFO, "alice") == Userinfo("alice", 1000, 1000, "/home/alice")
+    assert await t.lookup(Service.USERINFO, "bob") == Userinfo("bob", 1001, 1001, "/home/bob")
+    assert await t.lookup(Service.USERINFO, "CAROL") == \
+        Userinfo("carol", 1002, 1002, "/var/vmail/carol")
+    assert await t.lookup(Service.USERINFO, "nobody") is None
+
+
+async def test_credentials_both_forms(builder):
+    t = await builder.map("creds", Service.CREDENTIALS, CREDENTIALS)
+    assert await t.lookup(Service.CREDENTIALS, "alice") == \
+        Credentials("alice", "$2b$12$abcdefghijklmnopqrstuv")
+    assert await t.lookup(Service.CREDENTIALS, "BOB") == Credentials("bob", "$6$salt$hash")
+
+
+BAD_USERINFO = {
+    "nodigits": "abc:1000:/home/x",
+    "relhome": "1000:1000:home/x",
+    "short": "1000:/home/x",
+    "nohome": "1000:1000:",
+    "negative": "-1:1000:/home/x",
+    "huge": "99999999999:1000:/home/x",
+}
+BAD_CREDENTIALS = {
+    "nouser": ":s3cr3t-value",
+    "nosecret": "alice:",
+}
+
+
+@pytest.mark.parametrize("key", sorted(BAD_USERINFO))
+async def test_malformed_userinfo_is_error(builder, key, caplog):
+    t = await builder.map("users", Service.USERINFO, {**USERS, **BAD_USERINFO})
+    with caplog.at_level(logging.WARNING, logger="postillion.table"):
+        with pytest.raises(LookupUnavailable) as info:
+            await t.lookup(Service.USERINFO, key)
+    assert info.value.reply.code == 451 and info.value.reply.enhanced == "4.3.0"
+    text = caplog.text
+    assert "users" in text and "userinfo" in text and f'"{key}"' in text
+    assert "/home/x" not in text and "/home/x" not in info.value.reason
+    # the table keeps answering the good keys
+    assert await t.lookup(Service.USERINFO, "alice") == Userinfo("alice", 1000, 1000, "/home/alice")
+
+
+@pytest.mark.parametrize("key", sorted(BAD_CREDENTIALS))
+async def test_malformed_credentials_is_error(builder, key, caplog):
+    t = await builder.map("creds", Service.CREDENTIALS, {**CREDENTIALS, **BAD_CREDENTIALS})
+    with caplog.at_level(logging.WARNING, logger="postillion.table"):
+        with pytest.raises(LookupUnavailable):
+            await t.lookup(Service.CREDENTIALS, key)
+    assert "creds" in caplog.text and "credentials" in caplog.text and f'"{key}"' in caplog.text
+    assert "s3cr3t-value" not in caplog.text
+
+
+async def test_domain_check(builder):
+    t = await builder.list("domains", Service.DOMAIN, DOMAINS)
+    assert await t.check(Service.DOMAIN, "example.test")
+    assert await t.check(Service.DOMAIN, "EXAMPLE.TEST")
+    assert await t.check(Service.DOMAIN, "mixed.test")
+    assert not await t.check(Service.DOMAIN, "example.org")
+    assert not await t.check(Service.DOMAIN, "sub.example.test")
+
+
+async def test_domain_wildcard(list_builder):
+    t = await list_builder.list("domains", Service.DOMAIN, ["*.wild.test", "example.test"])
+    assert await t.check(Service.DOMAIN, "mx.wild.test")
+    assert await t.check(Service.DOMAIN, "MX.Wild.Test")
+    assert not await t.check(Service.DOMAIN, "wild.test")
+    assert not await t.check(Service.DOMAIN, "a.b.wild.test")      # no backtracking
+    assert await t.lookup(Service.DOMAIN, "mx.wild.test") == Domain("*.wild.test")
+    assert await t.lookup(Service.DOMAIN, "nowhere.test") is None
+    star = await list_builder.list("any", Service.DOMAIN, ["*"])
+    assert await star.check(Service.DOMAIN, "anything.at.all")
+
+
+NETWORKS = ["192.0.2.0/24", "2001:db8::/32", "local", "[198.51.100.7]", "IPv6:2001:dbf::1"]
+
+
+@pytest.mark.parametrize("key, expected", [
+    ("192.0.2.1", True),
+    ("192.0.2.255", True),
+    ("192.0.3.1", False),
+    ("2001:db8::25", True),
+    ("2001:DB8:ffff::1", True),
+    ("2001:db9::1", False),
+    ("local", True),
+    ("LOCAL", True),
+    ("198.51.100.7", True),
+    ("198.51.100.8", False),
+    ("2001:dbf::1", True),
+    ("::ffff:192.0.2.9", True),          # IPv4-mapped, as a dual-stack socket reports
+    ("unix", False),
+    ("not-an-address", False),
+    ("", False),
+])
+async def test_netaddr_cidr(list_builder, key, expected):
+    t = await list_builder.list("nets", Service.NETADDR, NETWORKS)
+    assert await t.check(Service.NETADDR, key) is expected
+
+
+async def test_netaddr_lookup_on_list(list_builder):
+    t = await list_builder.list("nets", Service.NETADDR, NETWORKS)
+    value = await t.lookup(Service.NETADDR, "192.0.2.1")
+    assert value is not None and value.network == ipaddress.ip_network("192.0.2.0/24")
+
+
+async def test_malformed_list_element_is_error(list_builder, caplog):
+    t = await list_builder.list("nets", Service.NETADDR, ["192.0.2.0/24", "10.0.0.0/33"])
+    with caplog.at_level(logging.WARNING, logger="postillion.table"):
+        with pytest.raises(LookupUnavailable):
+            await t.check(Service.NETADDR, "192.0.2.1")
+    assert "element 2" in caplog.text
+    with pytest.raises(TableError, match="element 2"):
+        await t.verify(Service.NETADDR)
+
+
+async def test_mailaddr_patterns(list_builder):
+    t = await list_builder.list("senders", Service.MAILADDR,
+                                ["alice@example.test", "@*.wild.test", "bob"])
+    assert await t.check(Service.MAILADDR, "Alice@Example.Test")
+    assert await t.check(Service.MAILADDR, "alice+tag@example.test")
+    assert not await t.check(Service.MAILADDR, "alice@other.test")
+    assert await t.check(Service.MAILADDR, "anyone@mx.wild.test")
+    assert await t.check(Service.MAILADDR, "bob@anywhere.test")
+    assert not await t.check(Service.MAILADDR, "carol@example.test")
+    everyone = await list_builder.list("all", Service.MAILADDR, ["@"])
+    assert await everyone.check(Service.MAILADDR, "x@y.z")
+
+
+@pytest.mark.parametrize("key", INJECTIONS)
+async def test_injection_keys_find_nothing(builder, key):
+    aliases = await builder.map("aliases", Service.ALIAS, ALIASES)
+    users = await builder.map("users", Service.USERINFO, USERS)
+    domains = await builder.list("domains", Service.DOMAIN, DOMAINS)
+    assert await aliases.lookup(Service.ALIAS, key) is None
+    assert await aliases.check(Service.ALIAS, key) is False
+    assert await users.lookup(Service.USERINFO, key) is None
+    assert await domains.check(Service.DOMAIN, key) is False
+    # nothing broke: the good keys still answer
+    assert await users.lookup(Service.USERINFO, "alice") == Userinfo("alice", 1000, 1000, "/home/alice")
+    assert await aliases.lookup(Service.ALIAS, "root") == ExpandList(("alice", "bob"))
+    if builder.kind == "sqlite":
+        for name in ("aliases", "users"):
+            db_file = sorted(builder.tmp.glob(f"{name}-*.sqlite"))[-1]
+            db = sqlite3.connect(db_file)
+            assert db.execute("SELECT count(*) FROM t").fetchone()[0] > 0
+            db.close()
+
+
+async def test_injection_keys_on_lists(list_builder):
+    nets = await list_builder.list("nets", Service.NETADDR, NETWORKS)
+    senders = await list_builder.list("senders", Service.MAILADDR, ["alice@example.test"])
+    for key in INJECTIONS:
+        assert await nets.check(Service.NETADDR, key) is False
+        assert await senders.check(Service.MAILADDR, key) is False
+
+
+async def test_update_swaps_contents(updatable):
+    t = await updatable.map("aliases", Service.ALIAS, {"old": "alice"})
+    assert await t.lookup(Service.ALIAS, "old") == ExpandList(("alice",))
+    updatable.rewrite_map("aliases", Service.ALIAS, {"new": "bob"})
+    await t.update()
+    assert await t.lookup(Service.ALIAS, "new") == ExpandList(("bob",))
+    assert await t.lookup(Service.ALIAS, "old") is None
+
+
+async def test_broken_update_keeps_old_contents(updatable):
+    t = await updatable.map("aliases", Service.ALIAS, {"old": "alice"})
+    updatable.break_source("aliases", Service.ALIAS)
+    with pytest.raises(TableError, match=r"table aliases: \w+: .*:\d+: "):
+        await t.update()
+    assert await t.lookup(Service.ALIAS, "old") == ExpandList(("alice",))
+
+
+async def test_serves(builder):
+    users = await builder.map("users", Service.USERINFO, USERS)
+    assert users.serves(Service.USERINFO)
+    users.require(Service.USERINFO)
+    assert not users.serves(Service.SOURCE)
+    with pytest.raises(TableError, match=r"table users \(backend \w+\).* cannot serve service source"):
+        users.require(Service.SOURCE)

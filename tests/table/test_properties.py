@@ -1,0 +1,64 @@
+"""For any input: a value or the module's own error, never another exception."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from postillion.table import BackendError, MalformedValue, Service, parse_value
+from postillion.table.backend_config import parse_backend_config
+from postillion.table.errors import printable
+from postillion.table.match import compile_element, domain_match
+from postillion.table.textformat import parse_table_text
+from postillion.table.values import BadValue
+
+TEXT = st.text(alphabet=st.sampled_from(list("ab:@*.,\\\"# \t\n\r/0123456789[]%'\x00é")), max_size=60)
+
+
+@given(service=st.sampled_from(list(Service)), key=TEXT, raw=TEXT)
+def test_parsers_raise_only_malformed_value(service, key, raw):
+    try:
+        parse_value(service, key, raw, table="t")
+    except MalformedValue as e:
+        assert "\n" not in str(e) and "\r" not in str(e)
+
+
+@given(text=TEXT)
+def test_table_text_raises_only_backend_error(text):
+    try:
+        contents = parse_table_text(text, "f")
+    except BackendError:
+        return
+    assert all(k == k.lower() for k in contents.mapping)
+
+
+@given(text=TEXT)
+def test_backend_config_raises_only_backend_error(text):
+    try:
+        parse_backend_config(text, "f", {"a", "ab"})
+    except BackendError:
+        pass
+
+
+@given(service=st.sampled_from([Service.DOMAIN, Service.NETADDR, Service.MAILADDR,
+                                Service.STRING, Service.REGEX]),
+       element=TEXT, key=TEXT)
+def test_matchers_never_raise(service, element, key):
+    try:
+        matches = compile_element(service, element)
+    except BadValue:
+        return
+    assert matches(key) in (True, False)
+
+
+@given(pattern=TEXT, key=TEXT)
+def test_domain_match_total(pattern, key):
+    assert domain_match(pattern, key) in (True, False)
+
+
+@given(key=st.text(max_size=200))
+def test_printable_is_one_safe_line(key):
+    shown = printable(key)
+    assert shown.startswith('"') and shown.endswith('"')
+    assert all(c.isprintable() for c in shown)
+    assert len(shown) < 100 * 12
