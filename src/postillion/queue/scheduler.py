@@ -1,0 +1,336 @@
+"""The scheduler: hands each queued envelope to its agent and applies the result.
+
+Every envelope the queue accepted ends in exactly one of: delivered (removed),
+retried later with backoff (SPEC §7.3), expired after its ttl, or failed
+permanently; the last two go through the bounce hook before removal, so the
+sender hears about mail we give up on.  Envelopes are removed only after
+delivery or bounce: a crash may repeat a delivery, never lose one.
+
+Due times live in a heap (`DueQueue`), so each wake-up costs O(log n) in the
+work due, never a scan of the queue (DESIGN.md, performance shape).  The
+agents are handed in by the daemon; this module knows none of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final, Protocol
+
+from postillion.errors import MailError, PermFail, Reply, TempFail
+from postillion.queue.envelope import Envelope
+
+log = logging.getLogger("postillion.queue")
+
+Deliver = Callable[[Envelope], Awaitable[None]]
+"""An agent: returns on success, raises TempFail or PermFail otherwise."""
+
+Bounce = Callable[[Envelope], Awaitable[None]]
+"""Queues a DSN for an envelope we give up on; esc_class/esc_code/errorline
+say why (5 = permanent failure, 4.4.7 = expired).  Raising keeps the
+envelope, and the bounce is tried again later."""
+
+MAX_SLEEP: Final = 60.0
+"""Longest single sleep in seconds, so a wall-clock jump cannot stall us."""
+
+STOP_TIMEOUT: Final = 30.0
+"""Seconds stop() lets in-flight deliveries finish before cancelling them."""
+
+ERRORLINE_MAX: Final = 1000
+INTERNAL_ERROR: Final = Reply(451, "4.3.0", "Internal error")
+EXPIRED: Final = Reply(421, "4.4.7", "Envelope expired")
+
+
+class EnvelopeStore(Protocol):
+    """What the scheduler needs of the store (QueueStore, or a test double)."""
+
+    async def update(self, envelope: Envelope) -> None: ...
+
+    async def remove(self, envelope: Envelope) -> None: ...
+
+
+def next_attempt(ctime: float, retry: int, base: float, after: float) -> float:
+    """When to try again after the `retry`-th temporary failure (SPEC §7.3).
+
+    `ctime + base * retry**2`; if that is not after `after` (attempts ran
+    late, or the daemon was down), the step grows until it is, so retries
+    keep the schedule counted from arrival instead of bunching up.
+    """
+    if base <= 0:
+        raise ValueError("base delay must be positive")
+    step = max(retry, 1, math.isqrt(int(max(0.0, after - ctime) / base)))
+    while (due := ctime + base * step * step) <= after:
+        step += 1
+    return due
+
+
+class DueQueue:
+    """Envelopes waiting for their due time, as a heap keyed on it.
+
+    Pushing an envelope already waiting replaces its due time; the old heap
+    entry becomes stale and is skipped when it surfaces.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, int]] = []  # (due, seq, evpid)
+        self._entries: dict[int, tuple[int, float, Envelope]] = {}  # evpid -> (seq, due, env)
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, evpid: int) -> bool:
+        return evpid in self._entries
+
+    def push(self, envelope: Envelope, due: float) -> None:
+        seq = next(self._seq)
+        self._entries[envelope.id] = (seq, due, envelope)
+        heapq.heappush(self._heap, (due, seq, envelope.id))
+        if len(self._heap) > 2 * len(self._entries) + 64:
+            self._heap = [(d, s, e) for e, (s, d, _) in self._entries.items()]
+            heapq.heapify(self._heap)
+
+    def discard(self, evpid: int) -> None:
+        self._entries.pop(evpid, None)
+
+    def batch(self, now: float, limit: int) -> tuple[list[Envelope], float | None]:
+        """Pop up to `limit` envelopes due at `now`; also return the seconds
+        until the next due one (0 if more are due), None if none waits."""
+        ready: list[Envelope] = []
+        while self._heap:
+            due, seq, evpid = self._heap[0]
+            entry = self._entries.get(evpid)
+            if entry is None or entry[0] != seq:
+                heapq.heappop(self._heap)
+                continue
+            if due > now:
+                return ready, due - now
+            if len(ready) >= limit:
+                return ready, 0.0
+            heapq.heappop(self._heap)
+            del self._entries[evpid]
+            ready.append(entry[2])
+        return ready, None
+
+
+class Scheduler:
+    """Runs deliveries as they fall due, at most `max_inflight` at a time.
+
+    `base_delay` is SPEC §7.3's backoff base for local (`mda`) and bounce
+    envelopes (10 s), `base_delay_mta` for remote ones (400 s).  `bounce` is
+    called for expired and permanently failed envelopes before they are
+    removed; without it they are removed with a warning that no DSN went out.
+    `clock` gives epoch seconds (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        store: EnvelopeStore,
+        deliver: Deliver,
+        *,
+        base_delay: float = 10.0,
+        base_delay_mta: float = 400.0,
+        max_inflight: int = 5000,
+        clock: Callable[[], float] = time.time,
+        bounce: Bounce | None = None,
+    ) -> None:
+        if base_delay <= 0 or base_delay_mta <= 0 or max_inflight < 1:
+            raise ValueError("base delays and max_inflight must be positive")
+        self._store = store
+        self._deliver = deliver
+        self._bounce = bounce
+        self._base_delay = base_delay
+        self._base_delay_mta = base_delay_mta
+        self._max_inflight = max_inflight
+        self._clock = clock
+        self._due = DueQueue()
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._run_task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Envelopes waiting for their due time."""
+        return len(self._due)
+
+    @property
+    def inflight(self) -> int:
+        """Envelopes being delivered now."""
+        return len(self._inflight)
+
+    def schedule(self, envelope: Envelope) -> None:
+        """Queue an envelope: due now if never tried (retry == 0), else at its
+        retry time, recomputed from ctime, retry and last_try (so a restart
+        keeps the schedule).  An envelope being delivered is left alone: its
+        outcome decides what happens next."""
+        if envelope.id in self._inflight:
+            log.debug("queue schedule-skipped evpid=%016x reason=inflight", envelope.id)
+            return
+        if envelope.retry == 0:
+            due = self._clock()
+        else:
+            base = self._base(envelope)
+            due = min(next_attempt(envelope.ctime, envelope.retry, base, envelope.last_try), envelope.expires)
+        self._due.push(envelope, due)
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Dispatch due envelopes until stop(); sleeps until the earliest due
+        one or a schedule()/completion wakes it.  Cancelling it cancels the
+        deliveries in flight (their envelopes stay queued, unchanged)."""
+        if self._run_task is not None:
+            raise RuntimeError("Scheduler.run() is already running")
+        self._run_task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._stopping:
+                self._wakeup.clear()
+                room = self._max_inflight - len(self._inflight)
+                ready, delay = self._due.batch(self._clock(), room)
+                for envelope in ready:
+                    self._inflight[envelope.id] = loop.create_task(self._attempt(envelope))
+                if len(self._inflight) >= self._max_inflight:
+                    delay = None  # a completion wakes us
+                handle = None if delay is None else loop.call_later(min(delay, MAX_SLEEP), self._wakeup.set)
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    if handle is not None:
+                        handle.cancel()
+        finally:
+            if not self._stopping:
+                await _cancel_all(list(self._inflight.values()))
+            self._run_task = None
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop dispatching, let in-flight deliveries finish for up to
+        `timeout` seconds, then cancel the rest (they stay queued and are
+        tried again at the next start)."""
+        self._stopping = True
+        self._wakeup.set()
+        tasks = list(self._inflight.values())
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+            if late:
+                log.warning("queue stop cancelled=%d reason=timeout", len(late))
+                await _cancel_all(list(late))
+        run_task = self._run_task
+        if run_task is not None and run_task is not asyncio.current_task():
+            await asyncio.wait([run_task])
+
+    # -- one attempt ---------------------------------------------------------
+
+    async def _attempt(self, envelope: Envelope) -> None:
+        try:
+            if self._clock() >= envelope.expires:
+                await self._expire(envelope)
+            elif envelope.esc_class == 5:  # failed for good, bounce not yet queued
+                await self._give_up(envelope, "permfail")
+            else:
+                await self._try(envelope)
+        except Exception:
+            # A bug here must neither lose the envelope nor kill the loop.
+            log.exception("queue scheduler-error evpid=%016x", envelope.id)
+            self._due.push(envelope, self._clock() + self._base(envelope))
+        finally:
+            self._inflight.pop(envelope.id, None)
+            self._wakeup.set()
+
+    async def _try(self, envelope: Envelope) -> None:
+        try:
+            await self._deliver(envelope)
+        except TempFail as e:
+            await self._tempfail(envelope, e.reply)
+        except PermFail as e:
+            failed = envelope.replace(
+                last_try=self._clock(), esc_class=5, esc_code=e.reply.enhanced, errorline=_errorline(e.reply)
+            )
+            await self._give_up(failed, "permfail")
+        except MailError as e:
+            await self._tempfail(envelope, e.reply)
+        except Exception:
+            log.exception("queue agent-error evpid=%016x result=TempFail", envelope.id)
+            await self._tempfail(envelope, INTERNAL_ERROR)
+        else:
+            await self._forget(envelope)
+
+    async def _tempfail(self, envelope: Envelope, reply: Reply) -> None:
+        now = self._clock()
+        envelope = envelope.replace(
+            retry=envelope.retry + 1, last_try=now, esc_class=4, esc_code=reply.enhanced, errorline=_errorline(reply)
+        )
+        if now >= envelope.expires:
+            await self._expire(envelope)
+            return
+        due = min(next_attempt(envelope.ctime, envelope.retry, self._base(envelope), now), envelope.expires)
+        if await self._save(envelope):
+            self._due.push(envelope, due)
+            log.debug("queue retry evpid=%016x retry=%d next=%.0fs", envelope.id, envelope.retry, due - now)
+
+    async def _expire(self, envelope: Envelope) -> None:
+        log.info(
+            "queue expire evpid=%016x from=<%s> to=<%s> ttl=%.0fs result=Expire",
+            envelope.id, envelope.sender, envelope.dest, envelope.ttl,
+        )
+        reply = EXPIRED
+        if envelope.errorline:  # keep the last error for the sender's DSN
+            reply = Reply(EXPIRED.code, EXPIRED.enhanced, f"{EXPIRED.text} (last error: {envelope.errorline})")
+        expired = envelope.replace(esc_class=4, esc_code=EXPIRED.enhanced, errorline=_errorline(reply))
+        await self._give_up(expired, "expire")
+
+    async def _give_up(self, envelope: Envelope, why: str) -> None:
+        """Bounce, then remove.  If the bounce cannot be queued, keep the
+        envelope (with its outcome saved) and try the bounce again later."""
+        if self._bounce is None:
+            log.warning(
+                "queue no-bounce evpid=%016x reason=%s error=%r: no bounce hook, the sender is not notified",
+                envelope.id, why, envelope.errorline,
+            )
+        else:
+            try:
+                await self._bounce(envelope)
+            except Exception:
+                log.exception("queue bounce-failed evpid=%016x reason=%s", envelope.id, why)
+                now = self._clock()
+                envelope = envelope.replace(retry=envelope.retry + 1, last_try=now)
+                if await self._save(envelope):
+                    self._due.push(envelope, next_attempt(envelope.ctime, envelope.retry, self._base(envelope), now))
+                return
+        await self._forget(envelope)
+
+    async def _save(self, envelope: Envelope) -> bool:
+        """Persist the new retry state; False if the envelope is gone."""
+        try:
+            await self._store.update(envelope)
+        except KeyError:
+            log.info("queue envelope-gone evpid=%016x", envelope.id)
+            return False
+        except TempFail:
+            pass  # logged by the store; the old state on disk is intact, keep going in memory
+        return True
+
+    async def _forget(self, envelope: Envelope) -> None:
+        try:
+            await self._store.remove(envelope)
+        except TempFail:
+            pass  # logged by the store; at worst a duplicate delivery after restart
+
+    def _base(self, envelope: Envelope) -> float:
+        return self._base_delay_mta if envelope.type == "mta" else self._base_delay
+
+
+def _errorline(reply: Reply) -> str:
+    """The reply as one printable line (a peer may send NUL or other bytes)."""
+    return "".join(c if c.isprintable() else "?" for c in str(reply)[:ERRORLINE_MAX])
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,491 @@
+"""The durable on-disk queue: what makes a `250 ... accepted` a promise.
+
+Messages are received in `incoming/<msgid>/` and moved whole into
+`queue/<XX>/<msgid>/` when committed (layout.py); `open()` cleans up after a
+crash (recover.py).
+
+A session streams DATA into an `Incoming`, then calls `commit()`; only when
+that returns may it send 250.  `commit()` fsyncs the message, each envelope
+and every directory the move touched, so a crash or power cut afterwards can
+duplicate a delivery but never lose one.  Concurrent commits are flushed
+together (group commit): one executor job and one fsync per directory for the
+whole batch, instead of N sessions queueing N serial disk flushes.
+
+The blocking file system work runs in a thread executor, never on the event
+loop.  `fsync` and `rename` are injectable so tests can make each step fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Final, Literal, TypeVar
+
+from postillion.errors import Reply, TempFail
+from postillion.queue import layout
+from postillion.queue.envelope import Envelope, format_evpid, format_msgid, new_msgid
+from postillion.queue.recover import recover
+
+log = logging.getLogger("postillion.queue")
+
+TEMP_ERROR: Final = Reply(421, "4.3.0", "Temporary Error")
+"""What the client sees when the queue cannot make its message durable."""
+
+_WRITE_BUFFER: Final = 256 * 1024
+_T = TypeVar("_T")
+
+
+class Incoming:
+    """A message being received: DATA is streamed to `incoming/<msgid>/message`.
+
+    `write()` is a plain buffered write, cheap enough to call from the event
+    loop for each chunk.  A write error does not raise: it is remembered,
+    later chunks are dropped, and `commit()` answers TempFail (421 4.3.0), so
+    the session has one failure path, at the end of DATA.
+    """
+
+    __slots__ = ("msgid", "path", "size", "_file", "_error", "_evpids", "_state")
+
+    def __init__(self, msgid: int, path: Path, file: BinaryIO) -> None:
+        self.msgid = msgid
+        self.path = path
+        self.size = 0
+        self._file = file
+        self._error: OSError | None = None
+        self._evpids: set[int] = set()
+        self._state: Literal["open", "committing", "committed", "closed"] = "open"
+
+    def write(self, data: bytes) -> None:
+        if self._state != "open":
+            raise RuntimeError(f"message {format_msgid(self.msgid)} is {self._state}")
+        if self._error is not None:
+            return
+        try:
+            self._file.write(data)
+        except OSError as e:
+            self._error = e
+            return
+        self.size += len(data)
+
+    @property
+    def error(self) -> OSError | None:
+        """The first write error, if any; commit() will then refuse."""
+        return self._error
+
+    def envelope(self, **fields: Any) -> Envelope:
+        """A new Envelope of this message with an evpid unique within it."""
+        while True:
+            envelope = Envelope.new(self.msgid, **fields)
+            if envelope.id not in self._evpids:
+                self._evpids.add(envelope.id)
+                return envelope
+
+
+@dataclass(slots=True)
+class _Txn:
+    incoming: Incoming
+    envelopes: tuple[Envelope, ...]
+    payloads: tuple[bytes, ...]
+    future: asyncio.Future[None]
+    final: Path | None = None  # set once renamed into queue/
+
+
+class QueueStore:
+    """The filesystem queue (SPEC §8).  Call `open()` once before anything else.
+
+    `on_commit`, when set, is called on the event loop for each envelope of
+    each successful commit, before the committer resumes: the daemon points
+    it at `Scheduler.schedule`, so no committed envelope can be left
+    unscheduled, even when the session that sent it has gone away.
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        fsync: Callable[[int], None] = os.fsync,
+        rename: Callable[[Path, Path], None] = os.rename,
+        executor: Executor | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.incoming_dir = self.root / layout.INCOMING
+        self.queue_dir = self.root / layout.QUEUE
+        self.corrupt_dir = self.root / layout.CORRUPT
+        self.on_commit: Callable[[Envelope], None] | None = None
+        self.batches = 0
+        """Number of group-commit flushes run so far (one executor job each)."""
+        self._fsync = fsync
+        self._rename = rename
+        self._executor = executor
+        self._index: dict[int, set[int]] = {}
+        self._durable_buckets: set[str] = set()
+        self._pending: list[_Txn] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._opened = False
+
+    # -- start -------------------------------------------------------------
+
+    async def open(self) -> list[Envelope]:
+        """Create the directories, recover after a stop or crash, and return
+        every committed envelope so the scheduler can schedule it.
+
+        `incoming/` leftovers were never acknowledged and are deleted.  An
+        envelope file that fails validation goes to `corrupt/` with a warning
+        (and its message too when no good envelope is left); a message with
+        no envelope at all (a crash while removing its last one) is removed.
+        """
+        if self._opened:
+            raise RuntimeError("QueueStore.open() called twice")
+        envelopes = await self._run(self._open_sync)
+        self._opened = True
+        return envelopes
+
+    def _open_sync(self) -> list[Envelope]:
+        envelopes, buckets = recover(self.root, self._fsync_dir)
+        self._durable_buckets = buckets
+        for envelope in envelopes:
+            self._index.setdefault(envelope.msgid, set()).add(envelope.id)
+        log.info("queue opened path=%s envelopes=%d messages=%d", self.root, len(envelopes), len(self._index))
+        return envelopes
+
+    # -- receiving ---------------------------------------------------------
+
+    async def create(self) -> Incoming:
+        """Start a message: a fresh msgid, unique among incoming and queued
+        ones, and `incoming/<msgid>/message` open for writing.
+
+        Raises TempFail (421 4.3.0) when the spool cannot be written.
+        """
+        self._check_open()
+        try:
+            return await self._run(self._create_sync)
+        except OSError as e:
+            log.error("queue create-failed reason=%r", str(e))
+            raise TempFail(TEMP_ERROR, f"queue create: {e}") from e
+
+    def _create_sync(self) -> Incoming:
+        while True:
+            msgid = new_msgid()
+            path = self.incoming_dir / format_msgid(msgid)
+            try:
+                path.mkdir(mode=layout.DIR_MODE)
+            except FileExistsError:
+                continue
+            if (self.queue_dir / layout.bucket(msgid) / path.name).exists():
+                path.rmdir()
+                continue
+            try:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                fd = os.open(path / layout.MESSAGE, flags, layout.FILE_MODE)
+            except OSError:
+                path.rmdir()
+                raise
+            return Incoming(msgid, path, os.fdopen(fd, "wb", buffering=_WRITE_BUFFER))
+
+    async def discard(self, incoming: Incoming) -> None:
+        """Drop a message that will not be acknowledged (client quit, 5xx, 421).
+
+        Safe in any cleanup path: a no-op once discarded or after a failed
+        commit, and while a commit is in progress (that commit decides, see
+        `commit`).  Discarding a committed message is a bug: RuntimeError.
+        """
+        if incoming._state == "committed":
+            raise RuntimeError(f"message {format_msgid(incoming.msgid)} is committed")
+        if incoming._state != "open":
+            return
+        incoming._state = "closed"
+        await self._run(self._discard_sync, incoming)
+
+    def _discard_sync(self, incoming: Incoming) -> None:
+        with contextlib.suppress(OSError):
+            incoming._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(incoming.path)
+
+    async def commit(self, incoming: Incoming, envelopes: Sequence[Envelope]) -> None:
+        """Make the message and its envelopes durable: file data, then
+        directories, fsynced, and the message moved into `queue/`.
+
+        Only after this returns may the session send 250.  It may wait for a
+        flush already running and share the next one with other sessions.
+        On any failure the message's files are removed, nothing stays queued,
+        and TempFail(421 4.3.0) is raised; a write error seen by
+        `Incoming.write` and envelopes not of this message (a bug, logged)
+        fail the same way.  If the caller is cancelled before the flush
+        starts, the message is dropped; after, it stays queued and is handed
+        to `on_commit` (a crash-like duplicate at worst, never a loss).
+        """
+        self._check_open()
+        if incoming._state != "open":
+            raise RuntimeError(f"message {format_msgid(incoming.msgid)} is {incoming._state}")
+        reason = _refusal(incoming, envelopes)
+        if reason is not None:
+            log.error("queue commit-refused msgid=%08x reason=%r", incoming.msgid, reason)
+            await self.discard(incoming)
+            raise TempFail(TEMP_ERROR, reason)
+        incoming._state = "committing"
+        loop = asyncio.get_running_loop()
+        txn = _Txn(incoming, tuple(envelopes), tuple(e.to_bytes() for e in envelopes), loop.create_future())
+        self._pending.append(txn)
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush_loop())
+        await txn.future
+
+    async def _flush_loop(self) -> None:
+        """Flush batches until no commit is waiting.  One runs at a time; the
+        commits that arrive meanwhile form the next batch."""
+        batch: list[_Txn] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                live = [t for t in batch if not t.future.cancelled()]
+                dropped = [t for t in batch if t.future.cancelled()]
+                for txn in dropped:
+                    txn.incoming._state = "closed"
+                self.batches += 1
+                try:
+                    errors = await self._run(self._flush_batch, live, dropped)
+                except Exception as e:  # a bug: answer every waiter, keep going
+                    log.exception("queue flush-failed")
+                    errors = [f"flush: {e!r}"] * len(live)
+                for txn, error in zip(live, errors):
+                    self._finish(txn, error)
+                batch = []
+        except asyncio.CancelledError:
+            for txn in batch + self._pending:
+                if not txn.future.done():
+                    txn.future.set_exception(TempFail(TEMP_ERROR, "queue shutting down"))
+            self._pending = []
+            raise
+        finally:
+            self._flusher = None
+
+    def _finish(self, txn: _Txn, error: str | None) -> None:
+        msgid = txn.incoming.msgid
+        if error is not None:
+            txn.incoming._state = "closed"
+            log.error("queue commit-failed msgid=%08x reason=%r", msgid, error)
+            if not txn.future.done():
+                txn.future.set_exception(TempFail(TEMP_ERROR, error))
+            return
+        txn.incoming._state = "committed"
+        self._index[msgid] = {e.id for e in txn.envelopes}
+        log.debug("queue commit msgid=%08x envelopes=%d size=%d", msgid, len(txn.envelopes), txn.incoming.size)
+        if self.on_commit is not None:
+            for envelope in txn.envelopes:
+                try:
+                    self.on_commit(envelope)
+                except Exception:
+                    log.exception("queue on-commit-failed evpid=%016x", envelope.id)
+        if not txn.future.done():
+            txn.future.set_result(None)
+
+    def _flush_batch(self, txns: list[_Txn], dropped: list[_Txn]) -> list[str | None]:
+        """The executor job of one batch; returns a failure reason per txn."""
+        for txn in dropped:
+            self._discard_sync(txn.incoming)
+        errors: list[str | None] = [None] * len(txns)
+        for i, txn in enumerate(txns):
+            try:
+                self._write_txn(txn)
+            except OSError as e:
+                errors[i] = f"write {txn.incoming.path}: {e}"
+        new_buckets: set[str] = set()
+        by_bucket: dict[str, list[int]] = {}
+        for i, txn in enumerate(txns):
+            if errors[i] is not None:
+                continue
+            bucket = layout.bucket(txn.incoming.msgid)
+            bucket_dir = self.queue_dir / bucket
+            try:
+                if bucket not in self._durable_buckets:
+                    with contextlib.suppress(FileExistsError):
+                        bucket_dir.mkdir(mode=layout.DIR_MODE)
+                    new_buckets.add(bucket)
+                final = bucket_dir / txn.incoming.path.name
+                self._rename(txn.incoming.path, final)
+                txn.final = final
+                by_bucket.setdefault(bucket, []).append(i)
+            except OSError as e:
+                errors[i] = f"rename {txn.incoming.path}: {e}"
+        moved = [i for i, t in enumerate(txns) if t.final is not None]
+        if new_buckets:
+            affected = [i for b in new_buckets for i in by_bucket.get(b, ())]
+            if self._sync_dir_for(self.queue_dir, affected, errors):
+                self._durable_buckets |= new_buckets
+        for bucket, indexes in by_bucket.items():
+            self._sync_dir_for(self.queue_dir / bucket, indexes, errors)
+        if moved:
+            self._sync_dir_for(self.incoming_dir, moved, errors)
+        for i, txn in enumerate(txns):
+            if errors[i] is not None:
+                with contextlib.suppress(OSError):
+                    layout.remove_any(txn.final or txn.incoming.path)
+        return errors
+
+    def _write_txn(self, txn: _Txn) -> None:
+        file = txn.incoming._file
+        try:
+            file.flush()
+            self._fsync(file.fileno())
+        finally:
+            with contextlib.suppress(OSError):
+                file.close()
+        for envelope, payload in zip(txn.envelopes, txn.payloads):
+            self._write_file(txn.incoming.path / format_evpid(envelope.id), payload, exclusive=True)
+        self._fsync_dir(txn.incoming.path)
+
+    def _sync_dir_for(self, path: Path, indexes: list[int], errors: list[str | None]) -> bool:
+        """fsync one directory shared by several txns; on failure fail them all."""
+        try:
+            self._fsync_dir(path)
+            return True
+        except OSError as e:
+            for i in indexes:
+                if errors[i] is None:
+                    errors[i] = f"fsync {path}: {e}"
+            return False
+
+    # -- after delivery attempts -------------------------------------------
+
+    def message_path(self, msgid: int) -> Path:
+        """Where a committed message's content is, for the delivery agents."""
+        return self._message_dir(msgid) / layout.MESSAGE
+
+    async def update(self, envelope: Envelope) -> None:
+        """Durably rewrite an envelope (retry count, last try, error line):
+        temp file, fsync, rename, directory fsync.
+
+        Raises KeyError if it is no longer queued, TempFail on a disk error
+        (the previous version then stays on disk, intact).
+        """
+        if envelope.id not in self._index.get(envelope.msgid, ()):
+            raise KeyError(format_evpid(envelope.id))
+        try:
+            await self._run(self._update_sync, envelope, envelope.to_bytes())
+        except OSError as e:
+            log.error("queue update-failed evpid=%016x reason=%r", envelope.id, str(e))
+            raise TempFail(TEMP_ERROR, f"update {format_evpid(envelope.id)}: {e}") from e
+
+    def _update_sync(self, envelope: Envelope, payload: bytes) -> None:
+        directory = self._message_dir(envelope.msgid)
+        final = directory / format_evpid(envelope.id)
+        temp = directory / (final.name + layout.TMP_SUFFIX)
+        try:
+            self._write_file(temp, payload, exclusive=False)
+            self._rename(temp, final)
+        except OSError:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        self._fsync_dir(directory)
+
+    async def remove(self, envelope: Envelope) -> None:
+        """Forget an envelope after delivery or bounce; with the last one of a
+        message, the message and its directory go too.
+
+        Not fsynced: a crash right after may bring the envelope back and
+        deliver it twice, which SPEC §8 allows; it saves a disk flush per
+        delivery.  Removing an envelope not queued does nothing.  Raises
+        TempFail on a disk error (the file may then reappear at restart).
+        """
+        evpids = self._index.get(envelope.msgid)
+        if evpids is None or envelope.id not in evpids:
+            return
+        evpids.discard(envelope.id)
+        last = not evpids
+        if last:
+            del self._index[envelope.msgid]
+        try:
+            await self._run(self._remove_sync, envelope, last)
+        except OSError as e:
+            log.error("queue remove-failed evpid=%016x reason=%r", envelope.id, str(e))
+            raise TempFail(TEMP_ERROR, f"remove {format_evpid(envelope.id)}: {e}") from e
+
+    def _remove_sync(self, envelope: Envelope, last: bool) -> None:
+        directory = self._message_dir(envelope.msgid)
+        if last:
+            shutil.rmtree(directory)
+        else:
+            (directory / format_evpid(envelope.id)).unlink(missing_ok=True)
+
+    # -- listing (ctl tools) ----------------------------------------------
+
+    def msgids(self) -> list[int]:
+        """Queued message ids, from memory (no disk access)."""
+        return sorted(self._index)
+
+    def evpids(self, msgid: int) -> list[int]:
+        """Queued envelope ids of one message, from memory."""
+        return sorted(self._index.get(msgid, ()))
+
+    async def load(self, evpid: int) -> Envelope:
+        """Read one queued envelope from disk; KeyError if not queued,
+        EnvelopeCorrupt if its file cannot be trusted."""
+        msgid = evpid >> 32
+        if evpid not in self._index.get(msgid, ()):
+            raise KeyError(format_evpid(evpid))
+        path = self._message_dir(msgid) / format_evpid(evpid)
+        return Envelope.from_bytes(await self._run(path.read_bytes))
+
+    async def envelopes_of(self, msgid: int) -> list[Envelope]:
+        """Every queued envelope of one message, read from disk."""
+        return [await self.load(evpid) for evpid in self.evpids(msgid)]
+
+    async def close(self) -> None:
+        """Wait for the commits already started; call before exiting."""
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _message_dir(self, msgid: int) -> Path:
+        return self.queue_dir / layout.bucket(msgid) / format_msgid(msgid)
+
+    def _check_open(self) -> None:
+        if not self._opened:
+            raise RuntimeError("QueueStore.open() has not been called")
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def _write_file(self, path: Path, data: bytes, *, exclusive: bool) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+        fd = os.open(path, flags, layout.FILE_MODE)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            self._fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _fsync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _refusal(incoming: Incoming, envelopes: Sequence[Envelope]) -> str | None:
+    """Why a commit cannot proceed, or None."""
+    if incoming.error is not None:
+        return f"write {incoming.path}: {incoming.error}"
+    if not envelopes:
+        return "no envelope"
+    if any(e.msgid != incoming.msgid for e in envelopes):
+        return "envelope of another message"
+    if len({e.id for e in envelopes}) != len(envelopes):
+        return "duplicate evpid"
+    return None
+

@@ -1,0 +1,418 @@
+"""The filesystem queue: commit durability, recovery at open, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from postillion.errors import TempFail
+from postillion.queue.envelope import Envelope, format_evpid, format_msgid
+from postillion.queue.store import Incoming, QueueStore
+
+BODY = b"From: a@example.net\r\nSubject: hi\r\n\r\n" + b"x" * 70000 + b"\r\n"
+
+
+async def opened(root: Path, **kwargs) -> QueueStore:
+    store = QueueStore(root, **kwargs)
+    await store.open()
+    return store
+
+
+async def received(store: QueueStore, nrcpt: int = 2, body: bytes = BODY) -> tuple[Incoming, list[Envelope]]:
+    incoming = await store.create()
+    for start in range(0, len(body), 65536):
+        incoming.write(body[start : start + 65536])
+    envelopes = [
+        incoming.envelope(dispatcher="local", sender="a@example.net", rcpt=f"u{i}@x.example", dest=f"u{i}@x.example")
+        for i in range(nrcpt)
+    ]
+    return incoming, envelopes
+
+
+def queued_files(root: Path) -> list[Path]:
+    """Every file (not directory) under queue/ and incoming/."""
+    out = []
+    for top in ("queue", "incoming"):
+        for dirpath, _dirs, files in os.walk(root / top):
+            out.extend(Path(dirpath) / f for f in files)
+    return out
+
+
+async def reopened(root: Path) -> list[Envelope]:
+    return await QueueStore(root).open()
+
+
+class FailAt:
+    """A seam: the wrapped call fails with EIO on its n-th use (0-based) once armed."""
+
+    def __init__(self, real, n: int) -> None:
+        self.real, self.n, self.calls, self.armed, self.failed = real, n, 0, False, False
+        self.lock = threading.Lock()
+
+    def __call__(self, *args):
+        with self.lock:
+            if self.armed:
+                index, self.calls = self.calls, self.calls + 1
+                if index == self.n:
+                    self.failed = True
+                    raise OSError(errno.EIO, "injected failure")
+        return self.real(*args)
+
+
+# -- commit and reopen -------------------------------------------------------------
+
+
+async def test_commit_then_reopen_lists_the_envelopes(tmp_path):
+    store = await opened(tmp_path)
+    incoming, envelopes = await received(store, nrcpt=3)
+    await store.commit(incoming, envelopes)
+
+    msgid = incoming.msgid
+    msgdir = tmp_path / "queue" / f"{msgid >> 24:02x}" / format_msgid(msgid)
+    assert sorted(os.listdir(msgdir)) == sorted(["message", *(format_evpid(e.id) for e in envelopes)])
+    assert store.message_path(msgid).read_bytes() == BODY
+    assert incoming.size == len(BODY)
+    assert os.listdir(tmp_path / "incoming") == []
+    assert store.msgids() == [msgid]
+    assert store.evpids(msgid) == sorted(e.id for e in envelopes)
+    assert sorted(await store.envelopes_of(msgid), key=lambda e: e.id) == sorted(envelopes, key=lambda e: e.id)
+
+    assert sorted(await reopened(tmp_path), key=lambda e: e.id) == sorted(envelopes, key=lambda e: e.id)
+
+
+async def test_directories_are_private(tmp_path):
+    store = await opened(tmp_path / "spool")
+    incoming, envelopes = await received(store)
+    await store.commit(incoming, envelopes)
+    for path in (tmp_path / "spool", tmp_path / "spool" / "incoming", tmp_path / "spool" / "queue",
+                 tmp_path / "spool" / "corrupt", store.message_path(incoming.msgid).parent):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+    assert stat.S_IMODE(store.message_path(incoming.msgid).stat().st_mode) == 0o600
+
+
+async def test_every_file_and_directory_is_fsynced_before_commit_returns(tmp_path):
+    synced: list[str] = []
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        os.fsync(fd)
+
+    store = await opened(tmp_path, fsync=recording_fsync)
+    synced.clear()
+    incoming, envelopes = await received(store)
+    staging = str(incoming.path)
+    await store.commit(incoming, envelopes)
+    bucket = tmp_path / "queue" / f"{incoming.msgid >> 24:02x}"
+    expected = {
+        f"{staging}/message",
+        *(f"{staging}/{format_evpid(e.id)}" for e in envelopes),
+        staging,  # the message directory, before it moves
+        str(tmp_path / "queue"),  # the bucket was new
+        str(bucket),
+        str(tmp_path / "incoming"),
+    }
+    assert set(synced) == expected
+    assert len(synced) == len(expected)
+
+
+async def test_commit_refuses_foreign_or_no_envelopes(tmp_path):
+    store = await opened(tmp_path)
+    incoming, _ = await received(store)
+    other, other_envs = await received(store)
+    with pytest.raises(TempFail):
+        await store.commit(incoming, other_envs)
+    assert not incoming.path.exists()
+    with pytest.raises(TempFail):
+        await store.commit(other, [])
+    assert queued_files(tmp_path) == [] and store.msgids() == []
+
+
+async def test_write_error_is_reported_at_commit(tmp_path):
+    store = await opened(tmp_path)
+    incoming, envelopes = await received(store)
+
+    def full(data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    incoming._file.write = full
+    incoming.write(b"more")  # does not raise: one failure path, at commit
+    assert incoming.error is not None
+    with pytest.raises(TempFail) as info:
+        await store.commit(incoming, envelopes)
+    assert (info.value.reply.code, info.value.reply.enhanced) == (421, "4.3.0")
+    assert queued_files(tmp_path) == []
+
+
+async def test_discard_drops_the_message(tmp_path):
+    store = await opened(tmp_path)
+    incoming, _ = await received(store)
+    await store.discard(incoming)
+    await store.discard(incoming)  # idempotent
+    other, envelopes = await received(store)
+    await store.commit(other, envelopes)
+    with pytest.raises(RuntimeError):
+        await store.discard(other)  # a committed message is never dropped this way
+    assert os.listdir(tmp_path / "incoming") == []
+    assert store.msgids() == [other.msgid]
+    with pytest.raises(RuntimeError):
+        incoming.write(b"late")
+
+
+async def test_on_commit_sees_each_envelope_before_commit_returns(tmp_path):
+    store = await opened(tmp_path)
+    seen: list[Envelope] = []
+    store.on_commit = seen.append
+    incoming, envelopes = await received(store, nrcpt=3)
+    await store.commit(incoming, envelopes)
+    assert seen == envelopes
+
+
+# -- failure at each step --------------------------------------------------------
+
+
+def assert_nothing_queued(root: Path, store: QueueStore) -> None:
+    assert queued_files(root) == []
+    assert os.listdir(root / "incoming") == []
+    for bucket in os.listdir(root / "queue"):
+        assert os.listdir(root / "queue" / bucket) == []
+    assert store.msgids() == []
+
+
+async def test_failing_fsync_at_each_step_leaves_nothing_queued(tmp_path):
+    steps = 0
+    for n in range(50):
+        root = tmp_path / f"run{n}"
+        fsync = FailAt(os.fsync, n)
+        store = await opened(root, fsync=fsync)
+        fsync.armed = True
+        incoming, envelopes = await received(store, nrcpt=2)
+        try:
+            await store.commit(incoming, envelopes)
+        except TempFail as e:
+            assert fsync.failed
+            assert (e.reply.code, e.reply.enhanced, e.reply.text) == (421, "4.3.0", "Temporary Error")
+            assert_nothing_queued(root, store)
+            assert await reopened(root) == []
+            steps += 1
+            continue
+        assert not fsync.failed
+        assert len(await reopened(root)) == 2
+        break
+    else:
+        pytest.fail("commit never succeeded")
+    # message, 2 envelopes, message dir, queue/ (new bucket), queue/XX, incoming/
+    assert steps == 7
+
+
+async def test_failing_rename_leaves_nothing_queued(tmp_path):
+    rename = FailAt(os.rename, 0)
+    store = await opened(tmp_path, rename=rename)
+    rename.armed = True
+    incoming, envelopes = await received(store)
+    with pytest.raises(TempFail):
+        await store.commit(incoming, envelopes)
+    assert rename.failed
+    assert_nothing_queued(tmp_path, store)
+    assert await reopened(tmp_path) == []
+
+
+async def test_one_failure_in_a_batch_fails_only_its_message(tmp_path):
+    doomed: set[str] = set()
+
+    def rename(src, dst):
+        if Path(src).name in doomed:
+            raise OSError(errno.EIO, "injected failure")
+        os.rename(src, dst)
+
+    store = await opened(tmp_path, rename=rename)
+    batch = [await received(store) for _ in range(5)]
+    doomed.add(batch[2][0].path.name)
+    results = await asyncio.gather(*(store.commit(i, e) for i, e in batch), return_exceptions=True)
+    assert [isinstance(r, TempFail) for r in results] == [False, False, True, False, False]
+    ok = {i.msgid for n, (i, _) in enumerate(batch) if n != 2}
+    assert set(store.msgids()) == ok
+    assert {e.msgid for e in await reopened(tmp_path)} == ok
+
+
+# -- group commit ----------------------------------------------------------------
+
+
+async def test_concurrent_commits_share_flushes(tmp_path):
+    store = await opened(tmp_path)
+    batch = [await received(store, nrcpt=1, body=b"hello\r\n") for _ in range(50)]
+    await asyncio.wait_for(asyncio.gather(*(store.commit(i, e) for i, e in batch)), 30)
+    assert store.batches < 50
+    assert len(store.msgids()) == 50
+    assert len(await reopened(tmp_path)) == 50
+
+
+async def test_commits_arriving_during_a_flush_wait_for_the_next_batch(tmp_path):
+    release = threading.Event()
+    first = threading.Event()
+
+    def slow_fsync(fd: int) -> None:
+        first.set()
+        release.wait(10)
+        os.fsync(fd)
+
+    store = await opened(tmp_path)
+    store._fsync = slow_fsync
+    a = await received(store, nrcpt=1)
+    t_a = asyncio.create_task(store.commit(*a))
+    await asyncio.wait_for(asyncio.to_thread(first.wait, 10), 10)  # flush of A is running
+    later = [await received(store, nrcpt=1) for _ in range(10)]
+    t_later = [asyncio.create_task(store.commit(*x)) for x in later]
+    await asyncio.sleep(0.05)
+    assert not t_a.done() and not any(t.done() for t in t_later)  # nobody acknowledged early
+    release.set()
+    await asyncio.wait_for(asyncio.gather(t_a, *t_later), 30)
+    assert store.batches == 2
+    assert len(store.msgids()) == 11
+
+
+async def test_commit_cancelled_before_its_flush_is_dropped(tmp_path):
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow_fsync(fd: int) -> None:
+        started.set()
+        release.wait(10)
+        os.fsync(fd)
+
+    store = await opened(tmp_path)
+    store._fsync = slow_fsync
+    a = await received(store, nrcpt=1)
+    b = await received(store, nrcpt=1)
+    t_a = asyncio.create_task(store.commit(*a))
+    await asyncio.wait_for(asyncio.to_thread(started.wait, 10), 10)
+    t_b = asyncio.create_task(store.commit(*b))
+    await asyncio.sleep(0)
+    t_b.cancel()
+    release.set()
+    await asyncio.wait_for(t_a, 30)
+    with pytest.raises(asyncio.CancelledError):
+        await t_b
+    await asyncio.wait_for(store.close(), 30)
+    assert store.msgids() == [a[0].msgid]
+    assert os.listdir(tmp_path / "incoming") == []
+
+
+# -- recovery at open ------------------------------------------------------------
+
+
+async def test_incoming_leftovers_are_removed_at_open(tmp_path):
+    store = await opened(tmp_path)
+    incoming, _ = await received(store)
+    incoming._file.flush()
+    assert os.listdir(tmp_path / "incoming") == [format_msgid(incoming.msgid)]
+    assert await reopened(tmp_path) == []
+    assert os.listdir(tmp_path / "incoming") == []
+
+
+async def test_corrupt_envelope_goes_to_corrupt_and_is_logged(tmp_path, caplog):
+    store = await opened(tmp_path)
+    incoming, envelopes = await received(store, nrcpt=2)
+    await store.commit(incoming, envelopes)
+    bad = store.message_path(incoming.msgid).parent / format_evpid(envelopes[0].id)
+    bad.write_bytes(bad.read_bytes()[:-10])
+    with caplog.at_level(logging.WARNING, logger="postillion.queue"):
+        assert await reopened(tmp_path) == [envelopes[1]]
+    assert "corrupt" in caplog.text and bad.name in caplog.text
+    assert (tmp_path / "corrupt" / format_msgid(incoming.msgid) / bad.name).exists()
+    assert store.message_path(incoming.msgid).exists()  # the good envelope still needs it
+
+
+async def test_message_whose_envelopes_are_all_corrupt_is_kept_in_corrupt(tmp_path):
+    store = await opened(tmp_path)
+    incoming, envelopes = await received(store, nrcpt=1)
+    await store.commit(incoming, envelopes)
+    msgdir = store.message_path(incoming.msgid).parent
+    (msgdir / format_evpid(envelopes[0].id)).write_bytes(b"garbage")
+    assert await reopened(tmp_path) == []
+    assert not msgdir.exists()
+    kept = tmp_path / "corrupt" / format_msgid(incoming.msgid)
+    assert (kept / "message").read_bytes() == BODY
+
+
+async def test_message_without_envelopes_is_removed_at_open(tmp_path):
+    store = await opened(tmp_path)
+    incoming, envelopes = await received(store, nrcpt=1)
+    await store.commit(incoming, envelopes)
+    msgdir = store.message_path(incoming.msgid).parent
+    (msgdir / format_evpid(envelopes[0].id)).unlink()  # a crash while removing the last one
+    assert await reopened(tmp_path) == []
+    assert not msgdir.exists()
+    assert os.listdir(tmp_path / "corrupt") == []
+
+
+async def test_half_done_update_is_ignored_at_open(tmp_path):
+    store = await opened(tmp_path)
+    incoming, envelopes = await received(store, nrcpt=1)
+    await store.commit(incoming, envelopes)
+    msgdir = store.message_path(incoming.msgid).parent
+    (msgdir / (format_evpid(envelopes[0].id) + ".tmp")).write_bytes(b"{")
+    assert await reopened(tmp_path) == envelopes
+    assert sorted(os.listdir(msgdir)) == sorted(["message", format_evpid(envelopes[0].id)])
+
+
+# -- update and remove -----------------------------------------------------------
+
+
+async def test_update_is_durable(tmp_path):
+    store = await opened(tmp_path)
+    incoming, envelopes = await received(store, nrcpt=1)
+    await store.commit(incoming, envelopes)
+    changed = envelopes[0].replace(retry=3, last_try=envelopes[0].ctime + 5, errorline="451 4.2.0 busy")
+    await store.update(changed)
+    assert await store.load(changed.id) == changed
+    assert await reopened(tmp_path) == [changed]
+
+
+async def test_failing_update_keeps_the_old_envelope(tmp_path):
+    rename = FailAt(os.rename, 0)
+    store = await opened(tmp_path, rename=rename)
+    incoming, envelopes = await received(store, nrcpt=1)
+    await store.commit(incoming, envelopes)
+    rename.armed = True
+    with pytest.raises(TempFail):
+        await store.update(envelopes[0].replace(retry=1))
+    assert await store.load(envelopes[0].id) == envelopes[0]
+    assert sorted(os.listdir(store.message_path(incoming.msgid).parent)) == sorted(
+        ["message", format_evpid(envelopes[0].id)]
+    )
+
+
+async def test_update_of_a_removed_envelope_is_refused(tmp_path):
+    store = await opened(tmp_path)
+    incoming, envelopes = await received(store, nrcpt=2)
+    await store.commit(incoming, envelopes)
+    await store.remove(envelopes[0])
+    with pytest.raises(KeyError):
+        await store.update(envelopes[0].replace(retry=1))
+
+
+async def test_remove_last_envelope_removes_the_message(tmp_path):
+    store = await opened(tmp_path)
+    incoming, envelopes = await received(store, nrcpt=2)
+    await store.commit(incoming, envelopes)
+    msgdir = store.message_path(incoming.msgid).parent
+    await store.remove(envelopes[0])
+    assert msgdir.exists() and store.evpids(incoming.msgid) == [envelopes[1].id]
+    assert await reopened(tmp_path) == [envelopes[1]]
+    await store.remove(envelopes[1])
+    await store.remove(envelopes[1])  # already gone: nothing happens
+    assert not msgdir.exists()
+    assert store.msgids() == []
+    assert await reopened(tmp_path) == []
+
+
+async def test_create_before_open_is_a_bug(tmp_path):
+    with pytest.raises(RuntimeError):
+        await QueueStore(tmp_path).create()
