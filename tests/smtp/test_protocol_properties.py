@@ -1,0 +1,140 @@
+"""Properties of the protocol machine for any input (Hypothesis).
+
+(a) How the bytes are cut into reads never changes the replies or events.
+(b) Driven correctly, the machine never raises, never asks for more data with
+    a full buffer, never hands out more than max_message_size octets of one
+    message, only hands out CRLF-only content, and never reports more ends of
+    data than CRLF.CRLF sequences it was sent.
+"""
+
+from __future__ import annotations
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from postillion.errors import Reply
+from postillion.smtp.protocol import (
+    START_DATA,
+    ConnectionClosed,
+    DataEnd,
+    DataStart,
+    Event,
+    ProtocolLimits,
+    ServerProtocol,
+)
+
+from .driver import accept_all, drive
+
+LIMITS = ProtocolLimits(
+    max_line=64, max_data_line=80, max_message_size=200, max_rcpt=2, max_mails=3, max_failed_commands=6
+)
+
+# Pieces of real dialogue, so random streams get past EHLO/MAIL/RCPT into DATA,
+# plus the line-end and dot fragments smuggling is made of.
+TOKENS = [
+    b"EHLO client.example\r\n", b"HELO x\n", b"MAIL FROM:<a@b.example>\r\n", b"MAIL FROM:<>\r\n",
+    b"MAIL FROM:<a@b> SIZE=999999\r\n", b"RCPT TO:<c@d.example>\r\n", b"RCPT TO:<postmaster>\n",
+    b"DATA\r\n", b"DATA\n", b"RSET\r\n", b"NOOP\r\n", b"QUIT\r\n", b"VRFY root\r\n", b"GET / HTTP/1.1\r\n",
+    b".\r\n", b"..\r\n", b"\r\n", b"\n", b"\r", b".", b"..", b"\r\n.\r\n", b"\n.\n", b"\r.\r\n",
+    b"x" * 30, b"y" * 79, b"\x00", b"\xff", b"j\xc3\xb6rg",
+]
+# Whole transaction openers, so that most streams carry message content.
+OPENERS = [
+    b"EHLO client.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n",
+    b"MAIL FROM:<>\r\nRCPT TO:<c@d.example>\r\nRCPT TO:<e@f>\r\nRCPT TO:<g@h>\r\nDATA\r\n",
+    b"HELO x\nMAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\n",
+]
+SEGMENTS = st.one_of(
+    st.sampled_from(OPENERS), st.sampled_from(TOKENS), st.binary(max_size=24), st.just(b"\r\n.\r\n")
+)
+STREAMS = st.builds(
+    lambda first, rest: first + b"".join(rest), st.sampled_from([b"", *OPENERS]), st.lists(SEGMENTS, max_size=60)
+)
+ANSWERS = st.lists(st.sampled_from(["accept", "accept", "accept", "451", "550", "421"]), max_size=30)
+
+OK_SEQUENCES = [
+    b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r",
+    b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\n.\r\n.\n\r\n.\r\n",
+]
+
+
+def scripted(answers: list[str]):
+    """An answerer that follows a script, then accepts: deterministic per run."""
+    script = iter(answers)
+
+    def answer(proto: ServerProtocol, event: Event) -> Reply:
+        choice = next(script, "accept")
+        if choice == "accept":
+            return accept_all(proto, event)
+        code = int(choice)
+        return Reply(code, f"{code // 100}.0.0", "Refused by script")
+
+    return answer
+
+
+def cut(stream: bytes, points: list[int]) -> list[bytes]:
+    bounds = [0, *sorted({p % (len(stream) + 1) for p in points}), len(stream)]
+    return [stream[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+@settings(deadline=None, max_examples=300)
+@given(stream=STREAMS, points=st.lists(st.integers(min_value=0, max_value=10_000), max_size=60),
+       answers=ANSWERS)
+@example(stream=OK_SEQUENCES[0] + b"\nQUIT\r\n", points=[len(OK_SEQUENCES[0])], answers=[])
+@example(stream=OK_SEQUENCES[1], points=list(range(40, 60)), answers=[])
+@example(stream=OK_SEQUENCES[0] + b"\n\nNOOP\r\n", points=[len(OK_SEQUENCES[0])], answers=[])
+def test_reads_do_not_matter(stream: bytes, points: list[int], answers: list[str]) -> None:
+    one = drive([stream], LIMITS, scripted(answers))
+    many = drive(cut(stream, points), LIMITS, scripted(answers))
+    assert many.events == one.events
+    assert many.output == one.output
+
+
+@settings(deadline=None, max_examples=100)
+@given(stream=STREAMS)
+def test_bytewise_is_the_same(stream: bytes) -> None:
+    one = drive([stream], LIMITS)
+    many = drive([stream[i : i + 1] for i in range(len(stream))], LIMITS)
+    assert (many.events, many.output) == (one.events, one.output)
+
+
+def check_invariants(stream: bytes, reads: list[bytes], answers: list[str]) -> None:
+    run = drive(reads, LIMITS, scripted(answers))  # asserts buffer bounds on the way
+    assert isinstance(run.events[-1], ConnectionClosed)
+    ends = [e for e in run.events if isinstance(e, DataEnd)]
+    assert len(ends) <= stream.count(b"\r\n.\r\n")
+    for chunk in run.chunks:
+        assert chunk and chunk.endswith(b"\r\n")
+        assert chunk.count(b"\r") == chunk.count(b"\n") == chunk.count(b"\r\n")
+    for content in run.content:
+        assert len(content) <= LIMITS.max_message_size
+    starts = sum(isinstance(e, DataStart) for e in run.events)
+    assert len(ends) <= starts <= stream.upper().count(b"DATA")
+
+
+@settings(deadline=None, max_examples=300)
+@given(stream=STREAMS, points=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
+       answers=ANSWERS)
+def test_invariants_on_dialogue_like_bytes(stream: bytes, points: list[int], answers: list[str]) -> None:
+    check_invariants(stream, cut(stream, points), answers)
+
+
+@settings(deadline=None, max_examples=200)
+@given(reads=st.lists(st.binary(max_size=200), max_size=20), answers=ANSWERS)
+def test_invariants_on_any_bytes(reads: list[bytes], answers: list[str]) -> None:
+    check_invariants(b"".join(reads), [r for r in reads if r], answers)
+
+
+@settings(deadline=None, max_examples=200)
+@given(content=st.lists(st.sampled_from(TOKENS[14:]) | st.binary(max_size=12), max_size=40))
+def test_content_never_ends_early(content: list[bytes]) -> None:
+    """Whatever a message contains, it ends exactly at the first CRLF.CRLF,
+    counting the CRLF that ended the DATA line."""
+    body = b"".join(content)
+    stream = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n" + body
+    limits = ProtocolLimits(max_data_line=10_000, max_message_size=10**6)
+    run = drive([stream], limits)
+    ends = [e for e in run.events if isinstance(e, DataEnd)]
+    terminated = (b"\r\n" + body).find(b"\r\n.\r\n") >= 0
+    assert len(ends) == (1 if terminated else 0)
+    assert DataStart() in run.events and START_DATA.to_bytes() in bytes(run.output)
