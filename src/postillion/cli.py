@@ -1,0 +1,124 @@
+"""The `postillion` command: run the daemon, check a config.
+
+Every verb has `--help`; errors are one line on stderr and a non-zero exit,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from postillion import __version__
+
+DEFAULT_CONFIG = "/etc/postillion/postillion.conf"
+DEFAULT_SPOOL = "/var/spool/postillion"
+DEMO_ROOT = "var"
+
+
+def parse_defines(values: list[str]) -> dict[str, str]:
+    defines = {}
+    for item in values:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise SystemExit(f"postillion: -D expects name=value, got {item!r}")
+        defines[name] = value
+    return defines
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The config and spool to use: -f/-s, or the demo under ./var."""
+    if args.file is not None:
+        return Path(args.file), Path(args.spool or DEFAULT_SPOOL)
+    from postillion.demo import ensure_demo
+    demo = ensure_demo(Path(DEMO_ROOT))
+    return demo.config, Path(args.spool) if args.spool else demo.spool
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from postillion.config import ConfigError, load
+    path = Path(args.file) if args.file else Path(DEFAULT_CONFIG)
+    try:
+        config = load(path, parse_defines(args.define))
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{path}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    if args.verbose:
+        print(config)
+    print("configuration OK", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from postillion import log
+    from postillion.config import ConfigError, load
+    from postillion.daemon import Daemon, StartupError
+
+    path, spool = resolve_config(args)
+    try:
+        config = load(path, parse_defines(args.define))
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{path}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    log.setup(foreground=args.debug, verbose=args.verbose)
+    try:
+        import uvloop  # optional speed (pyproject extra "speed")
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(Daemon(config, spool, paused=frozenset(args.pause)).serve())
+    except StartupError as e:
+        print(f"postillion: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="postillion", description="Postillion, a mail transfer agent modelled on OpenSMTPD.")
+    parser.add_argument("--version", action="version", version=f"postillion {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the daemon in the foreground",
+                         description="Run the daemon.  Without -f, runs the demo configuration "
+                                     "under ./var (written there if missing).")
+    run.add_argument("-f", "--file", help="configuration file (default: the demo under ./var)")
+    run.add_argument("-s", "--spool", help=f"queue directory (default: {DEFAULT_SPOOL}, "
+                                           "or ./var/spool for the demo)")
+    run.add_argument("-d", "--debug", action="store_true", help="log to stderr instead of syslog")
+    run.add_argument("-v", "--verbose", action="store_true", help="verbose logging")
+    run.add_argument("-D", "--define", action="append", default=[], metavar="NAME=VALUE",
+                     help="set a macro, overriding the file")
+    run.add_argument("-P", "--pause", action="append", default=[], choices=["mda"],
+                     help="start with this subsystem paused (as smtpd -P): mail is "
+                          "accepted and queued but not delivered")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a configuration file",
+                           description="Validate a configuration; exit 0 if valid, 1 if not.")
+    check.add_argument("-f", "--file", help=f"configuration file (default: {DEFAULT_CONFIG})")
+    check.add_argument("-v", "--verbose", action="store_true", help="print the parsed model")
+    check.add_argument("-D", "--define", action="append", default=[], metavar="NAME=VALUE",
+                       help="set a macro, overriding the file")
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The daemon: builds every part from one Config and runs them.
+
+The only module that knows every part (DESIGN.md): it opens the tables,
+recovers the queue (scheduling what was committed before a crash), starts
+the scheduler with the local delivery agent, and opens the listeners -- in
+that order, so no client is answered before the queue is sound.  It owns the
+signals: SIGTERM/SIGINT stop, SIGHUP updates the tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from postillion import log
+from postillion.config.model import ActionDecl, Config, TableDecl
+from postillion.errors import MailError, PermFail, Reply, TempFail
+from postillion.lookup.expand import Expander, userinfo
+from postillion.mda.agent import MdaAgent, MdaJob
+from postillion.queue.envelope import Envelope
+from postillion.queue.scheduler import Scheduler
+from postillion.queue.store import QueueStore
+from postillion.rules import Ruleset, SessionFacts
+from postillion.smtp.server import Listener
+from postillion.smtp.session import SessionContext
+from postillion.table.services import Service
+from postillion.table.table import Table, TableError, open_table
+
+logger = logging.getLogger("postillion.daemon")
+
+#: Expanded addresses are `internal`: the rules see them as `from local` (SPEC §3).
+INTERNAL = SessionFacts(address="local", is_local=True)
+
+
+class StartupError(Exception):
+    """The daemon cannot start: a table does not open, a port is taken..."""
+
+
+def required_services(config: Config) -> dict[str, set[Service]]:
+    """Which service each table must serve, from how the config uses it."""
+    needs: dict[str, set[Service]] = {}
+    for action in config.actions.values():
+        for name, service in ((action.alias, Service.ALIAS), (action.virtual, Service.ALIAS),
+                              (action.userbase, Service.USERINFO)):
+            if name is not None:
+                needs.setdefault(name, set()).add(service)
+    for match in config.matches:
+        for c in match.criteria:
+            if c.table is not None:
+                service = Service.NETADDR if c.kind.startswith("from") else Service.DOMAIN
+                needs.setdefault(c.table, set()).add(service)
+    return needs
+
+
+async def open_tables(config: Config) -> dict[str, Table]:
+    """Open every declared table and check it serves what the config asks of it."""
+    tables: dict[str, Table] = {}
+    needs = required_services(config)
+    try:
+        for decl in config.tables.values():
+            table = make_table(decl)
+            tables[decl.name] = table
+            await table.open()
+            for service in sorted(needs.get(decl.name, ()), key=lambda s: s.value):
+                table.require(service)
+    except TableError as e:
+        await close_tables(tables)
+        raise StartupError(str(e)) from None
+    return tables
+
+
+def make_table(decl: TableDecl) -> Table:
+    return open_table(decl.name, decl.backend, decl.config, items=decl.items,
+                      pairs=decl.pairs, is_map=decl.is_map)
+
+
+async def close_tables(tables: dict[str, Table]) -> None:
+    for table in tables.values():
+        try:
+            await table.close()
+        except Exception:
+            logger.exception("closing table %s", table.name)
+
+
+def delivery_prefix(env: Envelope) -> bytes:
+    """`Return-Path:` and `Delivered-To:` as every local delivery gets them."""
+    return f"Return-Path: <{env.sender}>\r\nDelivered-To: {env.dest}\r\n".encode("utf-8", "replace")
+
+
+class Daemon:
+    def __init__(self, config: Config, spool: Path, paused: frozenset[str] = frozenset()) -> None:
+        self.config = config
+        self.paused = paused
+        self.spool = spool
+        self.tables: dict[str, Table] = {}
+        self.store = QueueStore(spool)
+        self.scheduler: Scheduler | None = None
+        self.listeners: list[Listener] = []
+        self.mda = MdaAgent()
+        self._stopping = asyncio.Event()
+        self._scheduler_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.mda.start()
+        self.tables = await open_tables(self.config)
+        ruleset = Ruleset(self.config, self.tables)
+
+        async def route(address: str) -> ActionDecl | None:
+            return await ruleset.match(INTERNAL, "", address)
+
+        expander = Expander(self.tables, self.config.limits, route)
+        envelopes = await self.store.open()
+        self.scheduler = Scheduler(self.store, self.dispatch)
+        # The store schedules what it commits: an envelope is never durable
+        # yet unscheduled, even if its session dies right after the commit.
+        self.store.on_commit = self.scheduler.schedule
+        for env in envelopes:
+            self.scheduler.schedule(env)
+        if "mda" not in self.paused:
+            self._scheduler_task = asyncio.create_task(self.scheduler.run())
+        ctx = SessionContext(hostname=self.config.hostname, limits=self.config.limits,
+                             ruleset=ruleset, expander=expander, store=self.store)
+        try:
+            for decl in self.config.listeners:
+                listener = Listener(decl, replace(ctx, hostname=decl.hostname or ctx.hostname))
+                await listener.start()
+                self.listeners.append(listener)
+        except OSError as e:
+            await self.stop()
+            raise StartupError(f"{decl.pos}: cannot listen on {decl.address} port {decl.port}: "
+                               f"{e.strerror or e}") from None
+        logger.info("postillion ready: %d envelope(s) in queue", len(envelopes))
+
+    async def dispatch(self, env: Envelope) -> None:
+        """Deliver one envelope, log the outcome in the mda layout, re-raise failures."""
+        sid = log.new_id()
+        user = env.mda_user
+        try:
+            action = self.config.actions.get(env.dispatcher)
+            if action is None:
+                raise TempFail(Reply(451, "4.3.0", f"no action {env.dispatcher!r} in the configuration"))
+            info = await userinfo(self.tables, action, env.mda_user)
+            if info is None:
+                raise PermFail(Reply(550, "5.1.1", f"user {env.mda_user} no longer exists"))
+            user = info.username
+            job = MdaJob(message=self.store.message_path(env.msgid), prefix=delivery_prefix(env),
+                         path_template=action.path, user=info, sender=env.sender,
+                         rcpt=env.rcpt, dest=env.dest)
+            await self.mda.deliver_maildir(job)
+        except MailError as e:
+            result = log.RESULT_TEMPFAIL if isinstance(e, TempFail) else log.RESULT_PERMFAIL
+            log.mda_delivery(sid, env.id, env.sender, env.dest, env.rcpt, user,
+                             time.time() - env.ctime, result, e.reason)
+            raise
+        log.mda_delivery(sid, env.id, env.sender, env.dest, env.rcpt, user,
+                         time.time() - env.ctime, log.RESULT_OK, "Delivered")
+
+    async def update_tables(self) -> None:
+        for table in self.tables.values():
+            try:
+                await table.update()
+            except TableError as e:
+                logger.warning("update of table %s failed, old contents kept: %s", table.name, e)
+
+    async def stop(self) -> None:
+        for listener in self.listeners:
+            await listener.stop()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self._scheduler_task is not None:
+            self._scheduler_task.cancel()
+            await asyncio.gather(self._scheduler_task, return_exceptions=True)
+        await self.store.close()
+        await self.mda.stop()
+        await close_tables(self.tables)
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT; SIGHUP updates the tables."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.update_tables()))
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            logger.info("postillion stopping")
+            await self.stop()

@@ -1,0 +1,125 @@
+"""The mail log: one line per event, in OpenSMTPD 6.8's layout (SPEC.md §9).
+
+`SESSIONID SUBSYSTEM EVENT key=value ...` -- fail2ban filters and log parsers
+written for OpenSMTPD keep working.  Every mail-log line is written by one
+function here (chasquid's habit), so keys and outcome words are spelled once.
+Values with blanks or quotes are quoted; `"`, `\\` and control bytes are
+escaped as `\\xNN`, so envelope data (a HELO, an address) can never forge a
+second log line.
+
+A leaf module: anyone may import it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+logger = logging.getLogger("postillion.mail")
+
+RESULT_OK = "Ok"
+RESULT_TEMPFAIL = "TempFail"
+RESULT_PERMFAIL = "PermFail"
+
+
+def new_id() -> str:
+    """A fresh 16-hex session (or delivery) id."""
+    return f"{secrets.randbits(64):016x}"
+
+
+def escape(value: object) -> str:
+    """Render one value: bare when safe, else quoted with escapes."""
+    text = str(value)
+    out = []
+    needs_quotes = text == ""
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+            needs_quotes = True
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+            needs_quotes = True
+        else:
+            if ch in " \t'":
+                needs_quotes = True
+            out.append(ch)
+    body = "".join(out)
+    return f'"{body}"' if needs_quotes else body
+
+
+def format_delay(seconds: float) -> str:
+    """`1d2h3m4s` like OpenSMTPD's duration_to_text; `0s` for nothing."""
+    left = max(0, int(seconds))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if left >= size:
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    if left or not parts:
+        parts.append(f"{left}s")
+    return "".join(parts)
+
+
+def event(sid: str, subsystem: str, name: str, **fields: object) -> None:
+    """Write one event line; keys use `-` where Python needs `_`."""
+    items = " ".join(f"{k.replace('_', '-')}={escape(v)}" for k, v in fields.items())
+    logger.info("%s %s %s%s", sid, subsystem, name, f" {items}" if items else "")
+
+
+def path(address: str) -> str:
+    return f"<{address}>"
+
+
+# -- smtp: the inbound side ---------------------------------------------------
+
+def smtp_connected(sid: str, address: str, host: str) -> None:
+    event(sid, "smtp", "connected", address=address, host=host)
+
+
+def smtp_failed_command(sid: str, command: str, reply: object) -> None:
+    event(sid, "smtp", "failed-command", command=command, result=str(reply))
+
+
+def smtp_bad_input(sid: str, result: object) -> None:
+    event(sid, "smtp", "bad-input", result=str(result))
+
+
+def smtp_envelope(sid: str, evpid: int, sender: str, rcpt: str) -> None:
+    event(sid, "smtp", "envelope", evpid=f"{evpid:016x}", **{"from": path(sender), "to": path(rcpt)})
+
+
+def smtp_message(sid: str, msgid: int, size: int, nrcpt: int, proto: str) -> None:
+    event(sid, "smtp", "message", msgid=f"{msgid:08x}", size=size, nrcpt=nrcpt, proto=proto)
+
+
+def smtp_disconnected(sid: str, reason: str) -> None:
+    event(sid, "smtp", "disconnected", reason=reason)
+
+
+# -- mda: local deliveries ----------------------------------------------------
+
+def mda_delivery(sid: str, evpid: int, sender: str, dest: str, rcpt: str, user: str,
+                 delay: float, result: str, stat: str) -> None:
+    event(sid, "mda", "delivery", evpid=f"{evpid:016x}", **{"from": path(sender)},
+          to=path(dest), rcpt=path(rcpt), user=user, delay=format_delay(delay),
+          result=result, stat=stat)
+
+
+def setup(foreground: bool, verbose: bool = False) -> None:
+    """Log to stderr in the foreground (`-d`), else to syslog's mail facility."""
+    root = logging.getLogger("postillion")
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    handler: logging.Handler
+    if foreground:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%b %d %H:%M:%S"))
+    else:
+        from logging.handlers import SysLogHandler
+        import os
+        address = "/dev/log" if os.path.exists("/dev/log") else ("127.0.0.1", 514)
+        handler = SysLogHandler(address=address, facility=SysLogHandler.LOG_MAIL)
+        handler.setFormatter(logging.Formatter("postillion[%(process)d]: %(message)s"))
+    root.addHandler(handler)
+    root.propagate = False

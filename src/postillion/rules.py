@@ -1,0 +1,106 @@
+"""Match evaluation: which action (or reject) a (session, sender, recipient) gets.
+
+SPEC.md §4.2: rules are tried in order and the first match wins; `reject` or
+no match at all refuses the recipient (`550 5.7.1`, relay denied), which is
+what keeps Postillion from ever being an open relay: a recipient is accepted
+only when a rule the administrator wrote says so.  A table that cannot answer
+raises `LookupUnavailable` (`451 4.3.0`), never "no match".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from postillion.config.model import ActionDecl, Config, Criterion, MatchDecl
+from postillion.table.services import Service
+from postillion.table.table import Table
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """What the rules may know of the client, fixed for the whole session.
+
+    `address` is the client IP as text ("local" for a local socket);
+    `is_local` is true when the connection comes from this host (the `from
+    local` of SPEC §4.2: loopback, or the client's address is the address it
+    reached us on).
+    """
+
+    address: str
+    is_local: bool
+    authenticated: bool = False
+
+
+def is_local_address(peer: str, sockname: str) -> bool:
+    """`from local`: a loopback client, or one that is one of our addresses."""
+    if peer == "local":
+        return True
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if ip.is_loopback or peer == sockname:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return False
+
+
+def local_names(hostname: str) -> frozenset[str]:
+    """`for local` = `<localnames>`: localhost, our names, loopback literals."""
+    names = {"localhost", "localhost.localdomain", hostname.lower(),
+             socket.gethostname().lower(), "[127.0.0.1]", "[ipv6:::1]"}
+    return frozenset(names)
+
+
+class Ruleset:
+    """The config's `match` rules bound to live tables."""
+
+    def __init__(self, config: Config, tables: Mapping[str, Table]) -> None:
+        self._matches: Sequence[MatchDecl] = config.matches
+        self._actions = config.actions
+        self._tables = tables
+        self._localnames = local_names(config.hostname) | {
+            listener.hostname.lower() for listener in config.listeners if listener.hostname}
+
+    async def match(self, facts: SessionFacts, sender: str, rcpt: str) -> ActionDecl | None:
+        """The action of the first rule all of whose criteria hold, or None.
+
+        None covers both `reject` and "no rule matched": the caller answers
+        `550 5.7.1`.  `rcpt` is `local@domain`.
+        """
+        domain = rcpt.rpartition("@")[2].lower()
+        for rule in self._matches:
+            if await self._holds(rule, facts, domain):
+                return self._actions[rule.action] if rule.action is not None else None
+        return None
+
+    async def _holds(self, rule: MatchDecl, facts: SessionFacts, domain: str) -> bool:
+        for criterion in rule.criteria:
+            if await self._test(criterion, facts, domain) == criterion.negate:
+                return False
+        return True
+
+    async def _test(self, c: Criterion, facts: SessionFacts, domain: str) -> bool:
+        kind = c.kind
+        if kind == "from-any":
+            return True
+        if kind == "from-local":
+            # AUTH sessions are not `local` (SPEC §4.2): write `match auth ...`.
+            return facts.is_local and not facts.authenticated
+        if kind == "from-src":
+            return await self._table(c).check(Service.NETADDR, facts.address)
+        if kind == "for-any":
+            return True
+        if kind == "for-local":
+            return domain in self._localnames
+        if kind == "for-domain":
+            return await self._table(c).check(Service.DOMAIN, domain)
+        raise ValueError(f"unknown match criterion {kind!r}")  # the parser never builds one
+
+    def _table(self, c: Criterion) -> Table:
+        assert c.table is not None, c
+        return self._tables[c.table]

@@ -1,0 +1,78 @@
+"""Listeners: accept connections and run a Session for each.
+
+The listen backlog is 1024: OpenSMTPD's backlog of 5 drops connections when
+20 clients arrive at once.  Sessions are bounded in total and per client
+address (`smtp limit max-sessions` / `max-sessions-per-ip`); the excess is
+told `421 4.7.0` in place of the banner and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+
+from postillion.config.model import ListenDecl
+from postillion.errors import Reply
+from postillion.smtp.session import Session, SessionContext
+
+BACKLOG = 1024
+REPLY_BUSY = Reply(421, "4.7.0", "Too many connections, try again later")
+
+logger = logging.getLogger("postillion.smtp")
+
+
+class Listener:
+    """One `listen on` statement bound to a socket."""
+
+    def __init__(self, decl: ListenDecl, ctx: SessionContext) -> None:
+        self.decl = decl
+        self.ctx = ctx
+        self.sessions: set[asyncio.Task[None]] = set()
+        self.per_ip: collections.Counter[str] = collections.Counter()
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        host = None if self.decl.address in ("all", "*") else self.decl.address
+        if host == "localhost":
+            host = "127.0.0.1"
+        self.server = await asyncio.start_server(
+            self._accept, host, self.decl.port, backlog=BACKLOG, reuse_address=True,
+            limit=self.ctx.limits.max_data_line * 2)
+        for sock in self.server.sockets:
+            logger.info("listening on %s", sock.getsockname()[:2])
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) else "local"
+        limits = self.ctx.limits
+        if len(self.sessions) >= limits.max_sessions or self.per_ip[ip] >= limits.max_sessions_per_ip:
+            writer.write(REPLY_BUSY.to_bytes())
+            try:
+                await asyncio.wait_for(writer.drain(), 5)
+            except (OSError, asyncio.TimeoutError):
+                pass
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.sessions.add(task)
+        self.per_ip[ip] += 1
+        try:
+            await Session(self.ctx, reader, writer).run()
+        except Exception:
+            logger.exception("session crashed")  # a bug must cost one session, not the daemon
+        finally:
+            self.sessions.discard(task)
+            self.per_ip[ip] -= 1
+            if self.per_ip[ip] <= 0:
+                del self.per_ip[ip]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        for task in list(self.sessions):
+            task.cancel()
+        if self.sessions:
+            await asyncio.wait(self.sessions, timeout=5)
