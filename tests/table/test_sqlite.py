@@ -261,3 +261,29 @@ async def test_closed_table_is_unavailable(table):
     await table.close()
     with pytest.raises(LookupUnavailable):
         await table.lookup(Service.DOMAIN, "example.test")
+
+
+async def test_database_replaced_by_rename_is_seen(table, demo):
+    """An administrator rebuilds the database aside and renames it over the old one."""
+    aside = demo.parent / "tables.sqlite.new"
+    make_demo_db(aside)
+    db = sqlite3.connect(aside)
+    db.execute("INSERT INTO domains VALUES ('renamed.test')")
+    db.commit()
+    db.close()
+    assert not await table.check(Service.DOMAIN, "renamed.test")
+    aside.rename(demo.parent / "tables.sqlite")
+    assert await table.check(Service.DOMAIN, "renamed.test")
+
+
+async def test_database_emptied_then_restored_recovers(table, demo):
+    """SQLite's schema cache must not keep a 451 after the file is back."""
+    path = demo.parent / "tables.sqlite"
+    saved = path.read_bytes()
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    with pytest.raises(LookupUnavailable):
+        await table.check(Service.DOMAIN, "example.test")
+    with open(path, "r+b") as f:
+        f.write(saved)
+    assert await table.check(Service.DOMAIN, "example.test")

@@ -22,6 +22,12 @@ table timeout (10 s) fires is interrupted, so the thread is free for the next
 lookup.  `update table` re-reads the config and swaps in a new connection;
 on failure the old one keeps serving.
 
+The connection is reopened when the database file is replaced (another
+inode at `dbpath`: the usual "build aside, rename over" of an administrator)
+and after any query error: SQLite keeps a schema cache that never recovers
+from a database that was briefly empty or damaged, so a lookup that failed
+(ERROR, 451) must not condemn every lookup after it.
+
 `fetch_source` (no parameter) lists source addresses, served in turn; the
 list is re-read after `fetch_source_expire` seconds (60) or
 `fetch_source_refresh` fetches (1000).
@@ -73,18 +79,18 @@ class _Database:
         self.fetches = 0
         self.cursor = 0
         self._running: object | None = None
+        self.dbpath: Path | None = None
+        self.identity: tuple[int, int] | None = None
 
     # ---- in the worker thread
 
     def setup(self) -> None:
         cfg = read_backend_config(self.config_path, KNOWN_KEYS)
         dbpath = cfg.resolve_path("dbpath")
+        self.dbpath = Path(dbpath).absolute()
         try:
-            uri = Path(dbpath).absolute().as_uri() + "?mode=ro"
-            self.conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT,
-                                        isolation_level=None)
-            self.conn.execute("PRAGMA query_only = ON")
-        except sqlite3.Error as e:
+            self.connect()
+        except (sqlite3.Error, OSError) as e:
             raise BackendError(f"{cfg.where('dbpath')}: {dbpath}: {e}") from None
         for service in sorted(SQL_SERVICES, key=lambda s: s.value):
             key = f"query_{service.value}"
@@ -99,6 +105,32 @@ class _Database:
         self.fetch_refresh = cfg.integer("fetch_source_refresh", 1000, minimum=1)
         if not self.queries and self.fetch_sql is None:
             raise BackendError(f"{cfg.path}: no query_<service> and no fetch_source given")
+
+    def connect(self) -> None:
+        """(Re)open the database read-only, remembering which file it is."""
+        assert self.dbpath is not None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        conn = sqlite3.connect(self.dbpath.as_uri() + "?mode=ro", uri=True,
+                               timeout=BUSY_TIMEOUT, isolation_level=None)
+        try:
+            conn.execute("PRAGMA query_only = ON")
+            st = self.dbpath.stat()
+        except BaseException:
+            conn.close()
+            raise
+        self.conn, self.identity = conn, (st.st_dev, st.st_ino)
+
+    def ensure_connected(self) -> None:
+        """Reconnect after an error or when dbpath is now another file."""
+        assert self.dbpath is not None
+        try:
+            st = self.dbpath.stat()
+            if self.conn is None or (st.st_dev, st.st_ino) != self.identity:
+                self.connect()
+        except (sqlite3.Error, OSError) as e:
+            raise BackendError(f"sqlite: {self.dbpath}: {e}") from None
 
     def _check(self, cfg: BackendConfig, key: str, sql: str, params: int, want: int,
                what: str) -> None:
@@ -123,6 +155,7 @@ class _Database:
                                f" expected {want} ({what})")
 
     def query(self, service: Service, sql: str, args: tuple[str, ...]) -> str | None:
+        self.ensure_connected()
         assert self.conn is not None
         try:
             cursor = self.conn.execute(sql, args)
@@ -135,10 +168,13 @@ class _Database:
         except UnicodeEncodeError:
             return None       # a key that is not text cannot be in the database
         except sqlite3.Error as e:
+            self.conn.close()  # see the module doc: the next lookup reconnects
+            self.conn = None
             raise BackendError(f"sqlite: {e}") from None
         return rows_to_value(service, rows)
 
     def read_sources(self) -> list[str]:
+        self.ensure_connected()
         assert self.conn is not None and self.fetch_sql is not None
         try:
             rows = self.conn.execute(self.fetch_sql).fetchall()
