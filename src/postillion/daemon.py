@@ -131,7 +131,7 @@ class Daemon:
                 self.listeners.append(listener)
         except OSError as e:
             await self.stop()
-            raise StartupError(f"{decl.pos}: cannot listen on {decl.address} port {decl.port}: "
+            raise StartupError(f"{decl.pos}: cannot listen on {decl.address} port {decl.effective_port}: "
                                f"{e.strerror or e}") from None
         logger.info("postillion ready: %d envelope(s) in queue", len(envelopes))
 

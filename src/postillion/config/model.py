@@ -51,6 +51,9 @@ class Limits:
     max_hops: int = 100                   # Received: headers before 554 5.4.6
     expand_depth: int = 10                # alias expansion depth
     sub_addr_delim: str = "+"             # smtp sub-addr-delim
+    tls_timeout: float = 30 * SECONDS     # TLS handshake, then close
+    max_failed_auth: int = 3              # failed AUTH per session -> 421 4.7.0
+    ciphers: str = "HIGH:!aNULL:!MD5"     # smtp ciphers; TLS >= 1.2 always
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +77,63 @@ class TableDecl:
 
 
 @dataclass(frozen=True, slots=True)
+class PkiDecl:
+    """`pki NAME cert FILE` / `pki NAME key FILE` / `pki NAME dhe ...`, merged by NAME."""
+
+    name: str
+    pos: Position
+    cert: str | None = None
+    key: str | None = None
+    dhe: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CaDecl:
+    """`ca NAME cert FILE`: the CA bundle a listener verifies client certificates with."""
+
+    name: str
+    pos: Position
+    cert: str
+
+
+@dataclass(frozen=True, slots=True)
 class ListenDecl:
-    """`listen on ADDRESS [port N] [hostname NAME]`."""
+    """`listen on ADDRESS [OPTION ...]` (SPEC §4.2), one per statement.
+
+    `port` is None when not written: 25, or 465 with `smtps`.  `tls` offers
+    STARTTLS; `tls_require` demands it before MAIL; `verify` (after
+    `tls-require` or `smtps`) demands a client certificate valid for `ca`.
+    `auth` is "" (none), "required" or "optional"; `auth_table` None with
+    auth set means the system password database.
+    """
 
     address: str
     pos: Position
-    port: int = 25
+    port: int | None = None
     hostname: str | None = None
+    family: str | None = None            # "inet4" | "inet6" | None (both)
+    tls: bool = False
+    tls_require: bool = False
+    smtps: bool = False
+    verify: bool = False
+    pki: tuple[str, ...] = ()
+    ca: str | None = None
+    auth: str = ""                       # "" | "required" | "optional"
+    auth_table: str | None = None
+    insecure_auth: bool = False
+    hostnames: str | None = None         # table (addrname)
+    senders: str | None = None           # table (mailaddrmap)
+    masquerade: bool = False
+    tag: str | None = None
+    mask_src: bool = False
+    no_dsn: bool = False
+    received_auth: bool = False
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 465 if self.smtps else 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,3 +194,5 @@ class Config:
     actions: Mapping[str, ActionDecl] = field(default_factory=dict)
     matches: tuple[MatchDecl, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    pkis: Mapping[str, PkiDecl] = field(default_factory=dict)
+    cas: Mapping[str, CaDecl] = field(default_factory=dict)

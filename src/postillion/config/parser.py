@@ -302,7 +302,7 @@ class Parser:
     def _listen(self, s: Stream, kw: Token) -> None:
         s.expect_word("on", "listen")
         address = s.expect_value('an address or interface after "listen on"', LISTEN_WORDS)
-        port, hostname = 25, None
+        port, hostname = None, None
         seen: dict[str, Position] = {}
         while not s.at_end():
             opt = self._option(s, seen, "listen option")

@@ -37,7 +37,7 @@ class Listener:
         if host == "localhost":
             host = "127.0.0.1"
         self.server = await asyncio.start_server(
-            self._accept, host, self.decl.port, backlog=BACKLOG, reuse_address=True,
+            self._accept, host, self.decl.effective_port, backlog=BACKLOG, reuse_address=True,
             limit=self.ctx.limits.max_data_line * 2)
         for sock in self.server.sockets:
             logger.info("listening on %s", sock.getsockname()[:2])
