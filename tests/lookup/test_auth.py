@@ -1,0 +1,106 @@
+"""Credential checks: SHA-crypt against Drepper's published vectors, bcrypt
+variants, shadow(5) parsing and the Authenticator's three outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import bcrypt
+import pytest
+
+from postillion.lookup.auth import (
+    Authenticator,
+    AuthResult,
+    UnknownScheme,
+    sha_crypt,
+    shadow_hash,
+    verify_hash,
+)
+from postillion.table.table import open_table
+
+# "Unix crypt using SHA-256 and SHA-512", U. Drepper, test vectors.
+SHA256_VECTORS = [
+    ("$5$saltstring", "Hello world!", "$5$saltstring$5B8vYYiY.CVt1RlTTf8KbXBH3hsxY/GNooZaBBGWEc5"),
+    ("$5$rounds=10000$saltstringsaltstring", "Hello world!",
+     "$5$rounds=10000$saltstringsaltst$3xv.VbSHBb41AL9AvLeujZkZRBAwqFMz2.opqey6IcA"),
+    ("$5$rounds=5000$toolongsaltstring", "This is just a test",
+     "$5$rounds=5000$toolongsaltstrin$Un/5jzAHMgOGZ5.mWJpuVolil07guHPvOW8mGRcvxa5"),
+    ("$5$rounds=1400$anotherlongsaltstring",
+     "a very much longer text to encrypt.  This one even stretches over morethan one line.",
+     "$5$rounds=1400$anotherlongsalts$Rx.j8H.h8HjEDGomFU8bDkXm3XIUnzyxf12oP84Bnq1"),
+    ("$5$rounds=77777$short", "we have a short salt string but not a short password",
+     "$5$rounds=77777$short$JiO1O3ZpDAxGJeaDIuqCoEFysAe1mZNJRs3pw0KQRd/"),
+    ("$5$rounds=123456$asaltof16chars..", "a short string",
+     "$5$rounds=123456$asaltof16chars..$gP3VQ/6X7UUEW3HkBn2w1/Ptq2jxPyzV/cZKmF/wJvD"),
+    ("$5$rounds=10$roundstoolow", "the minimum number is still observed",
+     "$5$rounds=1000$roundstoolow$yfvwcWrQ8l/K0DAWyuPMDNHpIVlTQebY9l/gL972bIC"),
+]
+SHA512_VECTORS = [
+    ("$6$saltstring", "Hello world!",
+     "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1"),
+    ("$6$rounds=5000$toolongsaltstring", "This is just a test",
+     "$6$rounds=5000$toolongsaltstrin$lQ8jolhgVRVhY4b5pZKaysCLi0QBxGoNeKQzQ3glMhwllF7oGDZxUhx1yxdYcz/e1JSbq3y6JMxxl8audkUEm0"),
+]
+
+
+@pytest.mark.parametrize("setting,password,expected", SHA256_VECTORS + SHA512_VECTORS)
+def test_sha_crypt_published_vectors(setting, password, expected):
+    assert sha_crypt(password.encode(), setting) == expected
+    assert verify_hash(password, expected)
+    assert not verify_hash(password + "x", expected)
+
+
+def test_bcrypt_variants():
+    stored = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+    for prefix in ("$2a$", "$2b$", "$2y$"):
+        assert verify_hash("s3cret", prefix + stored[4:])
+        assert not verify_hash("S3cret", prefix + stored[4:])
+    assert not verify_hash("s3cret", "$2b$04$garbage")
+
+
+@pytest.mark.parametrize("stored", ["$1$abc$def", "$y$j9T$abc$def", "abJnggxhB/yWI", "plain"])
+def test_unknown_schemes(stored):
+    with pytest.raises(UnknownScheme):
+        verify_hash("pw", stored)
+
+
+def test_shadow_parsing(tmp_path):
+    shadow = tmp_path / "shadow"
+    shadow.write_text("root:*:19000:0:99999:7:::\n"
+                      f"gilles:{sha_crypt(b'pw', '$6$abcdefgh')}:19000:0:99999:7:::\n"
+                      "locked:!$6$x$y:19000::::::\nempty::19000::::::\n")
+    assert shadow_hash("gilles", shadow).startswith("$6$abcdefgh$")
+    for user in ("root", "locked", "empty", "nobody"):
+        assert shadow_hash(user, shadow) is None
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_authenticator_against_system_accounts(tmp_path):
+    shadow = tmp_path / "shadow"
+    shadow.write_text(f"gilles:{sha_crypt(b'pw', '$5$salt')}:19000::::::\n")
+    auth = Authenticator(None, shadow)
+    assert run(auth.check("gilles", "pw")) is AuthResult.OK
+    assert run(auth.check("gilles", "bad")) is AuthResult.PERMFAIL
+    assert run(auth.check("nobody", "pw")) is AuthResult.PERMFAIL
+    assert run(auth.check("gil\nles", "pw")) is AuthResult.PERMFAIL
+    assert run(Authenticator(None, tmp_path / "missing").check("gilles", "pw")) is AuthResult.TEMPFAIL
+
+
+def test_authenticator_against_a_credentials_table():
+    stored = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+
+    async def go():
+        table = open_table("creds", "static", None, pairs=(("Gilles", f"gilles:{stored}"),
+                                                           ("eric", sha_crypt(b"pw2", "$6$s"))),
+                           is_map=True)
+        await table.open()
+        auth = Authenticator(table)
+        return [await auth.check("gilles", "pw"), await auth.check("GILLES", "pw"),
+                await auth.check("gilles", "nope"), await auth.check("eric", "pw2"),
+                await auth.check("nobody", "pw")]
+
+    assert run(go()) == [AuthResult.OK, AuthResult.OK, AuthResult.PERMFAIL, AuthResult.OK,
+                         AuthResult.PERMFAIL]
