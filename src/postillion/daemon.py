@@ -32,6 +32,8 @@ from postillion.table.table import Table, TableError, open_table
 
 logger = logging.getLogger("postillion.daemon")
 
+STOP_GRACE = 5.0  # seconds in-flight deliveries get to finish on SIGTERM
+
 #: Expanded addresses are `internal`: the rules see them as `from local` (SPEC §3).
 INTERNAL = SessionFacts(address="local", is_local=True)
 
@@ -66,7 +68,7 @@ async def open_tables(config: Config) -> dict[str, Table]:
             tables[decl.name] = table
             await table.open()
             for service in sorted(needs.get(decl.name, ()), key=lambda s: s.value):
-                table.require(service)
+                await table.verify(service)
     except TableError as e:
         await close_tables(tables)
         raise StartupError(str(e)) from None
@@ -170,7 +172,9 @@ class Daemon:
         for listener in self.listeners:
             await listener.stop()
         if self.scheduler is not None:
-            await self.scheduler.stop()
+            # Deliveries still running get a moment; the rest stay queued for
+            # the next start (as OpenSMTPD, which leaves its queue on disk).
+            await self.scheduler.stop(timeout=STOP_GRACE)
         if self._scheduler_task is not None:
             self._scheduler_task.cancel()
             await asyncio.gather(self._scheduler_task, return_exceptions=True)

@@ -102,3 +102,15 @@ def test_pipelined_batch_gets_replies_in_order(running):
         assert f.readline().startswith(b"250 2.0.0 ")
         assert f.readline().startswith(b"221 ")
     running.wait_delivered("alice")
+
+
+def test_large_message_takes_the_streaming_path(running):
+    """Above the inline limit (1 MiB) delivery streams from the queue file."""
+    line = b"x" * 998 + b"\r\n"
+    body = b"Subject: big\r\n\r\n" + line * 1600  # ~1.6 MB
+    with smtplib.SMTP(running.host, running.port, timeout=30) as client:
+        client.sendmail("bob@example.test", ["alice@example.test"], body)
+    [path] = running.wait_delivered("alice")
+    raw = path.read_bytes()
+    assert raw.endswith(b"\n" + (b"x" * 998 + b"\n") * 1600)
+    assert path.stat().st_uid == path.parent.parent.stat().st_uid  # as the user, not root
