@@ -20,7 +20,7 @@ does the first load or connection.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Final, Protocol
 
 from postillion.table.services import Service
@@ -65,6 +65,12 @@ def shape_serves(shape: Shape | None, services: frozenset[Service], service: Ser
     if shape is Shape.MAP:
         return service in MAP_SERVICES
     return True
+
+
+# Checks one entry of a loaded table for one service: (key, raw value) for a
+# map, (None, element) for a list.  Raises `values.BadValue` saying what is
+# wrong.  Built by `Table.verify`; see `Backend.validate_on_load`.
+EntryCheck = Callable[[str | None, str], None]
 
 
 class Backend(Protocol):
@@ -112,3 +118,20 @@ class Backend(Protocol):
 
     async def elements(self) -> Sequence[str]:
         """A list's elements, as written, for `Table` to match (LIST only)."""
+
+    async def entries(self) -> Sequence[tuple[str, str]]:
+        """A map's (key, raw value) pairs, for `table dump` (MAP only).
+
+        Backends that cannot list (SQL, getpwnam) raise BackendError.
+        """
+
+    async def validate_on_load(self, service: Service, check: EntryCheck) -> None:
+        """Check every entry now, and every reload before it is swapped in.
+
+        Static and file tables hold few enough entries to check them all at
+        load: a malformed value is then an error for the administrator
+        (BackendError naming `file:line` and the key), and a reload that
+        brings one keeps the old contents.  Backends whose values are only
+        seen one lookup at a time (db, SQL, getpwnam) do nothing here: there
+        a malformed value is an ERROR of that lookup.
+        """

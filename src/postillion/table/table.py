@@ -26,11 +26,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Literal, TypeVar, overload
 
 from postillion.errors import LookupUnavailable
-from postillion.table.backend import Backend, Shape
+from postillion.table.backend import Backend, EntryCheck, Shape
 from postillion.table.errors import BackendError, MalformedValue, TableError, printable
 from postillion.table.match import Matcher, compile_element
 from postillion.table.registry import backend_class
 from postillion.table.services import Service
+from postillion.table.textformat import entry_problem
 from postillion.table.values import (
     Addrname, BadValue, Credentials, Domain, ExpandList, Mailaddr, Mailaddrmap, Netaddr,
     Relayhost, Source, Userinfo, Value, parse_value,
@@ -128,18 +129,64 @@ class Table:
         await self.backend.close()
 
     async def verify(self, service: Service) -> None:
-        """Check that every element of a list parses for `service`.
+        """Refuse, at config load, a table that cannot serve `service` well.
 
-        Lets `postillion check` refuse `from src <t>` on a list holding
-        `10.0.0.0/33`; on the mail path such an element is an ERROR.
+        `require(service)`, then, for static and file tables, parse every
+        entry for `service` now: a list holding `10.0.0.0/33` used by `from
+        src`, a userbase line `bob: 1000:/home/bob`, an alias target `|` are
+        TableErrors naming the table, `file:line`, the key (never the value)
+        and what is wrong -- not a 451 at the first message.  From then on
+        a reload of the file is checked for `service` before it is swapped
+        in, so a bad edit keeps the old contents.  Other backends check
+        values one lookup at a time (an ERROR, 451 4.3.0).
         """
         self.require(service)
-        if self.shape is not Shape.LIST:
-            return
         try:
-            await self._matchers(service)
+            await self.backend.validate_on_load(service, self.entry_check(service))
         except BackendError as e:
-            raise TableError(f"table {self.name}: {e}") from None
+            raise TableError(f"table {self.name}: {self.backend.name}: {e}") from None
+
+    def entry_check(self, service: Service) -> EntryCheck:
+        """How one entry of a static/file/db table is checked for `service`."""
+        delim = self.sub_addr_delim
+
+        def check(key: str | None, raw: str) -> None:
+            if key is None:
+                try:
+                    compile_element(service, raw, delim)
+                except BadValue as bad:
+                    raise BadValue(f"not a valid {service.value}: {bad}") from None
+            elif service is not Service.AUTH:
+                try:
+                    parse_value(service, key, raw)
+                except MalformedValue as e:
+                    raise BadValue(f"malformed {service.value} value: {e.reason}") from None
+        return check
+
+    async def dump(self, service: Service) -> list[tuple[str | None, Value]]:
+        """Every entry as (key, typed value); (None, element) for a list.
+
+        For `postillion table dump`.  Raises TableError if the backend cannot
+        list (SQL, getpwnam) or an entry is malformed for `service`.
+        """
+        self.require(service)
+        try:
+            if self.shape is Shape.LIST:
+                elements = await self.backend.elements()
+                pairs: Sequence[tuple[str | None, str]] = [(None, e) for e in elements]
+            else:
+                pairs = await self.backend.entries()
+        except BackendError as e:
+            raise TableError(f"table {self.name}: {self.backend.name}: {e}") from None
+        out: list[tuple[str | None, Value]] = []
+        check = self.entry_check(service)
+        for index, (key, raw) in enumerate(pairs, 1):
+            try:
+                check(key, raw)
+            except BadValue as bad:
+                raise TableError(f"table {self.name}: {entry_problem(key, index, raw, bad)}") from None
+            out.append((key, parse_value(service, key or "", raw, table=self.name)))
+        return out
 
     # ------------------------------------------------------------- mail time
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from postillion.table.backend import Shape
-from postillion.table.errors import BackendError
+from postillion.table.backend import EntryCheck, Shape
+from postillion.table.errors import BackendError, printable
+from postillion.table.values import BadValue
 
 SEPARATORS = " \t:"
 
@@ -97,11 +98,39 @@ class Contents:
         return cls(Shape.MAP, mapping=MappingProxyType(dict(pairs)), decided=decided)
 
 
-def parse_table_text(text: str, origin: str) -> Contents:
+def entry_problem(key: str | None, index: int, raw: str, bad: BadValue) -> str:
+    """What is wrong with one entry, for an error message.
+
+    A map entry is named by its key, never its value (it may be a secret); a
+    list element by its position and text (an address or a domain).
+    """
+    if key is None:
+        return f"list element {index} {printable(raw)} is {bad}"
+    return f"key {printable(key)}: {bad}"
+
+
+def check_contents(contents: Contents, check: EntryCheck) -> None:
+    """Run `check` over every entry; BackendError for the first bad one."""
+    if contents.shape is Shape.LIST:
+        for index, element in enumerate(contents.elements, 1):
+            try:
+                check(None, element)
+            except BadValue as bad:
+                raise BackendError(entry_problem(None, index, element, bad)) from None
+        return
+    for index, (key, raw) in enumerate(contents.mapping.items(), 1):
+        try:
+            check(key, raw)
+        except BadValue as bad:
+            raise BackendError(entry_problem(key, index, raw, bad)) from None
+
+
+def parse_table_text(text: str, origin: str, check: EntryCheck | None = None) -> Contents:
     """Parse a file table (SPEC §2.1); keys lowercased, values as written.
 
     Raises BackendError naming `origin:line` for a key without a value, an
-    empty key, or two keys equal after lowercasing.
+    empty key, two keys equal after lowercasing, or an entry that `check`
+    (the services the table is used for, see `Table.verify`) rejects.
     """
     shape: Shape | None = None
     force_list = False
@@ -118,6 +147,12 @@ def parse_table_text(text: str, origin: str) -> Contents:
             shape = Shape.LIST if force_list or not has_separator else Shape.MAP
         if shape is Shape.LIST:
             elements.append(line)
+            if check is not None:
+                try:
+                    check(None, line)
+                except BadValue as bad:
+                    raise BackendError(f"{origin}:{number}: "
+                                       f"{entry_problem(None, len(elements), line, bad)}") from None
             continue
         key, value = split_map_line(line)
         if not key:
@@ -130,6 +165,12 @@ def parse_table_text(text: str, origin: str) -> Contents:
                 f'{origin}:{number}: duplicate key "{folded}" (first on line {first_seen[folded]})')
         first_seen[folded] = number
         mapping[folded] = value
+        if check is not None:
+            try:
+                check(folded, value)
+            except BadValue as bad:
+                raise BackendError(f"{origin}:{number}: "
+                                   f"{entry_problem(folded, 0, value, bad)}") from None
     if shape is Shape.LIST or force_list:
         return Contents.of_list(elements)
     return Contents.of_map(mapping, decided=shape is not None)

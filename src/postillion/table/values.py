@@ -220,8 +220,56 @@ def split_targets(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+_USER_TARGET: Final = re.compile(r"[A-Za-z0-9_.+-]+\Z")
+
+
+def check_target(target: str) -> None:
+    """Raise BadValue unless `target` is one of the kinds of SPEC §3 *Targets*.
+
+    `error:NNN text` (or `:error:`, NNN starting 4 or 5), `:include:/abs`,
+    `|command`, `/abs/path` (mbox) or `/abs/path/` (maildir), `local@domain`,
+    or a bare `user` (letters, digits, `_ . + -`).  Checked when a table is
+    loaded and by `makemap -t aliases`, so a typo is found by the
+    administrator, not by the first sender to that alias.
+    """
+    if any(not c.isprintable() for c in target):
+        raise BadValue("target contains control characters")
+    lowered = target.lower()
+    if lowered.startswith(("error:", ":error:")):
+        body = target.split(":", 2)[2] if target.startswith(":") else target.split(":", 1)[1]
+        code = body.strip()[:3]
+        if not (len(code) == 3 and code.isascii() and code.isdigit() and code[0] in "45"):
+            raise BadValue("error: target wants a 4xx or 5xx code")
+        return
+    if lowered.startswith(":include:"):
+        if not target[len(":include:"):].strip().startswith("/"):
+            raise BadValue(":include: target wants an absolute path")
+        return
+    if target.startswith("|"):
+        if not target[1:].strip():
+            raise BadValue("| target without a command")
+        return
+    if target.startswith("/"):
+        return
+    if "@" in target:
+        local, _, domain = target.rpartition("@")
+        if not local or not domain or any(c.isspace() for c in target):
+            raise BadValue("target is not a valid address")
+        return
+    if not _USER_TARGET.match(target):
+        raise BadValue("target is not a user, an address, a /path, a |command,"
+                       " :include: or error:")
+
+
 def parse_alias(key: str, raw: str) -> ExpandList:
-    return ExpandList(split_targets(raw))
+    """Comma-separated targets (`split_targets`), each of a known kind."""
+    targets = split_targets(raw)
+    for number, target in enumerate(targets, 1):
+        try:
+            check_target(target)
+        except BadValue as bad:
+            raise BadValue(f"target {number}: {bad}") from None
+    return ExpandList(targets)
 
 
 def parse_domain(key: str, raw: str) -> Domain:
@@ -390,3 +438,40 @@ def parse_value(service: Service, key: str, raw: str, *, table: str = "") -> Val
         return PARSERS[service](key, raw)
     except BadValue as bad:
         raise MalformedValue(service, key, str(bad), table) from None
+
+
+def _quote_target(target: str) -> str:
+    if any(c in target for c in ',"\\'):
+        return '"' + target.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return target
+
+
+def render(value: Value) -> str:
+    """A value as one line of text, in the form its service's parser reads.
+
+    What `postillion table lookup` and `table dump` print: userinfo in the
+    2012 four-field form (it names the user), credentials as `user:secret`,
+    alias and mailaddrmap as comma lists.  Parsing the result with the same
+    service gives the same value back.
+    """
+    if isinstance(value, ExpandList):
+        return ", ".join(_quote_target(t) for t in value.targets)
+    if isinstance(value, Userinfo):
+        return f"{value.username}:{value.uid}:{value.gid}:{value.home}"
+    if isinstance(value, Credentials):
+        return f"{value.username}:{value.secret}"
+    if isinstance(value, Netaddr):
+        return str(value.network)
+    if isinstance(value, Source):
+        return str(value.address)
+    if isinstance(value, Mailaddrmap):
+        return ", ".join(str(p) for p in value.patterns)
+    if isinstance(value, Regex):
+        return value.pattern.pattern
+    if isinstance(value, (Domain, Addrname)):
+        return value.name
+    if isinstance(value, Relayhost):
+        return value.url
+    if isinstance(value, String):
+        return value.value
+    return str(value)       # Mailaddr

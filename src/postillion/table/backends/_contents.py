@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from postillion.table.backend import LIST_SERVICES, MAP_SERVICES, Shape, shape_serves
+from postillion.table.backend import (
+    LIST_SERVICES, MAP_SERVICES, EntryCheck, Shape, shape_serves,
+)
 from postillion.table.errors import BackendError
 from postillion.table.services import Service
-from postillion.table.textformat import Contents
+from postillion.table.textformat import Contents, check_contents
 
 
 class ContentsBackend:
@@ -23,6 +25,18 @@ class ContentsBackend:
 
     _contents: Contents | None
     _cursor: int = 0
+    _checks: dict[Service, EntryCheck]
+
+    def _combined_check(self) -> EntryCheck | None:
+        """One check running those of every service the table is verified for."""
+        checks = list(self._checks.values())
+        if not checks:
+            return None
+
+        def check(key: str | None, raw: str) -> None:
+            for one in checks:
+                one(key, raw)
+        return check
 
     @property
     def shape(self) -> Shape | None:
@@ -60,3 +74,15 @@ class ContentsBackend:
         if contents.shape is not Shape.LIST:
             raise BackendError("this table is a map, not a list")
         return contents.elements
+
+    async def entries(self) -> Sequence[tuple[str, str]]:
+        contents = await self._current()
+        if contents.shape is not Shape.MAP:
+            raise BackendError("this table is a list, not a map")
+        return tuple(contents.mapping.items())
+
+    async def validate_on_load(self, service: Service, check: EntryCheck) -> None:
+        """Check the contents now; file tables also check each reload."""
+        contents = await self._current()
+        check_contents(contents, check)
+        self._checks[service] = check

@@ -23,8 +23,10 @@ import os
 import time
 from typing import ClassVar, Sequence
 
+from postillion.table.backend import EntryCheck
 from postillion.table.backends._contents import ContentsBackend
 from postillion.table.errors import BackendError
+from postillion.table.services import Service
 from postillion.table.textformat import Contents, parse_table_text
 
 log = logging.getLogger("postillion.table")
@@ -32,8 +34,8 @@ log = logging.getLogger("postillion.table")
 Signature = tuple[int, int, int, int]   # st_dev, st_ino, st_size, st_mtime_ns
 
 
-def _read(path: str) -> tuple[Contents, Signature]:
-    """Read and parse the file; blocking, so run in a thread."""
+def _read(path: str, check: EntryCheck | None = None) -> tuple[Contents, Signature]:
+    """Read, parse and check the file; blocking, so run in a thread."""
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
@@ -45,7 +47,7 @@ def _read(path: str) -> tuple[Contents, Signature]:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise BackendError(f"{path}:{line}: not UTF-8 text") from None
-    return parse_table_text(text, path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return parse_table_text(text, path, check), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class FileBackend(ContentsBackend):
@@ -63,6 +65,7 @@ class FileBackend(ContentsBackend):
         self._signature: Signature | None = None
         self._next_stat = 0.0
         self._lock = asyncio.Lock()
+        self._checks = {}
 
     async def open(self) -> None:
         contents, signature = await asyncio.to_thread(_read, self.path)
@@ -77,8 +80,25 @@ class FileBackend(ContentsBackend):
         async with self._lock:
             await self._reload()
 
+    async def validate_on_load(self, service: Service, check: EntryCheck) -> None:
+        """Re-read the file checking `service` too, so errors name `file:line`.
+
+        From now on every reload is checked for it before the swap.
+        """
+        async with self._lock:
+            previous = self._checks.get(service)
+            self._checks[service] = check
+            try:
+                await self._reload()
+            except BaseException:
+                if previous is None:
+                    del self._checks[service]
+                else:
+                    self._checks[service] = previous
+                raise
+
     async def _reload(self) -> None:
-        contents, signature = await asyncio.to_thread(_read, self.path)
+        contents, signature = await asyncio.to_thread(_read, self.path, self._combined_check())
         pinned = self.shape
         if pinned is not None and contents.shape is not pinned:
             if contents.decided:

@@ -14,7 +14,7 @@ import pwd
 from collections.abc import Sequence
 from typing import ClassVar
 
-from postillion.table.backend import Shape
+from postillion.table.backend import EntryCheck, Shape
 from postillion.table.errors import BackendError
 from postillion.table.services import Service
 
@@ -67,3 +67,9 @@ class GetpwnamBackend:
 
     async def elements(self) -> Sequence[str]:
         raise BackendError("getpwnam is not a list")
+
+    async def entries(self) -> Sequence[tuple[str, str]]:
+        raise BackendError("getpwnam cannot list its contents")
+
+    async def validate_on_load(self, service: Service, check: EntryCheck) -> None:
+        return None     # values are checked one lookup at a time

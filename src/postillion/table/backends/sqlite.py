@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar, Final, TypeVar
 
-from postillion.table.backend import Shape
+from postillion.table.backend import EntryCheck, Shape
 from postillion.table.backend_config import BackendConfig, read_backend_config
 from postillion.table.errors import BackendError
 from postillion.table.services import Service
@@ -306,3 +306,9 @@ class SqliteBackend:
 
     async def elements(self) -> Sequence[str]:
         raise BackendError("an sqlite table is not a list")
+
+    async def entries(self) -> Sequence[tuple[str, str]]:
+        raise BackendError("an sqlite table cannot list its contents")
+
+    async def validate_on_load(self, service: Service, check: EntryCheck) -> None:
+        return None     # values are checked one lookup at a time

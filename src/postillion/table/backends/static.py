@@ -23,6 +23,7 @@ class StaticBackend(ContentsBackend):
                  pairs: Sequence[tuple[str, str]] = (), is_map: bool = False) -> None:
         if config is not None:
             raise BackendError("an inline table takes { ... }, not a path")
+        self._checks = {}
         if items and pairs:
             raise BackendError("an inline table holds elements or key/value pairs, not both")
         if pairs or is_map:
