@@ -17,13 +17,19 @@ from dataclasses import dataclass, field
 
 from postillion.errors import Reply
 from postillion.smtp.protocol import (
+    AUTH_OK,
     NEED_DATA,
+    READY_TLS,
     START_DATA,
+    Auth,
+    BdatEnd,
+    StartTls,
     ConnectionClosed,
     DataChunk,
     DataEnd,
     DataStart,
     Event,
+    Features,
     Helo,
     MailFrom,
     ProtocolLimits,
@@ -39,6 +45,9 @@ MAIL_OK = Reply(250, "2.0.0", "Ok")
 RCPT_OK = Reply(250, "2.1.5", "Destination address valid: Recipient ok")
 QUEUED = Reply(250, "2.0.0", "Message accepted for delivery")
 TOO_BIG = Reply(552, "5.3.4", "Message too big for system")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication failed")
+#: The one user/password accept_all takes.
+USER, PASSWORD = "gilles", "s3cret"
 
 Answer = Callable[[ServerProtocol, Event], Reply]
 
@@ -58,6 +67,17 @@ def accept_all(proto: ServerProtocol, event: Event) -> Reply:
             return TOO_BIG
         case DataEnd():
             return QUEUED
+        case StartTls():
+            return READY_TLS
+        case Auth():
+            ok = (event.username, event.password) == (USER, PASSWORD) and event.authzid in ("", USER)
+            return AUTH_OK if ok else AUTH_FAILED
+        case BdatEnd(too_big=True):
+            return TOO_BIG
+        case BdatEnd(last=True):
+            return QUEUED
+        case BdatEnd():
+            return Reply(250, "2.0.0", f"{event.chunk} octets received")
     raise AssertionError(f"no reply owed to {event!r}")
 
 
@@ -91,6 +111,8 @@ class Run:
 
 def buffer_limit(proto: ServerProtocol) -> int:
     limits = proto.limits
+    if proto.state is State.AUTH:
+        return limits.max_auth_line
     return limits.max_data_line if proto.state is State.DATA else limits.max_line
 
 
@@ -99,14 +121,19 @@ def drive(
     limits: ProtocolLimits = ProtocolLimits(),
     answer: Answer = accept_all,
     proto: ServerProtocol | None = None,
+    features: Features = Features(),
 ) -> Run:
     """Run a whole connection: banner, every read, EOF, until ConnectionClosed."""
-    proto = proto or ServerProtocol(HOSTNAME, PEER, limits)
+    proto = proto or ServerProtocol(HOSTNAME, PEER, limits, features)
     run = Run(proto=proto)
     proto.send_banner()
     pending_reads = iter(reads)
     while True:
         run.output += proto.data_to_send()
+        if proto.state is State.TLS:
+            # The handshake: the next read is what the client sent over TLS.
+            assert len(proto._buf) == 0, "plaintext kept across STARTTLS"
+            proto.tls_started()
         event = proto.next_event()
         if event is NEED_DATA:
             assert len(proto._buf) < buffer_limit(proto), "asked for data with a full buffer"

@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 from postillion.errors import Reply
 from postillion.smtp.protocol import (
     START_DATA,
+    BdatEnd,
+    Features,
+    MailFrom,
     ConnectionClosed,
     DataEnd,
     DataStart,
@@ -138,3 +141,43 @@ def test_content_never_ends_early(content: list[bytes]) -> None:
     terminated = (b"\r\n" + body).find(b"\r\n.\r\n") >= 0
     assert len(ends) == (1 if terminated else 0)
     assert DataStart() in run.events and START_DATA.to_bytes() in bytes(run.output)
+
+
+# -- every extension on: STARTTLS, AUTH, BDAT, DSN, SMTPUTF8 -----------------------
+
+ALL = Features(starttls=True, auth=True, insecure_auth=True, dsn=True, smtputf8=True, chunking=True)
+EXT_LIMITS = ProtocolLimits(max_line=64, max_data_line=80, max_message_size=200, max_rcpt=2,
+                            max_mails=3, max_failed_commands=6, max_auth_line=48, max_failed_auth=2)
+EXT_TOKENS = TOKENS + [
+    b"STARTTLS\r\n", b"STARTTLS\r\nRSET\r\n", b"AUTH PLAIN AGdpbGxlcwBzM2NyZXQ=\r\n", b"AUTH PLAIN\r\n",
+    b"AGdpbGxlcwB4\r\n", b"AUTH LOGIN\r\n", b"Z2lsbGVz\r\n", b"czNjcmV0\r\n", b"*\r\n", b"!!\r\n",
+    b"BDAT 5\r\n", b"BDAT 3 LAST\r\n", b"BDAT 0 LAST\r\n", b"BDAT x\r\n", b"abcde", b"\r\n.\r\n",
+    b"MAIL FROM:<j\xc3\xb6rg@b.example> SMTPUTF8 RET=HDRS ENVID=a+2Bb\r\n",
+    b"RCPT TO:<c@d> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c@d\r\n", b"RCPT TO:<\xc3\xa9@d>\r\n",
+]
+EXT_SEGMENTS = st.one_of(st.sampled_from(OPENERS), st.sampled_from(EXT_TOKENS), st.binary(max_size=24))
+EXT_STREAMS = st.builds(lambda first, rest: first + b"".join(rest), st.sampled_from([b"", *OPENERS]),
+                        st.lists(EXT_SEGMENTS, max_size=60))
+
+
+@settings(deadline=None, max_examples=300)
+@given(stream=EXT_STREAMS, points=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
+       answers=ANSWERS)
+@example(stream=b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 5\r\n\r\n.\r\nBDAT 0 LAST\r\n",
+         points=[], answers=[])
+def test_extension_invariants(stream: bytes, points: list[int], answers: list[str]) -> None:
+    """Never raises, buffers bounded (asserted by drive), never more messages
+    than terminators: DATA ends <= CRLF.CRLF, BDAT ends <= LAST keywords."""
+    run = drive(cut(stream, points), EXT_LIMITS, scripted(answers), features=ALL)
+    assert isinstance(run.events[-1], ConnectionClosed)
+    data_ends = [e for e in run.events if isinstance(e, DataEnd)]
+    last_ends = [e for e in run.events if isinstance(e, BdatEnd) and e.last]
+    assert len(data_ends) <= stream.count(b"\r\n.\r\n")
+    assert len(last_ends) <= stream.upper().count(b" LAST")
+    for chunk in run.chunks:
+        assert chunk and chunk.count(b"\r") == chunk.count(b"\n") == chunk.count(b"\r\n")
+    for content in run.content:
+        assert len(content) <= EXT_LIMITS.max_message_size
+    for event in run.events:
+        if isinstance(event, MailFrom) and event.sender is not None:
+            assert not any(ord(c) < 0x20 for c in str(event.sender))

@@ -44,6 +44,8 @@ buffer, never line by line in Python (DESIGN.md, "Performance shape").
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import ipaddress
 import re
@@ -57,6 +59,10 @@ from postillion.errors import Reply
 
 __all__ = [
     "NEED_DATA",
+    "Auth",
+    "BdatEnd",
+    "Features",
+    "StartTls",
     "TRANSITIONS",
     "VERBS",
     "CommandRejected",
@@ -99,14 +105,39 @@ class ProtocolLimits:
     max_rcpt: int = 1000                    # per transaction -> 452 4.5.3
     max_mails: int = 100                    # per session -> 452 4.5.3 at MAIL
     max_failed_commands: int = 10           # in a row -> 421 4.7.0, close
+    max_auth_line: int = 12288              # AUTH response line incl. CRLF -> 500 5.5.2, close
+    max_failed_auth: int = 3                # 535 per session -> 421 4.7.0, close
 
     def __post_init__(self) -> None:
         # ".\r\n" must fit in a data line and "QUIT\r\n" in a command line,
         # or no client could ever end a message or a session.
         if self.max_line < 6 or self.max_data_line < 3:
             raise ValueError("max_line must be >= 6 and max_data_line >= 3")
-        if min(self.max_message_size, self.max_rcpt, self.max_mails, self.max_failed_commands) < 1:
+        if min(self.max_message_size, self.max_rcpt, self.max_mails, self.max_failed_commands,
+               self.max_failed_auth) < 1 or self.max_auth_line < 6:
             raise ValueError("protocol limits must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What the listener offers (SPEC §6.1 EHLO keywords), fixed per session.
+
+    Each flag enables its EHLO keyword together with the verb or parameters
+    behind it; a verb not offered answers 502 5.5.1, a parameter 555 5.5.4.
+    """
+
+    starttls: bool = False        # `tls`/`tls-require`: STARTTLS until TLS is up
+    tls_required: bool = False    # `tls-require`: MAIL -> 530 5.7.0 before STARTTLS
+    auth: bool = False            # `auth`/`auth-optional`: AUTH PLAIN LOGIN (on TLS)
+    auth_required: bool = False   # `auth`: MAIL -> 530 5.7.0 before AUTH
+    insecure_auth: bool = False   # `insecure-auth`: AUTH offered without TLS
+    dsn: bool = False             # DSN: RET/ENVID at MAIL, NOTIFY/ORCPT at RCPT
+    smtputf8: bool = False        # SMTPUTF8: UTF-8 addresses with the MAIL parameter
+    chunking: bool = False        # CHUNKING: BDAT
+
+
+#: What a session on a listener with every extension gets (`no-dsn` aside).
+ALL_EXTENSIONS: Final = Features(dsn=True, smtputf8=True, chunking=True)
 
 
 # --------------------------------------------------------------------------
@@ -126,6 +157,9 @@ class State(enum.Enum):
     MAIL = "mail"             # sender accepted, no recipient yet
     RCPT = "rcpt"             # at least one recipient accepted
     DATA = "data"             # 354 sent: bytes are message content
+    BDAT = "bdat"             # a non-LAST BDAT chunk accepted: more chunks (or RSET)
+    AUTH = "auth"             # 334 sent: the next line is a SASL response
+    TLS = "tls"               # 220 to STARTTLS sent: waiting for the handshake
     CLOSED = "closed"         # QUIT, EOF, 421 or a fatal protocol error
 
 
@@ -236,6 +270,56 @@ class DataEnd(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class StartTls(Event):
+    """STARTTLS, valid here (after EHLO, outside a transaction, not yet TLS).
+
+    Reply owed: `READY_TLS` (220) makes the machine discard every byte it
+    holds (plaintext pipelined after the command must never be read as if
+    it came over TLS) and wait in State.TLS; the session then does the
+    handshake and calls `tls_started()`, or closes if it fails.
+    """
+
+    reply_owed: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Auth(Event):
+    """AUTH PLAIN or LOGIN, all responses read and decoded (RFC 4954).
+
+    Reply owed: `AUTH_OK` (235) authenticates the session as `username`;
+    535 5.7.8 counts toward max_failed_auth (421 and close at the limit);
+    454 4.7.0 (credentials lookup failed) counts nothing.  `authzid` is the
+    PLAIN authorization identity ("" if none): the session must refuse one
+    that differs from `username` (SPEC §6.4).  The password never appears in
+    repr, so the event can be logged safely.
+    """
+
+    reply_owed: ClassVar[bool] = True
+    mechanism: str
+    username: str
+    password: str = field(repr=False)
+    authzid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BdatEnd(Event):
+    """All `chunk` octets of one BDAT were read (RFC 3030).
+
+    Reply owed: for a non-LAST chunk `250 2.0.0 <n> octets received`; for the
+    LAST one, 250 once the message is durable.  `size` counts the stored
+    octets of the message so far; `too_big` means content was dropped: the
+    session answers 552 5.3.4.  A 4xx/5xx to any chunk ends the transaction,
+    and the chunks the client still sends are read and dropped (503).
+    """
+
+    reply_owed: ClassVar[bool] = True
+    chunk: int
+    size: int
+    last: bool
+    too_big: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Reset(Event):
     """RSET: the machine already answered `250 2.0.0 Reset state`."""
 
@@ -271,6 +355,8 @@ class ConnectionClosed(Event):
 # Replies the machine sends by itself (SPEC §6.2)
 
 START_DATA: Final = Reply(354, "", 'Enter mail, end with "." on a line by itself')
+READY_TLS: Final = Reply(220, "2.0.0", "Ready to start TLS")
+AUTH_OK: Final = Reply(235, "2.0.0", "Authentication succeeded")
 
 OK: Final = Reply(250, "2.0.0", "Ok")
 RESET_OK: Final = Reply(250, "2.0.0", "Reset state")
@@ -289,6 +375,16 @@ TOO_MANY_MAILS: Final = Reply(452, "4.5.3", "Too many messages sent")
 TOO_BIG: Final = Reply(552, "5.3.4", "Message too big for system")
 UNSUPPORTED_PARAMETER: Final = Reply(555, "5.5.4", "Unsupported parameter")
 PARAMETER_SYNTAX: Final = Reply(501, "5.5.4", "Syntax error in parameters")
+TLS_FIRST: Final = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+AUTH_FIRST: Final = Reply(530, "5.7.0", "Authentication required")
+ENCRYPTION_REQUIRED: Final = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+UNKNOWN_MECHANISM: Final = Reply(504, "5.5.4", "Unrecognized authentication type")
+BAD_BASE64: Final = Reply(501, "5.5.2", "Invalid base64 data")
+AUTH_CANCELLED: Final = Reply(501, "5.0.0", "Authentication cancelled")
+TOO_MANY_AUTH_FAILURES: Final = Reply(421, "4.7.0", "Too many failed authentication attempts, closing connection")
+BDAT_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: BDAT size [LAST]")
+#: The code that accepts each reply-owed event; any other 2xx/3xx is misuse.
+ACCEPT_CODES: Final[dict[str, int]] = {"DataStart": 354, "StartTls": 220, "Auth": 235}
 
 
 def _syntax(usage: str) -> Reply:
@@ -312,6 +408,11 @@ TRANSITIONS: Final[dict[tuple[State, type[Event]], State]] = {
     (State.READY, Helo): State.READY,
     (State.MAIL, Helo): State.READY,
     (State.RCPT, Helo): State.READY,
+    (State.BDAT, Helo): State.READY,
+    (State.READY, StartTls): State.TLS,
+    (State.READY, Auth): State.READY,
+    (State.RCPT, BdatEnd): State.BDAT,    # READY instead after a LAST chunk
+    (State.BDAT, BdatEnd): State.BDAT,
     (State.READY, MailFrom): State.MAIL,
     (State.MAIL, RcptTo): State.RCPT,
     (State.RCPT, RcptTo): State.RCPT,
@@ -321,10 +422,12 @@ TRANSITIONS: Final[dict[tuple[State, type[Event]], State]] = {
     (State.READY, Reset): State.READY,
     (State.MAIL, Reset): State.READY,
     (State.RCPT, Reset): State.READY,
+    (State.BDAT, Reset): State.READY,
     (State.CONNECTED, Quit): State.CLOSED,
     (State.READY, Quit): State.CLOSED,
     (State.MAIL, Quit): State.CLOSED,
     (State.RCPT, Quit): State.CLOSED,
+    (State.BDAT, Quit): State.CLOSED,
 }
 
 #: Why a reply-owed command is out of sequence, by the state it came in.
@@ -332,8 +435,13 @@ _OUT_OF_SEQUENCE: Final[dict[type[Event], Callable[[State], Reply]]] = {
     MailFrom: lambda s: _sequence(
         "send HELO/EHLO first" if s is State.CONNECTED else "sender already specified"
     ),
-    RcptTo: lambda s: _sequence("need MAIL before RCPT"),
-    DataStart: lambda s: _sequence("need RCPT before DATA"),
+    RcptTo: lambda s: _sequence("RCPT after BDAT" if s is State.BDAT else "need MAIL before RCPT"),
+    DataStart: lambda s: _sequence("DATA after BDAT" if s is State.BDAT else "need RCPT before DATA"),
+    BdatEnd: lambda s: _sequence("need RCPT before BDAT"),
+    StartTls: lambda s: _sequence(
+        "send EHLO first" if s is State.CONNECTED else "STARTTLS not allowed in a transaction"),
+    Auth: lambda s: _sequence(
+        "send EHLO first" if s is State.CONNECTED else "AUTH not allowed in a transaction"),
 }
 
 
@@ -389,7 +497,7 @@ class _BadAddress(Exception):
         self.non_ascii = non_ascii
 
 
-def _parse_path(inner: str) -> Path | None:
+def _parse_path(inner: str, utf8: bool = False) -> Path | None:
     """The text between `<` and `>` -> Path, or None for `<>`.
 
     Source routes (`@a,@b:`) are checked and dropped (RFC 5321 §C).  Quoted
@@ -406,7 +514,20 @@ def _parse_path(inner: str) -> Path | None:
             inner.encode("utf-8")  # surrogate escapes = bytes that were not UTF-8
         except UnicodeEncodeError:
             raise _BadAddress from None
-        raise _BadAddress(non_ascii=True)
+        if not utf8:
+            raise _BadAddress(non_ascii=True)
+        if not inner.isprintable() or len(inner.encode("utf-8")) + 2 > 256:
+            raise _BadAddress
+        # RFC 6531: UTF-8 is allowed wherever atext and sub-domain letters
+        # are; check the shape with each non-ASCII character as a letter.
+        shape = "".join(ch if ch.isascii() else "a" for ch in inner)
+        parsed = _parse_path(shape)
+        if parsed is None:
+            raise _BadAddress
+        # Same positions in both strings: cut the real parts where the shape's are.
+        d, n = len(parsed.domain), len(parsed.local)
+        end = len(inner) - d - (1 if d else 0)
+        return Path(inner[end - n : end], inner[len(inner) - d :] if d else "")
     if inner.startswith("@"):
         route, colon, inner = inner.partition(":")
         if not colon or not all(hop[:1] == "@" and _is_domain(hop[1:]) for hop in route.split(",")):
@@ -441,6 +562,68 @@ def _parse_params(text: str) -> dict[str, str]:
     return params
 
 
+_XTEXT_HEX: Final = re.compile(r"\+([0-9A-F]{2})")
+
+
+def _xtext(value: str, limit: int, what: str) -> str:
+    """Decode RFC 3461 xtext (`+HH` escapes); printable ASCII only, <= limit.
+
+    What comes out may reach the queue, a bounce and a log line: a CR, LF or
+    NUL written as `+0D` is refused here, never stored.
+    """
+    if not all(_XTEXT_HEX.match(value, i) for i, ch in enumerate(value) if ch == "+"):
+        raise _Refusal(Reply(501, "5.5.4", f"Invalid parameter: {what}"))
+    decoded = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value)
+    if not decoded or len(decoded) > limit or not all(0x20 <= ord(c) < 0x7F for c in decoded):
+        raise _Refusal(Reply(501, "5.5.4", f"Invalid parameter: {what}"))
+    return decoded
+
+
+def _param_ret(proto: ServerProtocol, value: str) -> str:
+    """RFC 3461 §4.3: FULL or HDRS."""
+    ret = value.upper()
+    if ret not in ("FULL", "HDRS"):
+        raise _Refusal(Reply(501, "5.5.4", "Invalid parameter: RET"))
+    return ret
+
+
+def _param_envid(proto: ServerProtocol, value: str) -> str:
+    """RFC 3461 §4.4: xtext, at most 100 characters once decoded."""
+    return _xtext(value, 100, "ENVID")
+
+
+def _param_auth(proto: ServerProtocol, value: str) -> str:
+    """RFC 4954 §5: `AUTH=<mailbox>`; accepted and ignored (SPEC §6.3)."""
+    return value
+
+
+def _param_flag(name: str) -> _ParamCheck:
+    def check(proto: ServerProtocol, value: str) -> str:
+        if value:
+            raise _Refusal(Reply(501, "5.5.4", f"Invalid parameter: {name}"))
+        return ""
+    return check
+
+
+_NOTIFY: Final = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+
+
+def _param_notify(proto: ServerProtocol, value: str) -> str:
+    """RFC 3461 §4.1: NEVER, or a comma list of SUCCESS, FAILURE, DELAY."""
+    items = value.upper().split(",")
+    if items == ["NEVER"] or (set(items) <= _NOTIFY and len(set(items)) == len(items)):
+        return ",".join(items)
+    raise _Refusal(Reply(501, "5.5.4", "Invalid parameter: NOTIFY"))
+
+
+def _param_orcpt(proto: ServerProtocol, value: str) -> str:
+    """RFC 3461 §4.2: `addr-type;xtext`, at most 500 characters; kept decoded."""
+    kind, semi, address = value.partition(";")
+    if not semi or not _KEYWORD.fullmatch(kind) or len(value) > 500:
+        raise _Refusal(Reply(501, "5.5.4", "Invalid parameter: ORCPT"))
+    return f"{kind.lower()};{_xtext(address, 500, 'ORCPT')}"
+
+
 def _param_size(proto: ServerProtocol, value: str) -> str:
     """RFC 1870: declared size; above max_message_size refused before DATA."""
     if not value.isdigit() or len(value) > 20:
@@ -448,6 +631,9 @@ def _param_size(proto: ServerProtocol, value: str) -> str:
     if int(value) > proto.limits.max_message_size:
         raise _Refusal(TOO_BIG, counts=False)
     return value
+
+
+_ParamCheck = Callable[["ServerProtocol", str], str]
 
 
 def _param_body(proto: ServerProtocol, value: str) -> str:
@@ -458,13 +644,21 @@ def _param_body(proto: ServerProtocol, value: str) -> str:
     return body
 
 
-_ParamCheck = Callable[["ServerProtocol", str], str]
-
-#: Known MAIL parameters -> validator returning the value to hand on.  A later
-#: issue adds AUTH, SMTPUTF8, RET, ENVID here, each behind its EHLO keyword.
-MAIL_PARAMETERS: Final[dict[str, _ParamCheck]] = {"SIZE": _param_size, "BODY": _param_body}
-#: Known RCPT parameters (NOTIFY, ORCPT arrive with DSN).
-RCPT_PARAMETERS: Final[dict[str, _ParamCheck]] = {}
+#: Known MAIL parameters -> (Features flag that offers it or None, validator
+#: returning the value to hand on).  Not offered = unknown: 555 5.5.4.
+MAIL_PARAMETERS: Final[dict[str, tuple[str | None, _ParamCheck]]] = {
+    "SIZE": (None, _param_size),
+    "BODY": (None, _param_body),
+    "AUTH": ("auth", _param_auth),
+    "SMTPUTF8": ("smtputf8", _param_flag("SMTPUTF8")),
+    "RET": ("dsn", _param_ret),
+    "ENVID": ("dsn", _param_envid),
+}
+#: Known RCPT parameters, likewise.
+RCPT_PARAMETERS: Final[dict[str, tuple[str | None, _ParamCheck]]] = {
+    "NOTIFY": ("dsn", _param_notify),
+    "ORCPT": ("dsn", _param_orcpt),
+}
 
 
 class _Refusal(Exception):
@@ -474,10 +668,11 @@ class _Refusal(Exception):
     errors do; limit refusals (452, 552) a correct client can hit do not.
     """
 
-    def __init__(self, reply: Reply, counts: bool = True) -> None:
+    def __init__(self, reply: Reply, counts: bool = True, fatal: bool = False) -> None:
         super().__init__(str(reply))
         self.reply = reply
         self.counts = counts
+        self.fatal = fatal      # the rest of the stream cannot be parsed: close
 
 
 # --------------------------------------------------------------------------
@@ -489,13 +684,21 @@ class ServerProtocol:
 
     Public attributes: `state` (State), `should_close` (True once the
     connection must be closed after flushing `data_to_send`), `pending` (the
-    event whose reply is owed, or None), `hostname`, `peer`, `limits`.
+    event whose reply is owed, or None), `hostname`, `peer`, `limits`,
+    `features`, `tls` (the connection is encrypted: SMTPS from the start, or
+    after `tls_started`), `authenticated` (the AUTH user name, or None) and
+    `smtputf8` (the open transaction's MAIL carried SMTPUTF8).
     """
 
-    def __init__(self, hostname: str, peer: str, limits: ProtocolLimits = ProtocolLimits()) -> None:
+    def __init__(self, hostname: str, peer: str, limits: ProtocolLimits = ProtocolLimits(),
+                 features: Features = Features(), tls: bool = False) -> None:
         self.hostname = hostname
         self.peer = peer                  # client IP as text, for "Hello HELO [IP]"
         self.limits = limits
+        self.features = features
+        self.tls = tls
+        self.authenticated: str | None = None
+        self.smtputf8 = False
         self.state = State.CONNECTED
         self.should_close = False
         self.pending: Event | None = None
@@ -514,6 +717,22 @@ class ServerProtocol:
         self._prev_crlf = True            # did the last content line end in CRLF?
         self._size = 0                    # stored octets so far, dropped ones included
         self._done = False                # terminator consumed, DataEnd not yet out
+        self._failed_auth = 0             # 535 answers in this session
+        self._auth_mech = ""              # AUTH dialogue (State.AUTH): mechanism,
+        self._auth_user: str | None = None  # LOGIN user name once given
+        # BDAT chunk reading: octets still to read, the chunk's size and LAST,
+        # and the refusal to send at its end (None: hand out a BdatEnd).
+        self._bdat_left = -1              # -1: not reading a chunk
+        self._bdat_chunk = 0
+        self._bdat_last = False
+        self._bdat_refusal: Reply | None = None
+        self._bdat_cr = False             # a chunk ended in CR: its LF may follow
+
+    @property
+    def buffered(self) -> int:
+        """Octets received but not yet parsed: a command or data line in
+        progress.  The session times a line from its first byte with it."""
+        return len(self._buf)
 
     # -- the h11-style interface ------------------------------------------
 
@@ -539,7 +758,7 @@ class ServerProtocol:
             self._eof = True
         elif self._eof:
             raise RuntimeError("received data after EOF")
-        elif self._closed is None:
+        elif self._closed is None and self.state is not State.TLS:
             self._buf += data
 
     def next_event(self) -> Event | NeedData:
@@ -552,6 +771,8 @@ class ServerProtocol:
         """
         if self.pending is not None:
             raise RuntimeError(f"a reply is owed to {self.pending!r}")
+        if self.state is State.TLS and self._closed is None:
+            raise RuntimeError("waiting for the TLS handshake: call tls_started()")
         if not self._events:
             self._advance()
         if self._events:
@@ -581,7 +802,7 @@ class ServerProtocol:
             self._queue(reply)
             self._close(f"server sent {reply.code}")
             return
-        if reply.code < 400 and (reply.code == 354) != isinstance(event, DataStart):
+        if reply.code < 400 and reply.code != ACCEPT_CODES.get(type(event).__name__, 250):
             raise RuntimeError(f"{reply.code} cannot answer {type(event).__name__}")
         self.pending = None
         self._queue(reply)
@@ -589,8 +810,30 @@ class ServerProtocol:
             self._close(f"server sent {reply.code}")
         elif reply.code < 400:
             self._accept(event)
-        elif isinstance(event, DataEnd):
+        elif isinstance(event, (DataEnd, BdatEnd)):
             self._end_transaction()
+        elif isinstance(event, Auth) and reply.code == 535:
+            self._failed_auth += 1
+            if self._failed_auth >= self.limits.max_failed_auth:
+                self._queue(TOO_MANY_AUTH_FAILURES)
+                self._close("too many failed authentications")
+
+    def tls_started(self) -> None:
+        """The TLS handshake after `220 Ready to start TLS` succeeded.
+
+        RFC 3207 §4.2: everything learnt before is forgotten -- the greeting,
+        any transaction, AUTH -- so the client must EHLO again, and that EHLO
+        no longer offers STARTTLS.  Raises RuntimeError unless in State.TLS.
+        """
+        if self.state is not State.TLS or self._closed is not None:
+            raise RuntimeError("tls_started() only after 220 to STARTTLS")
+        self.tls = True
+        self.state = State.CONNECTED
+        self.authenticated = None
+        self.smtputf8 = False
+        self._rcpts = 0
+        self._buf.clear()
+        self._scan = 0
 
     def helo_reply(self, event: Helo) -> Reply:
         """The standard 250 to HELO/EHLO; EHLO gets the keyword lines.
@@ -598,7 +841,7 @@ class ServerProtocol:
         No enhanced code: RFC 2034 exempts the HELO/EHLO reply.
         """
         text = f"{self.hostname} Hello {event.domain} [{self.peer}], pleased to meet you"
-        return Reply(250, "", text, self._ehlo_keywords() if event.extended else ())
+        return Reply(250, "", text, self.ehlo_keywords() if event.extended else ())
 
     def data_to_send(self) -> bytes:
         """Drain the replies queued so far, in command order."""
@@ -608,20 +851,30 @@ class ServerProtocol:
 
     # -- EHLO ---------------------------------------------------------------
 
-    def _ehlo_keywords(self) -> tuple[str, ...]:
-        """The EHLO keyword lines, HELP last (SPEC §6.1 order).
+    def ehlo_keywords(self) -> tuple[str, ...]:
+        """The EHLO keyword lines, HELP last (SPEC §6.1 order), as offered now.
 
-        DSN, SMTPUTF8, CHUNKING, STARTTLS and AUTH come with later issues:
-        each as a constructor flag tested here, next to the MAIL/RCPT
-        parameters and verbs it enables.
+        STARTTLS only until TLS is up; AUTH only on TLS (or `insecure-auth`)
+        and until the session authenticated.
         """
-        return (
-            "PIPELINING",
-            "8BITMIME",
-            "ENHANCEDSTATUSCODES",
-            f"SIZE {self.limits.max_message_size}",
-            "HELP",
-        )
+        f = self.features
+        words = ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", f"SIZE {self.limits.max_message_size}"]
+        if f.dsn:
+            words.append("DSN")
+        if f.smtputf8:
+            words.append("SMTPUTF8")
+        if f.chunking:
+            words.append("CHUNKING")
+        if f.starttls and not self.tls:
+            words.append("STARTTLS")
+        if self._auth_offered():
+            words.append("AUTH PLAIN LOGIN")
+        words.append("HELP")
+        return tuple(words)
+
+    def _auth_offered(self) -> bool:
+        f = self.features
+        return f.auth and (self.tls or f.insecure_auth) and self.authenticated is None
 
     # -- plumbing -------------------------------------------------------------
 
@@ -647,8 +900,18 @@ class ServerProtocol:
         """The session accepted `event`: move along TRANSITIONS and count."""
         self.state = TRANSITIONS[(self.state, type(event))]
         match event:
-            case Helo() | MailFrom():
+            case Helo():
                 self._rcpts = 0
+                self.smtputf8 = False
+            case MailFrom():
+                self._rcpts = 0
+                self.smtputf8 = "SMTPUTF8" in event.params
+            case StartTls():
+                # RFC 3207 §5: plaintext sent after STARTTLS is never answered.
+                self._buf.clear()
+                self._scan = 0
+            case Auth():
+                self.authenticated = event.username
             case RcptTo():
                 self._rcpts += 1
             case DataStart():
@@ -658,15 +921,21 @@ class ServerProtocol:
             case DataEnd():
                 self._mails += 1
                 self._end_transaction()
+            case BdatEnd(last=True):
+                self._mails += 1
+                self._end_transaction()
 
     def _end_transaction(self) -> None:
         self.state = State.READY
         self._rcpts = 0
+        self.smtputf8 = False
 
     def _advance(self) -> None:
         """Parse until an event is ready, more bytes are needed, or closed."""
-        while not self._events and self._closed is None:
-            if self.state is State.DATA:
+        while not self._events and self._closed is None and self.state is not State.TLS:
+            if self._bdat_left >= 0:
+                progressed = self._read_chunk()
+            elif self.state is State.DATA:
                 progressed = self._read_content()
             else:
                 progressed = self._read_command()
@@ -682,11 +951,13 @@ class ServerProtocol:
         refused as soon as max_line bytes are in, never buffered whole.
         Returns False when more bytes are needed.
         """
-        buf, limit = self._buf, self.limits.max_line
+        buf = self._buf
+        limit = self.limits.max_auth_line if self.state is State.AUTH else self.limits.max_line
         nl = buf.find(b"\n", self._scan, limit)
         if nl < 0:
             if len(buf) >= limit:
-                self._refuse(bytes(buf[:limit]), LINE_TOO_LONG, counts=False)
+                shown = b"AUTH (response)" if self.state is State.AUTH else bytes(buf[:limit])
+                self._refuse(shown, LINE_TOO_LONG, counts=False)
                 self._close("line too long")
             elif self._eof:
                 self._close("eof")
@@ -699,7 +970,10 @@ class ServerProtocol:
         self._line_crlf = line.endswith(b"\r")
         if self._line_crlf:
             line = line[:-1]
-        self._dispatch(line)
+        if self.state is State.AUTH:
+            self._auth_response(line)
+        else:
+            self._dispatch(line)
         return True
 
     def _dispatch(self, line: bytes) -> None:
@@ -724,7 +998,12 @@ class ServerProtocol:
         try:
             event = check(self, arg)
         except _Refusal as refusal:
+            if verb.upper() == "AUTH":
+                # Never log an initial response: it is the password.
+                line = b"AUTH " + arg.partition(" ")[0].encode("ascii", "replace")[:20] + b" (...)"
             self._refuse(line, refusal.reply, refusal.counts)
+            if refusal.fatal:
+                self._close("bad BDAT")
             return
         self._failed = 0
         proceed(self, event)
@@ -779,31 +1058,40 @@ class ServerProtocol:
             raise _Refusal(bad)
         return rest[1:close], after
 
-    def _check_params(self, text: str, known: Mapping[str, _ParamCheck]) -> Mapping[str, str]:
+    def _check_params(self, text: str,
+                      known: Mapping[str, tuple[str | None, _ParamCheck]]) -> Mapping[str, str]:
         params = _parse_params(text)
-        if any(key not in known for key in params):
-            raise _Refusal(UNSUPPORTED_PARAMETER)
-        checked = {key: known[key](self, value) for key, value in params.items()}
+        for key in params:
+            entry = known.get(key)
+            if entry is None or (entry[0] is not None and not getattr(self.features, entry[0])):
+                raise _Refusal(UNSUPPORTED_PARAMETER)
+        checked = {key: known[key][1](self, value) for key, value in params.items()}
         return MappingProxyType(checked)
 
     def _check_mail(self, arg: str) -> MailFrom:
-        """Sequence, max_mails, `FROM:<path>`, then parameters (SPEC §6.3)."""
+        """Sequence, TLS/AUTH policy, max_mails, `FROM:<path>`, then
+        parameters (SPEC §6.3); SMTPUTF8 lets the path be UTF-8."""
         self._need_sequence(MailFrom)
+        if self.features.tls_required and not self.tls:
+            raise _Refusal(TLS_FIRST)
+        if self.features.auth_required and self.authenticated is None:
+            raise _Refusal(AUTH_FIRST)
         if self._mails >= self.limits.max_mails:
             raise _Refusal(TOO_MANY_MAILS, counts=False)
         inner, rest = self._split_path(arg, "FROM:", SENDER_SYNTAX)
+        params = self._check_params(rest, MAIL_PARAMETERS)
         try:
-            sender = _parse_path(inner)
+            sender = _parse_path(inner, utf8="SMTPUTF8" in params)
         except _BadAddress as bad:
             raise _Refusal(NON_ASCII_ADDRESS if bad.non_ascii else SENDER_SYNTAX) from None
-        return MailFrom(sender, self._check_params(rest, MAIL_PARAMETERS))
+        return MailFrom(sender, params)
 
     def _check_rcpt(self, arg: str) -> RcptTo:
         """Sequence, `TO:<path>` (never `<>`), parameters, then max_rcpt."""
         self._need_sequence(RcptTo)
         inner, rest = self._split_path(arg, "TO:", RECIPIENT_SYNTAX)
         try:
-            rcpt = _parse_path(inner)
+            rcpt = _parse_path(inner, utf8=self.smtputf8)
         except _BadAddress as bad:
             raise _Refusal(NON_ASCII_ADDRESS if bad.non_ascii else RECIPIENT_SYNTAX) from None
         if rcpt is None:
@@ -821,6 +1109,50 @@ class ServerProtocol:
             raise _Refusal(_syntax("DATA"))
         return DataStart()
 
+    def _check_starttls(self, arg: str) -> StartTls:
+        """RFC 3207: once, after EHLO, outside a transaction, no argument."""
+        if self.tls:
+            raise _Refusal(_sequence("TLS already active"))
+        if not self.features.starttls:
+            raise _Refusal(NOT_IMPLEMENTED)
+        if arg:
+            raise _Refusal(_syntax("STARTTLS"))
+        self._need_sequence(StartTls)
+        return StartTls()
+
+    def _check_auth(self, arg: str) -> tuple[str, str | None]:
+        """RFC 4954 §4: offered, after EHLO, outside a transaction, once, on
+        TLS (538 5.7.11 before it), PLAIN or LOGIN (504 5.5.4 else)."""
+        if not self.features.auth:
+            raise _Refusal(NOT_IMPLEMENTED)
+        if self.authenticated is not None:
+            raise _Refusal(_sequence("already authenticated"))
+        self._need_sequence(Auth)
+        if not (self.tls or self.features.insecure_auth):
+            raise _Refusal(ENCRYPTION_REQUIRED)
+        mechanism, _, initial = arg.partition(" ")
+        mechanism = mechanism.upper() if mechanism.isascii() else ""
+        if not mechanism:
+            raise _Refusal(_syntax("AUTH mechanism [initial-response]"))
+        if mechanism not in ("PLAIN", "LOGIN"):
+            raise _Refusal(UNKNOWN_MECHANISM)
+        if " " in initial:
+            raise _Refusal(_syntax("AUTH mechanism [initial-response]"))
+        return mechanism, initial or None
+
+    def _check_bdat(self, arg: str) -> tuple[int, bool]:
+        """RFC 3030: `BDAT size [LAST]`.  The chunk is read whatever the
+        state; a malformed line closes the session, since where the octets
+        that follow end could then only be guessed."""
+        if not self.features.chunking:
+            raise _Refusal(NOT_IMPLEMENTED)
+        words = arg.split(" ")
+        size = words[0]
+        last = len(words) == 2 and words[1].upper() == "LAST"
+        if not size.isdigit() or len(size) > 18 or len(words) > 2 or (len(words) == 2 and not last):
+            raise _Refusal(BDAT_SYNTAX, fatal=True)
+        return int(size), last
+
     def _check_no_argument(self, arg: str) -> None:
         if arg:
             raise _Refusal(Reply(501, "5.5.4", "Invalid command: unexpected argument"))
@@ -837,9 +1169,65 @@ class ServerProtocol:
         assert event is not None
         self._events.append(event)
 
+    def _proceed_starttls(self, event: object) -> None:
+        assert isinstance(event, StartTls)
+        self._events.append(event)
+
+    def _proceed_auth(self, event: object) -> None:
+        """Ask for what the client did not send yet, or hand out Auth."""
+        assert isinstance(event, tuple)
+        mechanism, initial = event
+        self._auth_mech, self._auth_user = mechanism, None
+        if initial is None:
+            self._ask(b"334 \r\n" if mechanism == "PLAIN" else b"334 VXNlcm5hbWU6\r\n")
+        else:
+            self._auth_response(initial.encode("ascii", "surrogateescape"), initial=True)
+
+    def _ask(self, challenge: bytes) -> None:
+        self.state = State.AUTH
+        self._out.append(challenge)
+
+    def _auth_response(self, line: bytes, initial: bool = False) -> None:
+        """One SASL response line: `*` cancels, else base64 (RFC 4954 §4)."""
+        self.state = State.READY
+        shown = b"AUTH " + self._auth_mech.encode() + b" (...)"
+        if line == b"*":
+            self._refuse(shown, AUTH_CANCELLED)
+            return
+        try:
+            decoded = b"" if initial and line == b"=" else base64.b64decode(line, validate=True)
+        except (binascii.Error, ValueError):
+            self._refuse(shown, BAD_BASE64)
+            return
+        text = decoded.decode("utf-8", "surrogateescape")
+        if self._auth_mech == "PLAIN":
+            parts = text.split("\0")
+            if len(parts) != 3:
+                self._refuse(shown, BAD_BASE64)
+                return
+            self._events.append(Auth("PLAIN", parts[1], parts[2], parts[0]))
+        elif self._auth_user is None:
+            self._auth_user = text
+            self._ask(b"334 UGFzc3dvcmQ6\r\n")
+        else:
+            self._events.append(Auth("LOGIN", self._auth_user, text))
+
+    def _proceed_bdat(self, event: object) -> None:
+        """Start reading the chunk; the reply comes once it is all read."""
+        assert isinstance(event, tuple)
+        size, last = event
+        self._bdat_left, self._bdat_chunk, self._bdat_last = size, size, last
+        self._bdat_refusal = None
+        if self.state is State.RCPT:
+            self._size = 0
+            self._bdat_cr = False
+        elif self.state is not State.BDAT:
+            self._bdat_refusal = _OUT_OF_SEQUENCE[BdatEnd](self.state)
+
     def _proceed_rset(self, event: Event | None) -> None:
         self.state = TRANSITIONS[(self.state, Reset)]
         self._rcpts = 0
+        self.smtputf8 = False
         self._queue(RESET_OK)
         self._events.append(Reset())
 
@@ -899,6 +1287,54 @@ class ServerProtocol:
         self._scan = len(buf)
         return False
 
+    def _read_chunk(self) -> bool:
+        """Hand out BDAT octets as they come; BdatEnd (or the refusal) once
+        all `size` are in.  Nothing in a chunk is a command or a terminator.
+
+        Line ends are stored as for DATA (bare LF -> CRLF, bare CR -> space),
+        a CR at a chunk's end waiting for the next chunk's first octet; there
+        is no dot-stuffing to undo (SPEC §6.5).
+        """
+        take = min(self._bdat_left, len(self._buf))
+        if take:
+            data = bytes(self._buf[:take])
+            self._consume(take)
+            self._bdat_left -= take
+            if self._bdat_refusal is None:
+                self._chunk_content(data, final=self._bdat_left == 0 and self._bdat_last)
+            if self._bdat_left:
+                return True
+        elif self._bdat_left:
+            if self._eof:
+                self._close("eof in bdat")
+                return True
+            return False
+        self._bdat_left = -1
+        if self._bdat_last and self._bdat_cr and self._bdat_refusal is None:
+            self._chunk_content(b"", final=True)
+        if self._bdat_refusal is not None:
+            self._refuse(f"BDAT {self._bdat_chunk}".encode(), self._bdat_refusal)
+        else:
+            too_big = self._size > self.limits.max_message_size
+            self._events.append(BdatEnd(self._bdat_chunk, self._size, self._bdat_last, too_big))
+        return True
+
+    def _chunk_content(self, data: bytes, final: bool) -> None:
+        if self._bdat_cr:
+            data = b"\r" + data
+            self._bdat_cr = False
+        if not final and data.endswith(b"\r"):
+            data = data[:-1]
+            self._bdat_cr = True
+        if not data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n"):
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b" ").replace(b"\n", b"\r\n")
+        before = self._size
+        self._size += len(data)
+        if data and self._size <= self.limits.max_message_size:
+            self._events.append(DataChunk(data))
+        elif before <= self.limits.max_message_size < self._size:
+            pass  # from here on read and dropped; BdatEnd says too_big
+
     def _lines_fit(self, end: int) -> int:
         """`end` if every line in buf[:end] is <= max_data_line, else where the
         first longer line starts.
@@ -951,8 +1387,9 @@ class ServerProtocol:
 _Check = Callable[[ServerProtocol, str], "Event | None"]
 _Proceed = Callable[[ServerProtocol, "Event | None"], None]
 
-#: Verb -> (check, proceed).  Unknown verbs get 500 5.5.1; verbs not offered
-#: yet (AUTH, STARTTLS, BDAT) and those never offered get 502 5.5.1.
+#: Verb -> (check, proceed).  Unknown verbs get 500 5.5.1; verbs the listener
+#: does not offer (AUTH, STARTTLS, BDAT; see Features) and those never
+#: offered get 502 5.5.1.
 VERBS: Final[dict[str, tuple[_Check, _Proceed]]] = {
     "HELO": (ServerProtocol._check_helo, ServerProtocol._proceed_owed),
     "EHLO": (ServerProtocol._check_ehlo, ServerProtocol._proceed_owed),
@@ -963,8 +1400,11 @@ VERBS: Final[dict[str, tuple[_Check, _Proceed]]] = {
     "NOOP": (ServerProtocol._check_any, ServerProtocol._proceed_noop),
     "HELP": (ServerProtocol._check_any, ServerProtocol._proceed_help),
     "QUIT": (ServerProtocol._check_no_argument, ServerProtocol._proceed_quit),
+    "STARTTLS": (ServerProtocol._check_starttls, ServerProtocol._proceed_starttls),
+    "AUTH": (ServerProtocol._check_auth, ServerProtocol._proceed_auth),
+    "BDAT": (ServerProtocol._check_bdat, ServerProtocol._proceed_bdat),
     **{
         verb: (ServerProtocol._check_not_implemented, ServerProtocol._proceed_noop)
-        for verb in ("VRFY", "EXPN", "TURN", "ETRN", "AUTH", "STARTTLS", "BDAT")
+        for verb in ("VRFY", "EXPN", "TURN", "ETRN")
     },
 }
