@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from postillion.table import Service, Table, open_table
+from postillion.table.dbfile import Entry, write_map
 from postillion.table.sqlshape import columns
 
 
@@ -25,6 +26,7 @@ class Builder:
     kind = ""
     lists_match = True      # wildcards/CIDR are matched by the table (not the query)
     can_update = True
+    update_error = r"table aliases: \w+: .*:\d+: "    # a failed update names file:line
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp = tmp_path
@@ -39,6 +41,13 @@ class Builder:
         raise NotImplementedError
 
     async def map(self, name: str, service: Service, pairs: dict[str, str]) -> Table:
+        raise NotImplementedError
+
+    async def sources(self, name: str, items: Sequence[str]) -> Table:
+        """A table fetching `items` in turn (relay `src <t>`)."""
+        return await self.list(name, Service.SOURCE, items)
+
+    def rewrite_list(self, name: str, service: Service, items: Sequence[str]) -> None:
         raise NotImplementedError
 
     def rewrite_map(self, name: str, service: Service, pairs: dict[str, str]) -> None:
@@ -87,9 +96,47 @@ class FileBuilder(Builder):
     def rewrite_map(self, name, service, pairs):
         self.path(name).write_text(file_text_map(pairs))
 
+    def rewrite_list(self, name, service, items):
+        self.path(name).write_text("# @list\n" + "".join(f"{i}\n" for i in items))
+
     def break_source(self, name, service):
         with self.path(name).open("a") as f:
             f.write("a-key-without-value\n")
+
+
+class DbBuilder(Builder):
+    """`db:` maps and sets, written by the code `postillion makemap` runs."""
+
+    kind = "db"
+    update_error = r"table aliases: db: .*Berkeley DB file"
+
+    def path(self, name: str) -> Path:
+        return self.tmp / f"{name}.db"
+
+    def _write(self, name: str, kind: str, pairs: Sequence[tuple[str, str]]) -> None:
+        entries = [Entry(k.lower(), v, n) for n, (k, v) in enumerate(pairs, 1)]
+        write_map(entries, str(self.path(name)), kind, str(self.tmp / name))
+
+    async def list(self, name, service, items):
+        self._write(name, "set", [(i, i) for i in items])
+        return await self._open(open_table(name, "db", str(self.path(name))))
+
+    async def map(self, name, service, pairs):
+        self._write(name, "map", list(pairs.items()))
+        return await self._open(open_table(name, "db", str(self.path(name))))
+
+    def rewrite_map(self, name, service, pairs):
+        self._write(name, "map", list(pairs.items()))
+
+    def rewrite_list(self, name, service, items):
+        self._write(name, "set", [(i, i) for i in items])
+
+    def break_source(self, name, service):
+        # What OpenSMTPD's makemap leaves: a Berkeley DB 1.85 hash file,
+        # written aside and renamed over the map as makemap does.
+        aside = self.tmp / f"{name}.db.new"
+        aside.write_bytes(b"\x61\x15\x06\x00" + b"\x00" * 508)
+        aside.replace(self.path(name))
 
 
 class SqliteBuilder(Builder):
@@ -139,8 +186,18 @@ class SqliteBuilder(Builder):
         with self.conf(name).open("a") as f:
             f.write("dbpth typo.sqlite\n")
 
+    async def sources(self, name, items):
+        self._write(name, Service.SOURCE, [(i, i) for i in items], 1)
+        self.conf(name).write_text(
+            f"dbpath {name}-{self.generation}.sqlite\n"
+            f"fetch_source SELECT c1 FROM t ORDER BY rowid\n")
+        return await self._open(open_table(name, "sqlite", str(self.conf(name))))
 
-BUILDERS = {"static": StaticBuilder, "file": FileBuilder, "sqlite": SqliteBuilder}
+
+# Adding a backend to the conformance suite = one Builder here and its name
+# in the fixtures' params below.
+BUILDERS = {"static": StaticBuilder, "file": FileBuilder, "db": DbBuilder,
+            "sqlite": SqliteBuilder}
 
 
 @pytest.fixture(params=sorted(BUILDERS))
@@ -150,7 +207,7 @@ async def builder(request, tmp_path) -> AsyncIterator[Builder]:
     await b.aclose()
 
 
-@pytest.fixture(params=["static", "file"])
+@pytest.fixture(params=["static", "file", "db"])
 async def list_builder(request, tmp_path) -> AsyncIterator[Builder]:
     """Backends whose lists the table matches itself (SPEC §1.4)."""
     b = BUILDERS[request.param](tmp_path)
@@ -158,7 +215,7 @@ async def list_builder(request, tmp_path) -> AsyncIterator[Builder]:
     await b.aclose()
 
 
-@pytest.fixture(params=["file", "sqlite"])
+@pytest.fixture(params=["file", "db", "sqlite"])
 async def updatable(request, tmp_path) -> AsyncIterator[Builder]:
     b = BUILDERS[request.param](tmp_path)
     yield b

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 from postillion.table.backend import Backend
+from postillion.table.backends.db import DbBackend
 from postillion.table.backends.file import FileBackend
 from postillion.table.backends.getpwnam import GetpwnamBackend
 from postillion.table.backends.sqlite import SqliteBackend
@@ -19,6 +20,7 @@ from postillion.table.errors import TableError
 BACKENDS: Final[tuple[type[Backend], ...]] = (
     StaticBackend,
     FileBackend,
+    DbBackend,
     GetpwnamBackend,
     SqliteBackend,
 )
