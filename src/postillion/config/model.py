@@ -9,7 +9,7 @@ an option not implemented yet) can still name `file:line:column`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Mapping
 
 SECONDS = 1.0
 MINUTES = 60 * SECONDS
@@ -137,37 +137,117 @@ class ListenDecl:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayHost:
+    """A relay URL `[scheme://][label@]host[:port]` (SPEC §5.1), in modern meaning.
+
+    `scheme` is what the URL means today, whatever grammar wrote it:
+    "smtp" (STARTTLS if offered), "smtp+tls" (STARTTLS required, verified),
+    "smtp+notls" (never TLS), "smtps" (TLS on connect), "lmtp", or "ssl" --
+    the 2012 `ssl://` (STARTTLS on 25, else TLS on 465, never plain), which
+    has no modern spelling.  `host` keeps brackets for literals
+    (`[192.0.2.1]`, `[IPv6:2001:db8::1]`).  `port` None = the scheme's
+    default (25, 465 for smtps).  `label` is the key of the credentials
+    lookup in the action's `auth` table (SPEC §5.2).
+    """
+
+    scheme: str
+    host: str
+    port: int | None = None
+    label: str | None = None
+
+    @property
+    def effective_port(self) -> int | None:
+        if self.port is not None:
+            return self.port
+        return {"smtps": 465, "lmtp": None}.get(self.scheme, 25)
+
+    @property
+    def tls_mandatory(self) -> bool:
+        return self.scheme in ("smtp+tls", "smtps", "ssl")
+
+    def url(self) -> str:
+        """The URL in modern spelling (`ssl` has none: written `ssl://`)."""
+        label = f"{self.label}@" if self.label else ""
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{self.scheme}://{label}{self.host}{port}"
+
+
+#: Methods of SPEC §4.2; local ones take alias/virtual/userbase/user/wrapper.
+LOCAL_METHODS = ("maildir", "mbox", "lmtp", "mda", "forward-only", "expand-only")
+METHODS = (*LOCAL_METHODS, "relay")
+
+
+@dataclass(frozen=True, slots=True)
 class ActionDecl:
     """`action NAME METHOD [OPTION ...]`: how matching envelopes are delivered.
 
-    Only `maildir` exists in the skeleton.  `path` is the maildir path with
-    format specifiers unexpanded (None: `~/Maildir`).  Table references are
-    table names; the parser has checked they are declared.
+    method is one of METHODS.  `path` is the maildir path with format
+    specifiers unexpanded (None: `~/Maildir`); `command` the `mda` command,
+    `destination` the `lmtp` HOST:PORT or /socket.  Table references are
+    table names (an inline value such as `src 192.0.2.1` becomes an
+    anonymous table); the parser has checked they are declared.  `ttl` is
+    seconds (None: `queue ttl`).  Relay options are None/False unless the
+    method is relay: `host` (a URL) or `host_table` (fetched per envelope),
+    `domain` (relayhost table), `backup`/`backup_mx`, `tls`/`no_verify`,
+    `auth` (credentials table keyed by the URL label), `helo`/`helo_src`,
+    `src`, `mail_from`, `pki`, `ca`.
     """
 
     name: str
-    method: Literal["maildir"]
+    method: str
     pos: Position
     path: str | None = None
     alias: str | None = None
     virtual: str | None = None
     userbase: str | None = None
+    junk: bool = False
+    command: str | None = None
+    destination: str | None = None
+    rcpt_to: bool = False
+    user: str | None = None
+    wrapper: str | None = None
+    ttl: float | None = None
+    host: RelayHost | None = None
+    host_table: str | None = None
+    domain: str | None = None
+    backup: bool = False
+    backup_mx: str | None = None
+    tls: bool = False
+    no_verify: bool = False
+    auth: str | None = None
+    helo: str | None = None
+    helo_src: str | None = None
+    src: str | None = None
+    mail_from: str | None = None
+    pki: str | None = None
+    ca: str | None = None
+
+
+#: Criterion kinds of SPEC §4.2, as `match` spells them with `-` for blanks.
+CRITERIA = (
+    "from-any", "from-local", "from-socket", "from-src", "from-rdns", "from-auth",
+    "from-mail-from", "for-any", "for-local", "for-domain", "for-rcpt-to",
+    "auth", "helo", "mail-from", "rcpt-to", "tag", "tls",
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Criterion:
-    """One `[!]from ...` / `[!]for ...` criterion of a match rule.
+    """One `[!]OPTION` of a match rule (SPEC §4.2).
 
-    kind is one of "from-local", "from-any", "from-src", "for-local",
-    "for-any", "for-domain"; `table` names the table for src/domain (an inline
-    value such as `from src 10.0.0.0/8` becomes an anonymous static table
-    declared by the parser).
+    kind is one of CRITERIA.  `table` names the table for the value-taking
+    kinds (an inline value such as `from src 10.0.0.0/8` becomes an anonymous
+    static table declared by the parser); None for the kinds whose value is
+    optional (`from rdns`, `from auth`, `auth`) when none was written.
+    `regex` marks `regex <t>`: the table's elements are Python regular
+    expressions matched in full.
     """
 
     kind: str
     pos: Position
     negate: bool = False
     table: str | None = None
+    regex: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,12 +255,77 @@ class MatchDecl:
     """`match CRITERIA (action NAME | reject)`; action None means reject.
 
     Missing from/for criteria default to `from local` / `for local` (the
-    parser inserts them, so rules never have to guess).
+    parser inserts them, so rules never have to guess).  Criteria come in the
+    order from, for, then the others as written.
     """
 
     criteria: tuple[Criterion, ...]
     pos: Position
     action: str | None = None
+
+
+HOURS = 60 * MINUTES
+DAYS = 24 * HOURS
+
+
+@dataclass(frozen=True, slots=True)
+class QueueOptions:
+    """`queue ttl D` (2012: `expire D`) and `queue compression` (SPEC §4.3)."""
+
+    ttl: float = 4 * DAYS                 # queue ttl: envelope lifetime before bounce
+    compression: bool = False             # queue compression: gzip message files
+
+
+@dataclass(frozen=True, slots=True)
+class BounceOptions:
+    """`bounce warn-interval D[,D...]` (2012: `bounce-warn`), at most 4 delays."""
+
+    warn_interval: tuple[float, ...] = (4 * HOURS,)
+
+
+@dataclass(frozen=True, slots=True)
+class MtaLimit:
+    """`mta limit [for domain D] KEY VALUE` (SPEC §7.2); domain None = global."""
+
+    key: str
+    value: int
+    domain: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MtaOptions:
+    """`mta max-deferred N` and the `mta limit` lines, in order written."""
+
+    max_deferred: int = 100               # mta max-deferred: envelopes held per relay
+    limits: tuple[MtaLimit, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MdaOptions:
+    """`mda limit max-session N max-session-per-user N`, `mda wrapper NAME "CMD"`."""
+
+    max_session: int = 50                 # mda limit max-session
+    max_session_per_user: int = 7         # mda limit max-session-per-user
+    wrappers: tuple[tuple[str, str], ...] = ()   # (name, command) in order written
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerOptions:
+    """`scheduler limit max-inflight N`."""
+
+    max_inflight: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """One option a config uses, as `support.unsupported()` names it.
+
+    `name` is the option in the manual's words ("listen tls", "action mbox",
+    "match from rdns", "queue ttl"); `pos` is where it was written.
+    """
+
+    name: str
+    pos: Position
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,3 +341,12 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     pkis: Mapping[str, PkiDecl] = field(default_factory=dict)
     cas: Mapping[str, CaDecl] = field(default_factory=dict)
+    queue: QueueOptions = field(default_factory=QueueOptions)
+    bounce: BounceOptions = field(default_factory=BounceOptions)
+    mta: MtaOptions = field(default_factory=MtaOptions)
+    mda: MdaOptions = field(default_factory=MdaOptions)
+    scheduler: SchedulerOptions = field(default_factory=SchedulerOptions)
+    grammar: str = field(default="modern", compare=False)  # "modern" | "2012": how rules were written
+    #: Every option written, with its position, for `support.unsupported()`.
+    #: Not part of equality: two configs saying the same thing are equal.
+    features: tuple[Feature, ...] = field(default=(), compare=False)

@@ -39,6 +39,7 @@ class Stream:
         self._ahead: Token | None = None
         self.depth = 0  # braces opened (and not closed) by this statement
         self.last: Token | None = None
+        self.taken: list[Token] = []  # this statement's tokens so far (2012 action names)
 
     def raw_peek(self) -> Token:
         if self._ahead is None:
@@ -50,6 +51,8 @@ class Stream:
         if tok.kind is not Kind.EOF:  # EOF stays: every later peek sees it
             self._ahead = None
             self.last = tok
+            if tok.kind is not Kind.NEWLINE:
+                self.taken.append(tok)
         if tok.kind is Kind.PUNCT and tok.text == "{":
             self.depth += 1
         elif tok.kind is Kind.PUNCT and tok.text == "}":
@@ -69,6 +72,7 @@ class Stream:
     def start_statement(self) -> None:
         self.depth = 0
         self.last = None
+        self.taken = []
 
     def at_statement_word(self) -> bool:
         """A new line starts with a statement keyword (unquoted)."""

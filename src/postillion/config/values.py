@@ -79,3 +79,107 @@ def table_location(tok: Token, config: str | None = None) -> tuple[str, str | No
             raise Syntax(tok.pos, f'expected a path after "{backend}:"')
         return backend, resolve(rest, tok.pos.file)
     return backend, rest or None
+
+
+_DURATION = re.compile(r"([0-9]{1,9})([smhd])\Z")
+_DURATION_SCALE = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(tok: Token, what: str) -> float:
+    """Seconds from `N[smhd]` (SPEC: delays `N[smhd]`; `4d` = 345 600); at least 1s.
+
+    The unit is required, as in OpenSMTPD: a bare `4` could mean anything.
+    """
+    match = _DURATION.match(tok.text)
+    if not match:
+        raise Syntax(tok.pos, f"expected a delay such as 4d, 30m or 90s for {what}, "
+                              f"got {tok.describe()}")
+    value = int(match.group(1)) * _DURATION_SCALE[match.group(2)]
+    if value < 1:
+        raise Syntax(tok.pos, f"{what} must be at least 1s, got {tok.text}")
+    return float(value)
+
+
+def duration_text(seconds: float) -> str:
+    """The shortest exact `N[smhd]` for a whole number of seconds (for --convert)."""
+    value = int(seconds)
+    for unit, scale in (("d", 86400), ("h", 3600), ("m", 60)):
+        if value % scale == 0:
+            return f"{value // scale}{unit}"
+    return f"{value}s"
+
+
+# Format specifiers of SPEC §4.4: %{name[slice][:modifier|modifier]}.
+FORMAT_NAMES = frozenset({
+    "sender", "sender.user", "sender.domain", "rcpt", "rcpt.user", "rcpt.domain",
+    "dest", "dest.user", "dest.domain", "user.username", "user.directory", "mbox.from", "mda",
+})
+FORMAT_MODIFIERS = frozenset({"lowercase", "uppercase", "strip", "raw"})
+_FORMAT = re.compile(r"%\{([^}]*)\}|%(.?)", re.S)
+_FORMAT_BODY = re.compile(r"([a-z.]+)(\[-?[0-9]{0,4}(?::-?[0-9]{0,4})?\])?(?::([a-z|]+))?\Z")
+
+
+def format_string(tok: Token, what: str) -> str:
+    """Check every `%{...}` of a maildir path, mda command or lmtp target (SPEC §4.4).
+
+    Unknown names or modifiers are errors now, not at delivery time;
+    `%u` (2012) and `%%` are allowed.
+    """
+    for found in _FORMAT.finditer(tok.text):
+        body, single = found.group(1), found.group(2)
+        if body is None:
+            if single in ("u", "%"):
+                continue
+            raise Syntax(tok.pos, f"unknown format specifier %{single} in {what} {tok.describe()}"
+                                  " (expected %{name})")
+        parts = _FORMAT_BODY.match(body)
+        if not parts or parts.group(1) not in FORMAT_NAMES:
+            name = parts.group(1) if parts else body
+            raise Syntax(tok.pos, f"unknown format specifier %{{{name}}} in {what}; expected one"
+                                  f" of {', '.join(sorted(FORMAT_NAMES))}")
+        for modifier in (parts.group(3) or "").split("|") if parts.group(3) else ():
+            if modifier not in FORMAT_MODIFIERS:
+                raise Syntax(tok.pos, f"unknown format modifier {modifier!r} in %{{{body}}};"
+                                      " expected lowercase, uppercase, strip or raw")
+    return tok.text
+
+
+_SHELL_META = "|;&<>`"
+
+
+def command(tok: Token, what: str) -> str:
+    """An `mda` command: split into argv before expansion, run without a shell (SPEC §4.5).
+
+    Unquoted `| ; & < >`, a backquote or `$(` are refused: the command never
+    reaches a shell, so they could only mean the administrator expects one
+    (and envelope data in a shell was CVE-2020-7247).
+    """
+    import shlex
+
+    text = tok.text
+    quote = ""
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == quote:
+                quote = ""
+            elif ch == "\\" and quote == '"':
+                i += 1
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "\\":
+            i += 1
+        elif ch in _SHELL_META or text.startswith("$(", i):
+            shown = "$(" if ch == "$" else ch
+            raise Syntax(tok.pos, f"{what} {tok.describe()} uses the shell syntax {shown!r}; "
+                                  "commands run without a shell (quote it, or use a script)")
+        i += 1
+    try:
+        argv = shlex.split(text)
+    except ValueError as e:
+        raise Syntax(tok.pos, f"cannot split {what} {tok.describe()}: {e}") from None
+    if not argv:
+        raise Syntax(tok.pos, f"expected a command for {what}, got {tok.describe()}")
+    format_string(tok, what)
+    return text
