@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from postillion import log
+from postillion.config import support as config_support
 from postillion.config.model import ActionDecl, Config, TableDecl
 from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.lookup.expand import Expander, userinfo
@@ -25,7 +26,7 @@ from postillion.queue.envelope import Envelope
 from postillion.queue.scheduler import Scheduler
 from postillion.queue.store import QueueStore
 from postillion.rules import Ruleset, SessionFacts
-from postillion.smtp.server import Listener
+from postillion.smtp.server import Listener, ListenerError, listener_context
 from postillion.smtp.session import SessionContext
 from postillion.table.services import Service
 from postillion.table.table import Table, TableError, open_table
@@ -107,6 +108,8 @@ class Daemon:
         self._scheduler_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if (refusal := config_support.refusal(self.config)) is not None:
+            raise StartupError(refusal)  # SPEC §4: an option not implemented yet is never ignored
         self.mda.start()
         self.tables = await open_tables(self.config)
         ruleset = Ruleset(self.config, self.tables)
@@ -128,9 +131,12 @@ class Daemon:
                              ruleset=ruleset, expander=expander, store=self.store)
         try:
             for decl in self.config.listeners:
-                listener = Listener(decl, replace(ctx, hostname=decl.hostname or ctx.hostname))
+                listener = Listener(decl, listener_context(ctx, decl, self.config, self.tables))
                 await listener.start()
                 self.listeners.append(listener)
+        except ListenerError as e:
+            await self.stop()
+            raise StartupError(str(e)) from None
         except OSError as e:
             await self.stop()
             raise StartupError(f"{decl.pos}: cannot listen on {decl.address} port {decl.effective_port}: "
