@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-D", "--define", action="append", default=[], metavar="NAME=VALUE",
                        help="set a macro, overriding the file")
     check.set_defaults(func=cmd_check)
+
+    from postillion.tools import register as register_table_tools
+    register_table_tools(sub)     # table lookup|dump, makemap, newaliases, encrypt
     return parser
 
 
