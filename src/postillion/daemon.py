@@ -13,7 +13,6 @@ import asyncio
 import logging
 import signal
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from postillion import log

@@ -1002,7 +1002,7 @@ class ServerProtocol:
                 # Never log an initial response: it is the password.
                 line = b"AUTH " + arg.partition(" ")[0].encode("ascii", "replace")[:20] + b" (...)"
             self._refuse(line, refusal.reply, refusal.counts)
-            if refusal.fatal:
+            if refusal.fatal and self._closed is None:
                 self._close("bad BDAT")
             return
         self._failed = 0

@@ -10,16 +10,59 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
+from typing import Mapping
 
-from postillion.config.model import ListenDecl
+from postillion.config.model import Config, ListenDecl
 from postillion.errors import Reply
+from postillion.lookup.auth import Authenticator
 from postillion.smtp.session import Session, SessionContext
+from postillion.table.services import Service
+from postillion.table.table import Table
+from postillion.tls import TlsConfigError, server_context
 
 BACKLOG = 1024
 REPLY_BUSY = Reply(421, "4.7.0", "Too many connections, try again later")
 
 logger = logging.getLogger("postillion.smtp")
+
+
+class ListenerError(Exception):
+    """A listener cannot be set up: its pki, ca or a table does not fit."""
+
+
+def listener_context(base: SessionContext, decl: ListenDecl, config: Config,
+                     tables: Mapping[str, Table]) -> SessionContext:
+    """The SessionContext of one `listen on`: hostname, TLS context, AUTH
+    checker and senders table (SPEC §4.2).
+
+    Raises ListenerError naming what is wrong (a pki that does not load, an
+    auth table serving neither credentials nor auth, a senders table
+    without mailaddrmap), so the daemon refuses to start rather than run a
+    listener without the protection it was configured with.
+    """
+    hostname = decl.hostname or base.hostname
+    try:
+        tls = server_context(decl, hostname, config.pkis, config.cas, config.limits.ciphers)
+    except TlsConfigError as e:
+        raise ListenerError(f"{decl.pos}: {e}") from None
+    authenticator = None
+    if decl.auth:
+        table = None
+        if decl.auth_table is not None:
+            table = tables[decl.auth_table]
+            if not (table.serves(Service.AUTH) or table.serves(Service.CREDENTIALS)):
+                raise ListenerError(f"{decl.pos}: table {decl.auth_table} serves neither "
+                                    "credentials nor auth")
+        authenticator = Authenticator(table)
+    senders = None
+    if decl.senders is not None:
+        senders = tables[decl.senders]
+        if not senders.serves(Service.MAILADDRMAP):
+            raise ListenerError(f"{decl.pos}: table {decl.senders} does not serve mailaddrmap")
+    return dataclasses.replace(base, hostname=hostname, listen=decl, tls_context=tls,
+                               authenticator=authenticator, senders=senders)
 
 
 class Listener:
@@ -36,9 +79,14 @@ class Listener:
         host = None if self.decl.address in ("all", "*") else self.decl.address
         if host == "localhost":
             host = "127.0.0.1"
+        # SMTPS: the loop does the handshake before the session starts, so
+        # the ClientHello can never land in a plaintext stream buffer.  A
+        # failed or slow (Limits.tls_timeout) handshake closes the connection.
+        tls = self.ctx.tls_context if self.decl.smtps else None
         self.server = await asyncio.start_server(
             self._accept, host, self.decl.effective_port, backlog=BACKLOG, reuse_address=True,
-            limit=self.ctx.limits.max_data_line * 2)
+            limit=self.ctx.limits.max_data_line * 2, ssl=tls,
+            ssl_handshake_timeout=self.ctx.limits.tls_timeout if tls is not None else None)
         for sock in self.server.sockets:
             logger.info("listening on %s", sock.getsockname()[:2])
 

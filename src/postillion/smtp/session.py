@@ -3,26 +3,41 @@
 The protocol machine (`protocol.py`) parses and sequences; this module makes
 the decisions that need the world: which rule a recipient matches, whether
 it expands to real users (at RCPT time, so unknown users get `550 5.1.1`
-before any data), and the durable queue write that must finish before `250`.
-It also owns the clock: every read waits at most `Limits.command_timeout`.
+before any data), AUTH against the listener's credentials, the TLS
+handshake, and the durable queue write that must finish before `250`.
+
+It also owns the clock (SPEC §6.3): a command or data line must complete
+within `Limits.command_timeout` of its first byte (a deadline that trickled
+bytes do not push back), the whole session within `Limits.session_timeout`,
+a TLS handshake within `Limits.tls_timeout`; the early-talker window and the
+delay before `535` are in `smtp/tuning.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import random
+import ssl
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from postillion import log
-from postillion.config.model import Limits
+from postillion.config.model import Limits, ListenDecl
 from postillion.errors import LookupUnavailable, MailError, Reply
+from postillion.lookup.auth import Authenticator, AuthResult
 from postillion.lookup.expand import Delivery, Expander
 from postillion.queue.envelope import Envelope
 from postillion.queue.store import Incoming, QueueStore
 from postillion.rules import Ruleset, SessionFacts, is_local_address
 from postillion.smtp import protocol as p
+from postillion.smtp.tuning import DEFAULT_TUNING, Tuning
+from postillion.table.match import mailaddr_match
+from postillion.table.services import Service
+from postillion.table.table import Table
+from postillion.tls import describe
 
 READ_SIZE = 64 * 1024
 
@@ -32,42 +47,135 @@ REPLY_DATA = Reply(354, "", 'Enter mail, end with "." on a line by itself')
 REPLY_TOO_BIG = Reply(552, "5.3.4", "Message too big for system")
 REPLY_QUEUE_ERROR = Reply(421, "4.3.0", "Temporary Error")
 REPLY_TIMEOUT = Reply(421, "4.4.2", "Timeout")
+REPLY_AUTH_FAILED = Reply(535, "5.7.8", "Authentication failed")
+REPLY_AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
+REPLY_SENDER_NOT_ALLOWED = Reply(553, "5.7.1", "Sender not allowed")
+REPLY_LOOP = Reply(554, "5.4.6", "Routing loop detected")
+REPLY_NOT_RFC5322 = Reply(554, "5.6.0", "Message is not RFC 5322 compliant")
+REPLY_EARLY_TALKER = Reply(554, "5.5.0", "Protocol error: talking before the greeting")
 
 
 @dataclass(frozen=True, slots=True)
 class SessionContext:
-    """What every session of one listener shares."""
+    """What every session of one listener shares.
+
+    `listen` None is a plain listener with every default (tests, the demo);
+    `tls_context` is the listener's server context (STARTTLS or SMTPS);
+    `authenticator` checks AUTH; `senders` is the `senders <t>` table.
+    """
 
     hostname: str
     limits: Limits
     ruleset: Ruleset
     expander: Expander
     store: QueueStore   # hands committed envelopes to the scheduler itself (on_commit)
+    listen: ListenDecl | None = None
+    tls_context: ssl.SSLContext | None = None
+    authenticator: Authenticator | None = None
+    senders: Table | None = None
+    tuning: Tuning = DEFAULT_TUNING
+
+
+def features(decl: ListenDecl | None) -> p.Features:
+    """The EHLO offer of a listener (SPEC §6.1)."""
+    if decl is None:
+        return p.ALL_EXTENSIONS
+    return p.Features(
+        starttls=(decl.tls or decl.tls_require) and not decl.smtps,
+        tls_required=decl.tls_require and not decl.smtps,
+        auth=bool(decl.auth), auth_required=decl.auth == "required",
+        insecure_auth=decl.insecure_auth, dsn=not decl.no_dsn, smtputf8=True, chunking=True)
 
 
 @dataclass(slots=True)
 class Transaction:
-    """The MAIL ... DATA transaction in progress."""
+    """The MAIL ... DATA/BDAT transaction in progress."""
 
     sender: str
-    recipients: list[tuple[str, list[Delivery]]] = field(default_factory=list)
+    params: Mapping[str, str] = field(default_factory=dict)
+    recipients: list[tuple[str, list[Delivery], Mapping[str, str]]] = field(default_factory=list)
     incoming: Incoming | None = None
+    failed: bool = False               # the queue file could not be created (BDAT)
+    headers: HeaderScan | None = None
+
+
+class HeaderScan:
+    """Watches the client's header section as content goes by (SPEC §6.2).
+
+    Counts `Received:` fields (a mail loop at `Limits.max_hops`: 554 5.4.6)
+    and notes a first header line starting with a blank (554 5.6.0).  Stops
+    at the empty line ending the header, or after `limit` octets, so the
+    body is never scanned line by line.
+    """
+
+    __slots__ = ("hops", "bad_first_line", "done", "_tail", "_seen", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self.hops = 0
+        self.bad_first_line = False
+        self.done = False
+        self._tail = b""
+        self._seen = 0
+        self._limit = limit
+
+    def feed(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        if self._seen == 0 and not self._tail:
+            self.bad_first_line = data[:1] in (b" ", b"\t")
+        self._seen += len(data)
+        lines = (self._tail + data).split(b"\r\n")
+        self._tail = lines.pop()
+        for line in lines:
+            if not line:
+                self.done = True
+                return
+            if line[:9].lower() == b"received:":
+                self.hops += 1
+        if self._seen > self._limit:
+            self.done = True
 
 
 def protocol_limits(limits: Limits) -> p.ProtocolLimits:
     return p.ProtocolLimits(
         max_line=limits.max_line, max_data_line=limits.max_data_line,
         max_message_size=limits.max_message_size, max_rcpt=limits.max_rcpt,
-        max_mails=limits.max_mails, max_failed_commands=limits.max_failed_commands)
+        max_mails=limits.max_mails, max_failed_commands=limits.max_failed_commands,
+        max_auth_line=limits.max_auth_line, max_failed_auth=limits.max_failed_auth)
+
+
+def _clean(text: str) -> str:
+    """Printable ASCII only, `?` for the rest: header text from the client."""
+    return "".join(ch if 0x21 <= ord(ch) < 0x7F else "?" for ch in text)
 
 
 def received_header(helo: str, peer: str, hostname: str, msgid: int, rcpts: Sequence[str],
-                    extended: bool) -> bytes:
-    """The `Received:` trace header of SPEC §7.5 (RFC 5321 §4.4)."""
-    helo = "".join(ch if 0x21 <= ord(ch) < 0x7F else "?" for ch in helo) or "unknown"
+                    extended: bool, *, tls: tuple[str, str] | None = None, user: str | None = None,
+                    show_auth: bool = False, smtputf8: bool = False, mask_src: bool = False) -> bytes:
+    """The `Received:` trace header of SPEC §7.5 (RFC 5321 §4.4).
+
+    `with` is SMTP/ESMTP (UTF8SMTP under SMTPUTF8), + S on TLS, + A when
+    authenticated (RFC 3848); the TLS clause is `(version:cipher:bits:
+    YES|NO)`, `auth=yes user=NAME` follows with `received-auth`.  HELO and
+    user name non-printables become `?`, so no CR/LF can start a new header.
+    """
     literal = f"IPv6:{peer}" if ":" in peer else peer
-    lines = [f"Received: from {helo} (<unknown> [{literal}])",
-             f"\tby {hostname} (Postillion) with {'ESMTP' if extended else 'SMTP'} id {msgid:08x}"]
+    proto = ("UTF8SMTP" if smtputf8 else "ESMTP" if extended else "SMTP")
+    if tls is not None:
+        proto += "S"
+    if user is not None:
+        proto += "A"
+    lines = []
+    by = f"by {hostname} (Postillion) with {proto} id {msgid:08x}"
+    if mask_src:
+        lines.append(f"Received: {by}")
+    else:
+        lines.append(f"Received: from {_clean(helo) or 'unknown'} (<unknown> [{literal}])")
+        lines.append(f"\t{by}")
+    if tls is not None:
+        lines.append(f"\t({tls[0]}:{tls[1]})")
+    if user is not None and show_auth:
+        lines.append(f"\tauth=yes user={_clean(user)}")
     if len(rcpts) == 1:
         lines.append(f"\tfor <{rcpts[0]}>;")
     else:
@@ -91,40 +199,123 @@ class Session:
         local_ip = sock[0] if isinstance(sock, tuple) else "local"
         self.facts = SessionFacts(address=self.peer,
                                   is_local=is_local_address(self.peer, local_ip))
-        self.proto = p.ServerProtocol(ctx.hostname, self.peer, protocol_limits(ctx.limits))
+        self.smtps = ctx.listen is not None and ctx.listen.smtps
+        self.proto = p.ServerProtocol(ctx.hostname, self.peer, protocol_limits(ctx.limits),
+                                      features(ctx.listen), tls=self.smtps)
         self.helo = ""
         self.extended = False
+        self.username: str | None = None
+        self.tls: tuple[str, str] | None = None
         self.tx: Transaction | None = None
+        self._line_started: float | None = None
 
     async def run(self) -> None:
         log.smtp_connected(self.sid, self.peer, "<unknown>")
         reason = "disconnect"
         try:
+            if self.smtps:
+                # The listener's server did the handshake (start_server(ssl=...)).
+                self._tls_established()
+            early = await self._early_talker()
+            if early is not None:
+                reason = early
+                return
             self.proto.send_banner()
             reason = await self._loop()
         except (ConnectionError, OSError) as e:
             reason = f"io-error: {e}"
+        except asyncio.TimeoutError:
+            reason = "timeout"
         finally:
             await self._abort_transaction()
             log.smtp_disconnected(self.sid, reason)
             await self._close()
 
+    async def _early_talker(self) -> str | None:
+        """Wait the banner delay; a client that speaks first is refused."""
+        tuning = self.ctx.tuning
+        delay = tuning.banner_delay_local if self.facts.is_local else tuning.banner_delay
+        if delay <= 0:
+            return None
+        try:
+            data = await asyncio.wait_for(self.reader.read(1), delay)
+        except asyncio.TimeoutError:
+            return None
+        if not data:
+            return "disconnect"
+        log.smtp_bad_input(self.sid, REPLY_EARLY_TALKER)
+        self.writer.write(REPLY_EARLY_TALKER.to_bytes())
+        await asyncio.wait_for(self.writer.drain(), self.ctx.limits.command_timeout)
+        return "early-talker"
+
+    async def _starttls(self) -> bool:
+        """Answer STARTTLS and do the handshake; False closes the session.
+
+        Reading stops *before* the 220 goes out: whatever was received until
+        then was sent before the client could see the 220, so it is plaintext
+        pipelined after STARTTLS, and is dropped with the stream's buffer
+        (RFC 3207 §5; CVE-2011-0411's class of bug).  What comes after the
+        220 -- the ClientHello -- stays in the socket for the TLS layer,
+        which resumes reading.  Without the pause, a ClientHello read into
+        the stream buffer would be lost and the handshake would hang.
+        """
+        if self.ctx.tls_context is None:
+            return False
+        transport = self.writer.transport
+        transport.pause_reading()
+        pending = getattr(self.reader, "_buffer", None)
+        if isinstance(pending, bytearray):
+            pending.clear()
+        self.proto.send(p.READY_TLS)
+        await self._flush()
+        try:
+            await asyncio.wait_for(self.writer.start_tls(self.ctx.tls_context),
+                                   self.ctx.limits.tls_timeout)
+        except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError) as e:
+            log.event(self.sid, "smtp", "tls-failure", reason=str(e) or type(e).__name__)
+            return False
+        self._tls_established()
+        return True
+
+    def _tls_established(self) -> None:
+        self.tls = describe(self.writer.get_extra_info("ssl_object"))
+        if self.tls is not None:
+            log.event(self.sid, "smtp", "tls", ciphers=self.tls[0], verified=self.tls[1])
+
+    def _read_timeout(self, deadline: float) -> float:
+        """Seconds the next read may wait: the line deadline, the session's."""
+        now = time.monotonic()
+        limit = self.ctx.limits.command_timeout
+        if self._line_started is not None:
+            limit -= now - self._line_started
+        return max(0.0, min(limit, deadline - now))
+
     async def _loop(self) -> str:
         deadline = time.monotonic() + self.ctx.limits.session_timeout
+        held = 0          # octets the machine held right after the last read
+        read_at = 0.0
         while True:
             event = self.proto.next_event()
             if event is p.NEED_DATA:
                 await self._flush()
                 if self.proto.should_close:
                     return "disconnect"
-                timeout = min(self.ctx.limits.command_timeout, deadline - time.monotonic())
+                buffered = self.proto.buffered
+                if not buffered:
+                    self._line_started = None
+                elif buffered < held or self._line_started is None:
+                    # A line was consumed: what is left started in the last read.
+                    self._line_started = read_at
                 try:
-                    data = await asyncio.wait_for(self.reader.read(READ_SIZE), max(timeout, 0))
+                    data = await asyncio.wait_for(self.reader.read(READ_SIZE),
+                                                  self._read_timeout(deadline))
                 except asyncio.TimeoutError:
                     self.proto.send(REPLY_TIMEOUT)
                     await self._flush()
                     return "timeout"
+                read_at = time.monotonic()
                 self.proto.receive_data(data)
+                held = self.proto.buffered
                 continue
             if isinstance(event, p.Quit):
                 await self._flush()
@@ -132,6 +323,14 @@ class Session:
             if isinstance(event, p.ConnectionClosed):
                 await self._flush()
                 return event.reason or "disconnect"
+            if isinstance(event, p.StartTls):
+                if not await self._starttls():
+                    return "tls-failure"
+                self.proto.tls_started()
+                self.helo, self.extended, self.username = "", False, None
+                self.facts = dataclasses.replace(self.facts, authenticated=False)
+                held, self._line_started = 0, None
+                continue
             if not await self._handle(event):
                 await self._flush()
                 return "io-error: queue"
@@ -143,28 +342,90 @@ class Session:
             await self._abort_transaction()
             self.helo, self.extended = event.domain, event.extended
             proto.send(proto.helo_reply(event))
+        elif isinstance(event, p.Auth):
+            await self._auth(event)
         elif isinstance(event, p.MailFrom):
-            await self._abort_transaction()
-            self.tx = Transaction(sender=self._address(event.sender) if event.sender else "")
-            proto.send(REPLY_MAIL_OK)
+            await self._mail(event)
         elif isinstance(event, p.RcptTo):
             await self._rcpt(event)
         elif isinstance(event, p.DataStart):
             return await self._data_start()
         elif isinstance(event, p.DataChunk):
-            if self.tx is not None and self.tx.incoming is not None:
-                self.tx.incoming.write(event.data)
+            return await self._chunk(event.data)
         elif isinstance(event, p.DataEnd):
-            return await self._data_end(event)
+            return await self._end(event.too_big, "DATA")
+        elif isinstance(event, p.BdatEnd):
+            if event.too_big or event.last:
+                return await self._end(event.too_big, f"BDAT {event.chunk}")
+            tx = self.tx
+            if tx is not None and tx.failed:
+                proto.send(REPLY_QUEUE_ERROR)
+                return False
+            proto.send(Reply(250, "2.0.0", f"{event.chunk} octets received"))
         elif isinstance(event, p.Reset):
             await self._abort_transaction()
         elif isinstance(event, p.CommandRejected):
             log.smtp_failed_command(self.sid, event.command, event.reply)
         return True
 
+    # -- AUTH -----------------------------------------------------------------
+
+    async def _auth(self, event: p.Auth) -> None:
+        """SPEC §6.4: authzid must be empty or the user; 535 after a delay."""
+        if event.authzid and event.authzid != event.username:
+            result = AuthResult.PERMFAIL
+        elif self.ctx.authenticator is None:
+            result = AuthResult.TEMPFAIL
+        else:
+            result = await self.ctx.authenticator.check(event.username, event.password)
+        log.event(self.sid, "smtp", "authentication", user=event.username, result=result.value)
+        if result is AuthResult.OK:
+            self.username = event.username
+            self.facts = dataclasses.replace(self.facts, authenticated=True)
+            self.proto.send(p.AUTH_OK)
+            return
+        reply = REPLY_AUTH_TEMPFAIL if result is AuthResult.TEMPFAIL else REPLY_AUTH_FAILED
+        if result is AuthResult.PERMFAIL:
+            await asyncio.sleep(random.uniform(0, self.ctx.tuning.auth_failure_delay))
+        log.smtp_failed_command(self.sid, f"AUTH {event.mechanism} (...)", reply)
+        self.proto.send(reply)
+
+    # -- transaction ------------------------------------------------------------
+
     def _address(self, path: p.Path) -> str:
         """A path without a domain gets our hostname (`<postmaster>`, SPEC §6.3)."""
         return f"{path.local}@{path.domain or self.ctx.hostname}"
+
+    async def _mail(self, event: p.MailFrom) -> None:
+        await self._abort_transaction()
+        sender = self._address(event.sender) if event.sender else ""
+        if self.username is not None and self.ctx.senders is not None:
+            reply = await self._check_sender(sender)
+            if reply is not None:
+                log.smtp_failed_command(self.sid, f"MAIL FROM:<{sender}>", reply)
+                self.proto.send(reply)
+                return
+        self.tx = Transaction(sender=sender, params=dict(event.params),
+                              headers=HeaderScan(self.ctx.tuning.header_scan_limit))
+        self.proto.send(REPLY_MAIL_OK)
+
+    async def _check_sender(self, sender: str) -> Reply | None:
+        """`senders <t>`: the AUTH user's mailaddrmap must allow MAIL FROM.
+
+        *Choice:* the null sender is refused too: a submission client never
+        needs to send a bounce.
+        """
+        assert self.ctx.senders is not None and self.username is not None
+        try:
+            allowed = await self.ctx.senders.lookup(Service.MAILADDRMAP, self.username.lower())
+        except LookupUnavailable as e:
+            log.event(self.sid, "smtp", "lookup-error", user=self.username, reason=e.reason)
+            return Reply(451, "4.3.0", f"Temporary failure: <{sender}>")
+        delim = self.ctx.limits.sub_addr_delim
+        if sender and allowed is not None and any(
+                mailaddr_match(pattern, sender, delim) for pattern in allowed.patterns):
+            return None
+        return REPLY_SENDER_NOT_ALLOWED
 
     async def _rcpt(self, event: p.RcptTo) -> None:
         assert self.tx is not None
@@ -176,7 +437,7 @@ class Session:
                 reply = Reply(550, "5.7.1", f"Invalid recipient: <{rcpt}>")
             else:
                 deliveries = await self.ctx.expander.expand(rcpt, action)
-                self.tx.recipients.append((rcpt, deliveries))
+                self.tx.recipients.append((rcpt, deliveries, dict(event.params)))
                 reply = REPLY_RCPT_OK
         except LookupUnavailable as e:
             log.event(self.sid, "smtp", "lookup-error", rcpt=log.path(rcpt), reason=e.reason)
@@ -187,29 +448,73 @@ class Session:
             log.smtp_failed_command(self.sid, f"RCPT TO:<{rcpt}>", reply)
         self.proto.send(reply)
 
-    async def _data_start(self) -> bool:
-        assert self.tx is not None
+    async def _open_message(self) -> bool:
+        """Create the queue file and write our Received: header first."""
+        tx = self.tx
+        assert tx is not None
         try:
-            self.tx.incoming = incoming = await self.ctx.store.create()
-            rcpts = [rcpt for rcpt, _ in self.tx.recipients]
-            incoming.write(received_header(self.helo, self.peer, self.ctx.hostname,
-                                           incoming.msgid, rcpts, self.extended))
+            tx.incoming = incoming = await self.ctx.store.create()
+            rcpts = [rcpt for rcpt, _, _ in tx.recipients]
+            listen = self.ctx.listen
+            incoming.write(received_header(
+                self.helo, self.peer, self.ctx.hostname, incoming.msgid, rcpts, self.extended,
+                tls=self.tls, user=self.username,
+                show_auth=listen is not None and listen.received_auth,
+                smtputf8=self.proto.smtputf8, mask_src=listen is not None and listen.mask_src))
         except (OSError, MailError) as e:
             log.event(self.sid, "smtp", "queue-error", reason=str(e))
+            tx.failed = True
+            return False
+        return True
+
+    async def _data_start(self) -> bool:
+        if not await self._open_message():
             self.proto.send(REPLY_QUEUE_ERROR)  # in order, after queued replies
             return False
         self.proto.send(REPLY_DATA)
         return True
 
-    async def _data_end(self, event: p.DataEnd) -> bool:
+    async def _chunk(self, data: bytes) -> bool:
+        tx = self.tx
+        if tx is None or tx.failed:
+            return True
+        if tx.incoming is None and not await self._open_message():
+            return True  # BDAT: the chunk's reply says so
+        assert tx.incoming is not None and tx.headers is not None
+        tx.headers.feed(data)
+        tx.incoming.write(data)
+        return True
+
+    async def _end(self, too_big: bool, command: str) -> bool:
+        """End of DATA or the LAST chunk (or a chunk too big): refuse or queue."""
         tx, self.tx = self.tx, None
-        assert tx is not None and tx.incoming is not None
-        if event.too_big:
-            await self.ctx.store.discard(tx.incoming)
-            log.smtp_failed_command(self.sid, "DATA", REPLY_TOO_BIG)
-            self.proto.send(REPLY_TOO_BIG)
+        assert tx is not None
+        if not too_big and not tx.failed and tx.incoming is None:
+            self.tx = tx
+            ok = await self._open_message()   # BDAT 0 LAST: no chunk came
+            self.tx = None
+            if not ok:
+                self.proto.send(REPLY_QUEUE_ERROR)
+                return False
+        if tx.failed:
+            self.proto.send(REPLY_QUEUE_ERROR)
+            return False
+        headers = tx.headers
+        reply = None
+        if too_big:
+            reply = REPLY_TOO_BIG
+        elif headers is not None and headers.hops >= self.ctx.limits.max_hops:
+            reply = REPLY_LOOP
+        elif headers is not None and headers.bad_first_line:
+            reply = REPLY_NOT_RFC5322
+        if reply is not None:
+            if tx.incoming is not None:
+                await self.ctx.store.discard(tx.incoming)
+            log.smtp_failed_command(self.sid, command, reply)
+            self.proto.send(reply)
             return True
         incoming = tx.incoming
+        assert incoming is not None
         envelopes = self._envelopes(tx, incoming)
         try:
             await self.ctx.store.commit(incoming, envelopes)
@@ -219,22 +524,37 @@ class Session:
             return False
         for env in envelopes:
             log.smtp_envelope(self.sid, env.id, env.sender, env.dest)
-        log.smtp_message(self.sid, incoming.msgid, incoming.size, len(envelopes),
-                         "ESMTP" if self.extended else "SMTP")
+        log.smtp_message(self.sid, incoming.msgid, incoming.size, len(envelopes), self._proto_name())
         self.proto.send(Reply(250, "2.0.0", f"{incoming.msgid:08x} Message accepted for delivery"))
         return True
 
+    def _proto_name(self) -> str:
+        name = "ESMTP" if self.extended else "SMTP"
+        return name + ("S" if self.tls else "") + ("A" if self.username else "")
+
     def _envelopes(self, tx: Transaction, incoming: Incoming) -> list[Envelope]:
         now = time.time()
+        flags = set()
+        if self.facts.authenticated:
+            flags.add("authenticated")
+        if self.tls is not None:
+            flags.add("tls")
+        if "SMTPUTF8" in tx.params:
+            flags.add("smtputf8")
         out = []
-        for rcpt, deliveries in tx.recipients:
+        for rcpt, deliveries, params in tx.recipients:
+            notify = params.get("NOTIFY", "")
             for d in deliveries:
                 out.append(incoming.envelope(
                     dispatcher=d.dispatcher, type="mda",
-                    smtpname=self.ctx.hostname, helo=self.helo, hostname="<unknown>",
+                    smtpname=self.ctx.hostname, helo=_clean(self.helo), hostname="<unknown>",
                     sockaddr=self.peer, sender=tx.sender, rcpt=rcpt, dest=d.dest,
                     ctime=now, mda_user=d.user, mda_subaddress=d.subaddress,
-                    flags=frozenset({"authenticated"} if self.facts.authenticated else set())))
+                    username=self.username or "", flags=frozenset(flags),
+                    dsn_notify=frozenset(notify.split(",")) if notify else frozenset(),
+                    dsn_ret=tx.params.get("RET", ""), dsn_envid=tx.params.get("ENVID", ""),
+                    dsn_orcpt=params.get("ORCPT", ""),
+                    tag=self.ctx.listen.tag if self.ctx.listen is not None and self.ctx.listen.tag else ""))
         return out
 
     async def _abort_transaction(self) -> None:
@@ -252,6 +572,5 @@ class Session:
         try:
             self.writer.close()
             await asyncio.wait_for(self.writer.wait_closed(), 5)
-        except (ConnectionError, OSError, asyncio.TimeoutError):
+        except (ConnectionError, OSError, asyncio.TimeoutError, ssl.SSLError):
             pass
-
