@@ -38,7 +38,14 @@ def resolve_config(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a config (either grammar); -v prints the normalised model,
+    --convert prints it in the modern grammar.  Options the runtime does
+    not implement yet are warnings here (the daemon refuses them)."""
+    import json
+
     from postillion.config import ConfigError, load
+    from postillion.config.normal import ConvertError, normalise, to_modern
+    from postillion.config.support import unsupported
     path = Path(args.file) if args.file else Path(DEFAULT_CONFIG)
     try:
         config = load(path, parse_defines(args.define))
@@ -49,7 +56,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{path}: {e.strerror or e}", file=sys.stderr)
         return 1
     if args.verbose:
-        print(config)
+        print(json.dumps(normalise(config), indent=2))
+    if args.convert:
+        try:
+            sys.stdout.write(to_modern(config))
+        except ConvertError as e:
+            print(e, file=sys.stderr)
+            return 1
+    for pos, message in unsupported(config):
+        print(f"{pos}: warning: {message}; postillion run will refuse this configuration",
+              file=sys.stderr)
     print("configuration OK", file=sys.stderr)
     return 0
 
@@ -108,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a configuration file",
                            description="Validate a configuration; exit 0 if valid, 1 if not.")
     check.add_argument("-f", "--file", help=f"configuration file (default: {DEFAULT_CONFIG})")
-    check.add_argument("-v", "--verbose", action="store_true", help="print the parsed model")
+    check.add_argument("-v", "--verbose", action="store_true",
+                       help="print the normalised model (JSON, positions left out)")
+    check.add_argument("--convert", action="store_true",
+                       help="print the configuration in the modern grammar (2012 "
+                            "accept/reject rules become match rules)")
     check.add_argument("-D", "--define", action="append", default=[], metavar="NAME=VALUE",
                        help="set a macro, overriding the file")
     check.set_defaults(func=cmd_check)

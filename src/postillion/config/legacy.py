@@ -105,7 +105,9 @@ def rule(p: Parser, s: Stream, kw: Token) -> None:
                      "userbase": "users"}[t]
             if other in seen:
                 raise Syntax(opt.pos, f'"{t}" cannot be used with "{other}"')
-            f[field] = p.table_ref(s, t, field)
+            # `virtual <list>` is fine with relay (backup MX): the use is
+            # recorded once the method is known.
+            f[field] = p.table_ref(s, t, "2012 virtual" if t == "virtual" else field)
             local_seen[field] = opt.pos
         elif t == "deliver":
             if "relay" in seen:
@@ -144,6 +146,8 @@ def rule(p: Parser, s: Stream, kw: Token) -> None:
         if "virtual" in f:   # relay + virtual <list>: relay only listed recipients
             extra.append(Criterion("rcpt-to", local_seen["virtual"], False, str(f.pop("virtual"))))
             p.use("match rcpt-to", local_seen["virtual"])
+    elif "virtual" in f:
+        p.st.table_refs.append((str(f["virtual"]), local_seen["virtual"], "virtual"))
     for field, pos in local_seen.items():
         if field in f:
             p.use(f"action {field}", pos)

@@ -125,8 +125,8 @@ MDA_LIMITS = {"max-session": "max_session", "max-session-per-user": "max_session
 MAX_WARN_INTERVALS = 4
 
 # Uses of a table that need a map (or a backend): key -> value lookups.
-MAP_USES = frozenset({"alias", "virtual", "userbase", "auth", "auth-optional", "senders",
-                      "hostnames", "relay auth", "relay domain", "users"})
+MAP_USES = frozenset({"alias", "virtual", "userbase", "listen auth", "listen auth-optional",
+                      "senders", "hostnames", "relay auth", "relay domain"})
 _OPTION_SHAPE = re.compile(r"[a-z][a-z0-9-]*\Z")  # a bare word that reads as a keyword
 _MAILADDR = re.compile(r"[^\s@<>]*@?[^\s@<>]*\Z")
 
@@ -181,6 +181,7 @@ class _State:
     action_refs: list[tuple[str, Position]] = field(default_factory=list)
     pki_refs: list[tuple[str, Position]] = field(default_factory=list)
     ca_refs: list[tuple[str, Position]] = field(default_factory=list)
+    wrapper_refs: list[tuple[str, Position]] = field(default_factory=list)
 
 
 class Parser:
@@ -503,7 +504,7 @@ class Parser:
                     raise Syntax(opt.pos, f'"{t}" cannot be used with "{other}"')
                 f["auth"] = "required" if t == "auth" else "optional"
                 if s.is_punct("<"):
-                    f["auth_table"] = self.table_ref(s, t, t)
+                    f["auth_table"] = self.table_ref(s, t, f"listen {t}")
             elif t == "insecure-auth":
                 f["insecure_auth"] = True
             elif t == "hostname":
@@ -635,7 +636,9 @@ class Parser:
                                       "recipient)")
             f["user"] = s.expect_value('a user name after "user"', ACTION_WORDS).text
         elif local and t == "wrapper":
-            f["wrapper"] = s.expect_value('a wrapper name after "wrapper"', ACTION_WORDS).text
+            tok = s.expect_value('a wrapper name after "wrapper"', ACTION_WORDS)
+            self.st.wrapper_refs.append((tok.text, tok.pos))
+            f["wrapper"] = tok.text
         elif method == "maildir" and t == "junk":
             f["junk"] = True
         elif method == "lmtp" and t == "rcpt-to":
@@ -1074,6 +1077,12 @@ class Parser:
                 close = did_you_mean(name, st.cas)
                 hint = f"; did you mean {close}?" if close else ""
                 st.errors.append((at, f"no such ca: {name}{hint}"))
+        for name, at in st.wrapper_refs:
+            if name not in st.mda_wrappers:
+                close = did_you_mean(name, st.mda_wrappers)
+                hint = f"; did you mean {close}?" if close else ""
+                st.errors.append((at, f'no such mda wrapper: {name} (declare it with "mda wrapper'
+                                      f' {name} COMMAND"){hint}'))
         for decl in st.pkis.values():
             for part in ("cert", "key"):
                 if getattr(decl, part) is None and decl.name not in st.implied_pkis:

@@ -1,0 +1,57 @@
+"""`postillion check -v` and `--convert`, and the warning for options not implemented yet."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from postillion.config import load, parse
+from postillion.config.normal import normalise
+from postillion.config.support import unsupported
+
+EXAMPLES = Path(__file__).parent / "examples"
+
+
+def postillion(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "postillion.cli", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_verbose_prints_the_normalised_model(tmp_path: Path) -> None:
+    conf = tmp_path / "smtpd.conf"
+    conf.write_text('action "a" maildir\nmatch from src 10.0.0.0/8 for any action "a"\n')
+    result = postillion("check", "-v", "-f", str(conf))
+    assert result.returncode == 0, result.stderr
+    model = json.loads(result.stdout)
+    assert model["actions"] == {"a": normalise(load(conf))["actions"]["a"]}
+    assert model["matches"][0]["criteria"][0] == {
+        "kind": "from-src", "negate": False, "table": {"inline": {"list": ["10.0.0.0/8"]}},
+        "regex": False}
+
+
+def test_convert_prints_modern_grammar_that_parses_back() -> None:
+    path = EXAMPLES / "B-2012-virtual.conf"
+    result = postillion("check", "--convert", "-f", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "\naccept" not in result.stdout and "\nmatch from local for any action" in result.stdout
+    again = parse(result.stdout, str(path.with_suffix(".converted")))
+    assert normalise(again) == normalise(load(path))
+
+
+def test_unimplemented_options_are_warnings_not_errors() -> None:
+    path = EXAMPLES / "C-modern-virtual.conf"
+    result = postillion("check", "-f", str(path))
+    assert result.returncode == 0
+    expected = [f"{pos}: warning: {message}; postillion run will refuse this configuration"
+                for pos, message in unsupported(load(path))]
+    assert result.stderr.splitlines() == [*expected, "configuration OK"]
+
+
+def test_convert_refuses_what_has_no_modern_spelling(tmp_path: Path) -> None:
+    conf = tmp_path / "smtpd.conf"
+    conf.write_text("accept for any relay via ssl://relay.example.org\n")
+    result = postillion("check", "--convert", "-f", str(conf))
+    assert result.returncode == 1
+    assert f"{conf}:1:1: the 2012 relay scheme ssl://" in result.stderr
