@@ -16,10 +16,11 @@ Errors name `file:line` and what is wrong, and are raised as `BackendError`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Final, Mapping
 
 from postillion.table.backend import EntryCheck, Shape
 from postillion.table.errors import BackendError, printable
@@ -59,17 +60,18 @@ def logical_lines(text: str, origin: str) -> Iterator[tuple[int, str]]:
         raise BackendError(f"{origin}:{start}: line continued with \\ at end of file")
 
 
+_MAP_LINE: Final = re.compile(r"([^ \t:]*)(?:[ \t:](?:[ \t]|:(?=[ \t]))*(.*))?", re.DOTALL)
+
+
 def split_map_line(line: str) -> tuple[str, str]:
-    """Split a trimmed data line into key and value ("" if there is none)."""
-    end = 0
-    while end < len(line) and line[end] not in SEPARATORS:
-        end += 1
-    key = line[:end]
-    rest = line[end + 1:]
-    i = 0
-    while i < len(rest) and (rest[i] in " \t" or (rest[i] == ":" and rest[i + 1:i + 2] in (" ", "\t"))):
-        i += 1
-    return key, rest[i:]
+    """Split a trimmed data line into key and value ("" if there is none).
+
+    The key runs to the first space, tab or `:`; that one separator, then
+    any blanks and `:` followed by a blank, are skipped; the rest is the value.
+    """
+    match = _MAP_LINE.match(line)
+    assert match is not None        # the pattern matches any string
+    return match.group(1), match.group(2) or ""
 
 
 def is_list_directive(comment: str) -> bool:
