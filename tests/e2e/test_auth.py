@@ -1,0 +1,129 @@
+"""AUTH on the submission listener (587: STARTTLS required, AUTH against an
+SQLite credentials table, senders restricted), with smtplib and raw dialogue."""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import sqlite3
+
+import pytest
+
+from .inproc import PASSWORD, USER, secure_uvloop  # noqa: F401 (fixture)
+
+BODY = "Subject: submitted\r\n\r\nhello\r\n"
+
+
+def submission(proc) -> smtplib.SMTP:
+    client = smtplib.SMTP(proc.host, proc.ports["submission"], timeout=10)
+    client.ehlo("client.example.net")
+    client.starttls(context=proc.client_context())
+    client.ehlo("client.example.net")
+    return client
+
+
+def test_login_and_send(secure_uvloop):
+    proc = secure_uvloop
+    with submission(proc) as client:
+        assert client.has_extn("auth") and "PLAIN" in client.esmtp_features["auth"]
+        client.login(USER, PASSWORD)
+        client.ehlo("client.example.net")
+        assert not client.has_extn("auth")  # once authenticated, no more AUTH
+        assert client.sendmail(f"{USER}@example.test", ["alice@example.test"], BODY) == {}
+    [path] = proc.wait_delivered("alice")
+    raw = path.read_bytes()
+    assert b"with ESMTPSA id" in raw and f"auth=yes user={USER}".encode() in raw
+    log = proc.wait_log("smtp message")
+    assert f"smtp authentication user={USER} result=ok" in log
+    assert PASSWORD not in log and base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode() not in log
+
+
+def test_login_mechanism(secure_uvloop):
+    proc = secure_uvloop
+    with submission(proc) as client:
+        client.user, client.password = USER, PASSWORD
+        code, _ = client.auth("LOGIN", client.auth_login, initial_response_ok=False)
+        assert code == 235
+
+
+def test_auth_required_before_mail(secure_uvloop):
+    with submission(secure_uvloop) as client:
+        code, text = client.docmd("MAIL FROM:<gilles@example.test>")
+        assert (code, text) == (530, b"5.7.0 Authentication required")
+
+
+def test_wrong_password_then_421(secure_uvloop):
+    proc = secure_uvloop
+    with submission(proc) as client:
+        for password in ("wrong", "bad"):
+            token = base64.b64encode(f"\0{USER}\0{password}".encode()).decode()
+            assert client.docmd("AUTH", f"PLAIN {token}") == (535, b"5.7.8 Authentication failed")
+        code, text = client.docmd("AUTH", "PLAIN " + base64.b64encode(f"\0{USER}\0nope".encode()).decode())
+        assert code == 535
+        # The third failure is followed by 421 and the close.
+        assert client.getreply()[0] == 421
+    log = proc.wait_log("reason=\"too many failed authentications\"")
+    assert "nope" not in log and "wrong" not in log
+    assert 'command="AUTH PLAIN (...)"' in log
+
+
+def test_authzid_must_be_the_user(secure_uvloop):
+    with submission(secure_uvloop) as client:
+        token = base64.b64encode(f"root\0{USER}\0{PASSWORD}".encode()).decode()
+        assert client.docmd("AUTH", f"PLAIN {token}")[0] == 535
+        token = base64.b64encode(f"{USER}\0{USER}\0{PASSWORD}".encode()).decode()
+        assert client.docmd("AUTH", f"PLAIN {token}")[0] == 235
+
+
+def test_auth_replies(secure_uvloop):
+    proc = secure_uvloop
+    with smtplib.SMTP(proc.host, proc.ports["submission"], timeout=10) as client:
+        client.ehlo("client.example.net")
+        assert client.docmd("AUTH", "PLAIN AGdpbGxlcwB4")[0] == 538  # before TLS
+    with submission(proc) as client:
+        assert client.docmd("AUTH", "PLAIN !!!") == (501, b"5.5.2 Invalid base64 data")
+        assert client.docmd("AUTH", "LOGIN")[0] == 334
+        assert client.docmd("*") == (501, b"5.0.0 Authentication cancelled")
+        assert client.docmd("AUTH", "CRAM-MD5")[0] == 504
+        client.login(USER, PASSWORD)
+        assert client.docmd("AUTH", "PLAIN AGdpbGxlcwB4")[0] == 503
+    with smtplib.SMTP(proc.host, proc.ports["plain"], timeout=10) as client:
+        client.ehlo("client.example.net")
+        assert client.docmd("AUTH", "PLAIN AGdpbGxlcwB4")[0] == 502
+        assert client.docmd("STARTTLS")[0] == 502
+
+
+def test_senders_restrict_mail_from(secure_uvloop):
+    proc = secure_uvloop
+    with submission(proc) as client:
+        client.login(USER, PASSWORD)
+        assert client.docmd("MAIL FROM:<alice@example.test>") == (553, b"5.7.1 Sender not allowed")
+        assert client.docmd("MAIL FROM:<>")[0] == 553
+        assert client.docmd("MAIL FROM:<gilles+tag@example.test>")[0] == 250
+        client.rset()
+        assert client.docmd("MAIL FROM:<anyone@example.org>")[0] == 250
+
+
+def test_credentials_table_down_is_454(secure_uvloop):
+    proc = secure_uvloop
+    db = sqlite3.connect(proc.fixture.root / "tables.sqlite")
+    db.execute("DROP TABLE credentials")
+    db.commit()
+    db.close()
+    with submission(proc) as client:
+        with pytest.raises(smtplib.SMTPAuthenticationError) as info:
+            client.login(USER, PASSWORD)
+        assert info.value.smtp_code == 454 and info.value.smtp_error.startswith(b"4.7.0")
+    proc.wait_log("result=tempfail")
+
+
+def test_authenticated_session_flags_the_envelope(secure_uvloop):
+    proc = secure_uvloop
+    with submission(proc) as client:
+        client.login(USER, PASSWORD)
+        assert client.sendmail(f"{USER}@example.test", ["bob@example.test"], BODY,
+                               rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;bob+40example.test"],
+                               mail_options=["RET=HDRS", "ENVID=abc+2Bdef"]) == {}
+    proc.wait_delivered("bob")
+    log = proc.wait_log("smtp envelope")
+    assert "smtp message" in log and "proto=ESMTPSA" in log
