@@ -190,3 +190,17 @@ def test_write_is_atomic_and_keeps_source_mode(tmp_path):
     assert os.stat(out).st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["creds.db"]     # no temp file left
     assert read_map(str(out)) == ("map", [("alice", "alice:secret")])
+
+
+async def test_deleted_map_keeps_serving_and_warns_once(tmp_path, caplog):
+    db = tmp_path / "aliases.db"
+    build(db, "root alice\n")
+    t = await opened(db)
+    db.unlink()
+    with caplog.at_level(logging.WARNING, logger="postillion.table"):
+        for _ in range(3):
+            assert await t.lookup(Service.ALIAS, "root") == ExpandList(("alice",))
+    assert len([r for r in caplog.records if "gone" in r.getMessage()]) == 1
+    with pytest.raises(TableError, match="No such file"):
+        await t.update()
+    await t.close()

@@ -28,7 +28,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Final, TypeVar
 
 from postillion.table.backend import (
     LIST_SERVICES, MAP_SERVICES, EntryCheck, Shape, shape_serves,
@@ -42,6 +42,7 @@ T = TypeVar("T")
 log = logging.getLogger("postillion.table")
 
 Signature = tuple[int, int, int, int]   # st_dev, st_ino, st_size, st_mtime_ns
+GONE: Final[Signature] = (-1, -1, -1, -1)  # the path cannot be stat'ed
 
 
 @dataclass(slots=True)
@@ -132,13 +133,13 @@ class DbBackend:
         if gen is None:
             raise BackendError("table not open")
         try:
-            now: Signature | None = _signature(self.path)
+            now = _signature(self.path)
         except OSError:
-            now = None
+            now = GONE
         if now == gen.signature or now == self._failed:
             return gen
         try:
-            if now is None:
+            if now == GONE:
                 raise BackendError(f"{self.path}: gone")
             self._swap(self._open_generation())
         except BackendError as e:
@@ -161,7 +162,7 @@ class DbBackend:
         except UnicodeEncodeError:
             return None          # a key that is not text cannot be in the map
         except sqlite3.Error as e:
-            gen.signature = (-1, -1, -1, -1)     # reopen on the next lookup
+            gen.signature = (-2, -2, -2, -2)     # differs from any: reopen on the next lookup
             raise BackendError(f"{self.path}: {e}") from None
 
     def _sync_lookup(self, key: str) -> str | None:
