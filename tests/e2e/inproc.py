@@ -90,6 +90,16 @@ class InProcess:
         for listener in self.daemon.listeners:
             listener.ctx = dataclasses.replace(listener.ctx, tuning=tuning)
 
+    def set_limits(self, **changes) -> None:
+        """Change the running listeners' Limits (sessions read them at accept)."""
+        assert self.daemon is not None
+        for listener in self.daemon.listeners:
+            limits = dataclasses.replace(listener.ctx.limits, **changes)
+            listener.ctx = dataclasses.replace(listener.ctx, limits=limits)
+
+    def queued(self) -> list:
+        return [p for p in self.fixture.queued_files() if "corrupt" not in p.parts]
+
     def delivered(self, user: str):
         return self.fixture.delivered(user)
 
