@@ -37,3 +37,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var build src/*.egg-info
+
+## make conformance: OpenSMTPD 6.8's `smtpd -n` vs `postillion check` on every test
+## config (installs Debian opensmtpd, service disabled, if missing); not in `make test`
+.PHONY: conformance
+conformance: $(STAMP)
+	$(BIN)/python conformance/run.py
