@@ -62,3 +62,18 @@ def test_printable_is_one_safe_line(key):
     assert shown.startswith('"') and shown.endswith('"')
     assert all(c.isprintable() for c in shown)
     assert len(shown) < 100 * 12
+
+
+DOMAINISH = st.text(alphabet=st.sampled_from(list("abAB.*- ")), min_size=1, max_size=8)
+
+
+@given(service=st.sampled_from([Service.DOMAIN, Service.STRING, Service.SOURCE]),
+       elements=st.lists(DOMAINISH, max_size=12), key=DOMAINISH)
+def test_compiled_list_finds_what_a_scan_finds(service, elements, key):
+    from postillion.table.match import CompiledList
+    try:
+        compiled = CompiledList(service, elements)
+    except BadValue:
+        return
+    scanned = next((e for e in elements if compile_element(service, e)(key)), None)
+    assert compiled.first(key) == scanned

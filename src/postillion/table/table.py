@@ -28,7 +28,7 @@ from typing import Final, Literal, TypeVar, overload
 from postillion.errors import LookupUnavailable
 from postillion.table.backend import Backend, EntryCheck, Shape
 from postillion.table.errors import BackendError, MalformedValue, TableError, printable
-from postillion.table.match import Matcher, compile_element
+from postillion.table.match import CompiledList, InvalidElement, compile_element
 from postillion.table.registry import backend_class
 from postillion.table.services import Service
 from postillion.table.textformat import entry_problem
@@ -65,7 +65,7 @@ class Table:
         self.backend = backend
         self.timeout = timeout
         self.sub_addr_delim = sub_addr_delim
-        self._compiled: dict[Service, tuple[Sequence[str], list[Matcher]]] = {}
+        self._compiled: dict[Service, CompiledList] = {}
 
     def __repr__(self) -> str:
         return f"<Table {self.name} ({self.backend.name})>"
@@ -293,29 +293,24 @@ class Table:
         except MalformedValue as e:
             raise self._unavailable(op, service, key, f"malformed value: {e.reason}") from None
 
-    async def _matchers(self, service: Service) -> tuple[Sequence[str], list[Matcher]]:
-        """The list's elements and their matchers for `service`, cached per contents."""
+    async def _matchers(self, service: Service) -> CompiledList:
+        """The list compiled for `service`, cached per contents (one object per load)."""
         elements = await self.backend.elements()
         cached = self._compiled.get(service)
-        if cached is not None and cached[0] is elements:
+        if cached is not None and cached.elements is elements:
             return cached
-        matchers = []
-        for number, element in enumerate(elements, 1):
-            try:
-                matchers.append(compile_element(service, element, self.sub_addr_delim))
-            except BadValue as e:
-                raise BackendError(f"list element {number} {printable(element)} is not a"
-                                   f" valid {service.value}: {e}") from None
-        self._compiled[service] = (elements, matchers)
-        return elements, matchers
+        try:
+            compiled = CompiledList(service, elements, self.sub_addr_delim)
+        except InvalidElement as e:
+            raise BackendError(f"list element {e.number} {printable(e.element)} is not a"
+                               f" valid {service.value}: {e}") from None
+        self._compiled[service] = compiled
+        return compiled
 
     async def _match(self, service: Service, key: str, op: str) -> str | None:
         """The first list element matching `key`, as written, or None."""
-        elements, matchers = await self._call(op, service, key, lambda: self._matchers(service))
-        for element, matches in zip(elements, matchers):
-            if matches(key):
-                return element
-        return None
+        compiled = await self._call(op, service, key, lambda: self._matchers(service))
+        return compiled.first(key)
 
 
 def open_table(name: str, backend: str, config: str | None, *,
