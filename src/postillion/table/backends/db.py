@@ -26,7 +26,6 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ClassVar, Final, TypeVar
 
@@ -37,6 +36,7 @@ from postillion.table.dbfile import open_map
 from postillion.table.errors import BackendError
 from postillion.table.services import Service
 from postillion.table.textformat import Contents, check_contents
+from postillion.table.worker import Worker
 
 T = TypeVar("T")
 log = logging.getLogger("postillion.table")
@@ -75,7 +75,7 @@ class DbBackend:
         self._gen: _Generation | None = None
         self._failed: Signature | None = None     # a replacement that did not open
         self._cursor = 0
-        self._executor: ThreadPoolExecutor | None = None
+        self._worker: Worker | None = None
         self._checks: dict[Service, EntryCheck] = {}
 
     # ---------------------------------------------------------- description
@@ -197,9 +197,9 @@ class DbBackend:
     # ---------------------------------------------------- from the event loop
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="postillion-db")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        if self._worker is None:
+            self._worker = Worker("postillion-db")
+        return await self._worker.run(fn, *args)
 
     async def open(self) -> None:
         await self._run(self._sync_open)
@@ -209,13 +209,13 @@ class DbBackend:
         await self._run(self._sync_open)
 
     async def close(self) -> None:
-        if self._executor is None:
+        if self._worker is None:
             return
         try:
             await self._run(self._sync_close)
         finally:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+            self._worker.stop()
+            self._worker = None
 
     async def lookup(self, service: Service, key: str) -> str | None:
         return await self._run(self._sync_lookup, key)

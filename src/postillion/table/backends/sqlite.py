@@ -39,7 +39,6 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar, Final, TypeVar
 
@@ -48,6 +47,7 @@ from postillion.table.backend_config import BackendConfig, read_backend_config
 from postillion.table.errors import BackendError
 from postillion.table.services import Service
 from postillion.table.sqlshape import JOINED, SQL_SERVICES, columns, describe, rows_to_value
+from postillion.table.worker import Worker
 
 T = TypeVar("T")
 
@@ -62,13 +62,13 @@ KNOWN_KEYS: Final = frozenset(
 class _Database:
     """One generation of the table: its config, thread, connection and queries.
 
-    Everything touching `conn` runs in `executor`'s single thread; `update`
+    Everything touching `conn` runs in `worker`'s single thread; `update`
     builds a new generation and retires this one.
     """
 
     def __init__(self, config_path: str) -> None:
         self.config_path = config_path
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="postillion-sqlite")
+        self.worker = Worker("postillion-sqlite")
         self.conn: sqlite3.Connection | None = None
         self.queries: dict[Service, str] = {}
         self.fetch_sql: str | None = None
@@ -195,9 +195,8 @@ class _Database:
             finally:
                 self._running = None
 
-        future = asyncio.get_running_loop().run_in_executor(self.executor, job)
         try:
-            return await future
+            return await self.worker.run(job)
         except asyncio.CancelledError:
             if self._running is token and self.conn is not None:
                 self.conn.interrupt()   # thread-safe; frees the worker for the next lookup
@@ -221,14 +220,14 @@ class _Database:
         except (asyncio.TimeoutError, sqlite3.Error):
             pass
         finally:
-            self.executor.shutdown(wait=False)
+            self.worker.stop()
 
     def abandon(self) -> None:
         """Retire without waiting (a failed or timed-out start)."""
         if self.conn is not None:
             self.conn.interrupt()
-        self.executor.submit(self.close)
-        self.executor.shutdown(wait=False)
+        self.worker.submit(self.close)
+        self.worker.stop()
 
     async def fetch_source(self) -> str | None:
         now = time.monotonic()
