@@ -24,7 +24,7 @@ from postillion.mda.agent import MdaAgent, MdaJob
 from postillion.queue.envelope import Envelope
 from postillion.queue.scheduler import Scheduler
 from postillion.queue.store import QueueStore
-from postillion.rules import Ruleset, SessionFacts
+from postillion.rules import Ruleset, SessionFacts, auth_service
 from postillion.smtp.server import Listener, ListenerError, listener_context
 from postillion.smtp.session import SessionContext
 from postillion.table.services import Service
@@ -53,7 +53,10 @@ def required_services(config: Config) -> dict[str, set[Service]]:
     for match in config.matches:
         for c in match.criteria:
             if c.table is not None:
-                service = Service.NETADDR if c.kind.startswith("from") else Service.DOMAIN
+                if c.kind in ("auth", "from-auth"):
+                    service = auth_service(c)
+                else:
+                    service = Service.NETADDR if c.kind.startswith("from") else Service.DOMAIN
                 needs.setdefault(c.table, set()).add(service)
     return needs
 

@@ -26,12 +26,15 @@ class SessionFacts:
     `address` is the client IP as text ("local" for a local socket);
     `is_local` is true when the connection comes from this host (the `from
     local` of SPEC §4.2: loopback, or the client's address is the address it
-    reached us on).
+    reached us on).  `authenticated` and `user` say whether and as whom the
+    client passed AUTH; `tls` whether the session is encrypted (`match tls`).
     """
 
     address: str
     is_local: bool
     authenticated: bool = False
+    user: str = ""
+    tls: bool = False
 
 
 def is_local_address(peer: str, sockname: str) -> bool:
@@ -54,6 +57,13 @@ def local_names(hostname: str) -> frozenset[str]:
     names = {"localhost", "localhost.localdomain", hostname.lower(),
              socket.gethostname().lower(), "[127.0.0.1]", "[ipv6:::1]"}
     return frozenset(names)
+
+
+def auth_service(c: Criterion, user: str = "") -> Service:
+    """The service an `auth <t>` criterion checks its table with."""
+    if getattr(c, "regex", False):
+        return Service.REGEX
+    return Service.MAILADDR if "@" in user else Service.STRING
 
 
 class Ruleset:
@@ -99,6 +109,17 @@ class Ruleset:
             return domain in self._localnames
         if kind == "for-domain":
             return await self._table(c).check(Service.DOMAIN, domain)
+        if kind in ("auth", "from-auth"):
+            # `auth [<t>]`: an authenticated session, whose user (if a table
+            # is given) is in it -- as a regex, a mailaddr when it has an @,
+            # else a plain string (SPEC §1.3).
+            if not facts.authenticated:
+                return False
+            if c.table is None:
+                return True
+            return await self._table(c).check(auth_service(c, facts.user), facts.user)
+        if kind == "tls":
+            return facts.tls
         raise ValueError(f"unknown match criterion {kind!r}")  # the parser never builds one
 
     def _table(self, c: Criterion) -> Table:

@@ -279,6 +279,7 @@ class Session:
 
     def _tls_established(self) -> None:
         self.tls = describe(self.writer.get_extra_info("ssl_object"))
+        self.facts = dataclasses.replace(self.facts, tls=self.tls is not None)
         if self.tls is not None:
             log.event(self.sid, "smtp", "tls", ciphers=self.tls[0], verified=self.tls[1])
 
@@ -328,7 +329,7 @@ class Session:
                     return "tls-failure"
                 self.proto.tls_started()
                 self.helo, self.extended, self.username = "", False, None
-                self.facts = dataclasses.replace(self.facts, authenticated=False)
+                self.facts = dataclasses.replace(self.facts, authenticated=False, user="")
                 held, self._line_started = 0, None
                 continue
             if not await self._handle(event):
@@ -381,7 +382,7 @@ class Session:
         log.event(self.sid, "smtp", "authentication", user=event.username, result=result.value)
         if result is AuthResult.OK:
             self.username = event.username
-            self.facts = dataclasses.replace(self.facts, authenticated=True)
+            self.facts = dataclasses.replace(self.facts, authenticated=True, user=event.username)
             self.proto.send(p.AUTH_OK)
             return
         reply = REPLY_AUTH_TEMPFAIL if result is AuthResult.TEMPFAIL else REPLY_AUTH_FAILED
