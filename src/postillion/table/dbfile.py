@@ -38,6 +38,7 @@ SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 # Berkeley DB magic numbers (hash, btree, queue, heap), at offset 0 in the
 # 1.85 format OpenBSD's makemap writes, at offset 12 in DB 2.x and later.
 BERKELEY_MAGICS: Final = frozenset({0x061561, 0x053162, 0x042253, 0x074582})
+MMAP_SIZE: Final = 1 << 30      # bytes of a map read through mmap (address space, not RSS)
 
 
 def sniff(path: str) -> str:
@@ -186,6 +187,9 @@ def open_map(path: str) -> tuple[sqlite3.Connection, str]:
                            isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA query_only = ON")
+        # Read through a memory map (no read(2) per page); the file is only
+        # ever replaced by rename, so the mapping stays that of our inode.
+        conn.execute(f"PRAGMA mmap_size = {MMAP_SIZE}")
         conn.execute("SELECT key, value FROM map LIMIT 0")
         try:
             row = conn.execute("SELECT value FROM meta WHERE name = 'type'").fetchone()
