@@ -21,7 +21,6 @@ operation runs in the table's own worker thread, never on the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sqlite3
