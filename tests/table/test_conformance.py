@@ -320,3 +320,27 @@ async def test_update_under_concurrent_lookups(updatable):
     results = await asyncio.gather(*(reader() for _ in range(8)), writer())
     assert set().union(*results[:-1]) <= {"old", "new"}
     assert await t.lookup(Service.ALIAS, "user0") == ExpandList(("user0-old-a", "user0-old-b"))
+
+
+BAD_VALUES = [
+    (Service.ALIAS, "pipe", "alice, |"),
+    (Service.ALIAS, "include", ":include:relative/path"),
+    (Service.ALIAS, "err", "error:250 not an error"),
+    (Service.MAILADDRMAP, "senders", "alice@"),
+    (Service.ADDRNAME, "helo", "two words"),
+    (Service.RELAYHOST, "relay", "smtp://a b"),
+]
+
+
+@pytest.mark.parametrize("service, key, raw", BAD_VALUES, ids=lambda v: getattr(v, "value", v))
+async def test_each_malformed_value_is_an_error(builder, service, key, raw, caplog):
+    """Static and file tables refuse it when checked at load; every backend at lookup."""
+    t = await builder.map("t", service, {key: raw, "good": "alice@example.org"})
+    if builder.kind in ("static", "file"):
+        with pytest.raises(TableError, match=f'key "{key}": malformed {service.value} value'):
+            await t.verify(service)
+    with caplog.at_level(logging.WARNING, logger="postillion.table"):
+        with pytest.raises(LookupUnavailable):
+            await t.lookup(service, key)
+    assert f'"{key}"' in caplog.text and raw not in caplog.text
+    assert await t.lookup(service, "good") is not None

@@ -77,3 +77,15 @@ def test_compiled_list_finds_what_a_scan_finds(service, elements, key):
         return
     scanned = next((e for e in elements if compile_element(service, e)(key)), None)
     assert compiled.first(key) == scanned
+
+
+@given(text=TEXT, kind=st.sampled_from(["map", "set", "aliases"]))
+def test_makemap_source_raises_only_backend_error(text, kind):
+    from postillion.table.dbfile import parse_source
+    try:
+        entries = parse_source(text, "src", kind)
+    except BackendError as e:
+        assert str(e).startswith("src:")
+        return
+    keys = [e.key for e in entries]
+    assert len(keys) == len(set(keys)) and all(k == k.lower() for k in keys)
