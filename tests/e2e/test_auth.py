@@ -33,6 +33,9 @@ def test_login_and_send(secure_uvloop):
     [path] = proc.wait_delivered("alice")
     raw = path.read_bytes()
     assert b"with ESMTPSA id" in raw and f"auth=yes user={USER}".encode() in raw
+    # An authenticated submission gets the Date: and Message-ID: it lacked.
+    head = raw.split(b"\n\n", 1)[0]
+    assert b"\nDate: " in head and b"\nMessage-ID: <" in head and b"@mx.example.test>" in head
     log = proc.wait_log("smtp message")
     assert f"smtp authentication user={USER} result=ok" in log
     assert PASSWORD not in log and base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode() not in log

@@ -27,6 +27,7 @@ def test_starttls_then_deliver(secure):
     raw = path.read_bytes()
     assert b"with ESMTPS id" in raw
     assert b"(TLSv1.3:" in raw or b"(TLSv1.2:" in raw
+    assert b"Message-ID:" not in raw  # port 25, not authenticated: left as sent
     assert "smtp tls ciphers=TLSv1" in secure.log()
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import secrets
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -102,38 +103,52 @@ class Transaction:
 class HeaderScan:
     """Watches the client's header section as content goes by (SPEC §6.2).
 
-    Counts `Received:` fields (a mail loop at `Limits.max_hops`: 554 5.4.6)
-    and notes a first header line starting with a blank (554 5.6.0).  Stops
-    at the empty line ending the header, or after `limit` octets, so the
-    body is never scanned line by line.
+    Counts `Received:` fields (a mail loop at `Limits.max_hops`: 554 5.4.6),
+    notes a first header line starting with a blank (554 5.6.0) and whether
+    `Date:` and `Message-ID:` are there.  Stops at the empty line ending the
+    header, or after `limit` octets, so the body is never scanned line by line.
     """
 
-    __slots__ = ("hops", "bad_first_line", "done", "_tail", "_seen", "_limit")
+    __slots__ = ("hops", "bad_first_line", "done", "has_date", "has_message_id",
+                 "_tail", "_seen", "_limit")
 
     def __init__(self, limit: int) -> None:
         self.hops = 0
         self.bad_first_line = False
         self.done = False
+        self.has_date = False
+        self.has_message_id = False
         self._tail = b""
         self._seen = 0
         self._limit = limit
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> int | None:
+        """Scan one piece of content; returns where in `data` the empty line
+        ending the header starts, when it is in this piece (else None)."""
         if self.done or not data:
-            return
+            return None
         if self._seen == 0 and not self._tail:
             self.bad_first_line = data[:1] in (b" ", b"\t")
         self._seen += len(data)
-        lines = (self._tail + data).split(b"\r\n")
+        tail = self._tail
+        lines = (tail + data).split(b"\r\n")
         self._tail = lines.pop()
+        pos = 0
         for line in lines:
             if not line:
                 self.done = True
-                return
-            if line[:9].lower() == b"received:":
+                return pos - len(tail) if pos >= len(tail) else None
+            name = line[:11].lower()
+            if name.startswith(b"received:"):
                 self.hops += 1
+            elif name.startswith(b"date:"):
+                self.has_date = True
+            elif name.startswith(b"message-id:"):
+                self.has_message_id = True
+            pos += len(line) + 2
         if self._seen > self._limit:
             self.done = True
+        return None
 
 
 def protocol_limits(limits: Limits) -> p.ProtocolLimits:
@@ -482,9 +497,26 @@ class Session:
         if tx.incoming is None and not await self._open_message():
             return True  # BDAT: the chunk's reply says so
         assert tx.incoming is not None and tx.headers is not None
-        tx.headers.feed(data)
+        end = tx.headers.feed(data)
+        if end is not None and self._completes_headers():
+            data = data[:end] + self._missing_headers(tx.headers, tx.incoming.msgid) + data[end:]
         tx.incoming.write(data)
         return True
+
+    def _completes_headers(self) -> bool:
+        """SPEC §7.5 [ours]: on port 587 and authenticated sessions, a missing
+        Date: or Message-ID: is added (RFC 6409 §8)."""
+        listen = self.ctx.listen
+        return self.username is not None or (listen is not None and listen.effective_port == 587)
+
+    def _missing_headers(self, headers: HeaderScan, msgid: int) -> bytes:
+        out = b""
+        if not headers.has_date:
+            out += f"Date: {formatdate(localtime=False)}\r\n".encode("ascii")
+        if not headers.has_message_id:
+            out += f"Message-ID: <{secrets.token_hex(8)}@{self.ctx.hostname}>\r\n".encode(
+                "ascii", "replace")
+        return out
 
     async def _end(self, too_big: bool, command: str) -> bool:
         """End of DATA or the LAST chunk (or a chunk too big): refuse or queue."""
