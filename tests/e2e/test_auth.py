@@ -121,12 +121,20 @@ def test_credentials_table_down_is_454(secure_uvloop):
 
 
 def test_authenticated_session_flags_the_envelope(secure_uvloop):
+    """AUTH user, TLS and DSN parameters are kept on the queued envelope."""
     proc = secure_uvloop
+    committed = []
+    store = proc.daemon.store
+    schedule = store.on_commit
+    store.on_commit = lambda env: (committed.append(env), schedule(env))
     with submission(proc) as client:
         client.login(USER, PASSWORD)
         assert client.sendmail(f"{USER}@example.test", ["bob@example.test"], BODY,
                                rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;bob+40example.test"],
                                mail_options=["RET=HDRS", "ENVID=abc+2Bdef"]) == {}
     proc.wait_delivered("bob")
-    log = proc.wait_log("smtp envelope")
-    assert "smtp message" in log and "proto=ESMTPSA" in log
+    [env] = committed
+    assert env.flags == {"authenticated", "tls"} and env.username == USER
+    assert env.dsn_notify == {"SUCCESS", "FAILURE"} and env.dsn_ret == "HDRS"
+    assert env.dsn_envid == "abc+def" and env.dsn_orcpt == "rfc822;bob@example.test"
+    assert "proto=ESMTPSA" in proc.wait_log("smtp message")
