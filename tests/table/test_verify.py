@@ -11,7 +11,7 @@ from postillion.table import (
     Credentials, ExpandList, Mailaddr, Mailaddrmap, Netaddr, Relayhost, Service, Source,
     TableError, Userinfo, open_table, parse_value,
 )
-from postillion.table.values import BadValue, Domain, check_target, render
+from postillion.table.values import BadValue, Domain, String, check_target, render
 
 
 async def opened(*args, **kwargs):
@@ -142,3 +142,15 @@ async def test_dump_refused_where_backend_cannot_list():
     t = await opened("<getpwnam>", "getpwnam", None)
     with pytest.raises(TableError, match="cannot list"):
         await t.dump(Service.USERINFO)
+
+
+async def test_map_used_to_match_is_not_checked_for_values(tmp_path):
+    path = tmp_path / "domains"
+    path.write_text("example.org   our main domain\nexample.net   # the other one\n")
+    t = await opened("domains", "file", str(path))
+    await t.verify(Service.DOMAIN)          # "key exists": the values are never read
+    await t.verify(Service.NETADDR)
+    assert await t.check(Service.DOMAIN, "EXAMPLE.org")
+    assert not await t.check(Service.DOMAIN, "example.com")
+    assert await t.dump(Service.DOMAIN) == [("example.org", String("our main domain")),
+                                            ("example.net", String("# the other one"))]

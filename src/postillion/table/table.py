@@ -34,12 +34,20 @@ from postillion.table.services import Service
 from postillion.table.textformat import entry_problem
 from postillion.table.values import (
     Addrname, BadValue, Credentials, Domain, ExpandList, Mailaddr, Mailaddrmap, Netaddr,
-    Relayhost, Source, Userinfo, Value, parse_value,
+    Relayhost, Source, String, Userinfo, Value, parse_value,
 )
 
 T = TypeVar("T")
 
 LOOKUP_TIMEOUT: Final = 10.0    # seconds; SPEC §1.2 [ours]
+
+# Services whose value a map lookup hands to the daemon.  A map used for the
+# others (domain, netaddr, mailaddr, string, regex) is matched by "key
+# exists" (SPEC §1.4): its values are never read, so never checked.
+VALUE_SERVICES: Final = frozenset({
+    Service.ALIAS, Service.CREDENTIALS, Service.USERINFO, Service.ADDRNAME,
+    Service.MAILADDRMAP, Service.RELAYHOST,
+})
 
 log = logging.getLogger("postillion.table")
 
@@ -156,7 +164,7 @@ class Table:
                     compile_element(service, raw, delim)
                 except BadValue as bad:
                     raise BadValue(f"not a valid {service.value}: {bad}") from None
-            elif service is not Service.AUTH:
+            elif service in VALUE_SERVICES:
                 try:
                     parse_value(service, key, raw)
                 except MalformedValue as e:
@@ -185,7 +193,10 @@ class Table:
                 check(key, raw)
             except BadValue as bad:
                 raise TableError(f"table {self.name}: {entry_problem(key, index, raw, bad)}") from None
-            out.append((key, parse_value(service, key or "", raw, table=self.name)))
+            if key is not None and service not in VALUE_SERVICES:
+                out.append((key, String(raw)))      # a match-only map: values as written
+            else:
+                out.append((key, parse_value(service, key or "", raw, table=self.name)))
         return out
 
     # ------------------------------------------------------------- mail time
