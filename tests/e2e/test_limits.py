@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import unicodedata
 
 import aiosmtplib
 import pytest
@@ -268,7 +269,8 @@ def test_aiosmtplib_smtputf8(secure_uvloop):
         await client.connect()
         await client.ehlo(hostname="client.example.net")
         assert client.supports_extension("smtputf8") and client.supports_extension("chunking")
-        errors, _ = await client.sendmail("jörg@bücher.example", ["alice@example.test"],
+        nfd = unicodedata.normalize("NFD", "jörg@bücher.example")
+        errors, _ = await client.sendmail(nfd, ["alice@example.test"],
                                           "Subject: Grüße\r\n\r\nBonjour\r\n".encode(),
                                           mail_options=["SMTPUTF8", "BODY=8BITMIME"])
         assert errors == {}
@@ -281,6 +283,8 @@ def test_aiosmtplib_smtputf8(secure_uvloop):
     [path] = proc.wait_delivered("alice")
     raw = path.read_bytes()
     assert b"with UTF8SMTP id" in raw and "Grüße".encode() in raw
+    # NFC local part, A-label domain: one spelling for lookups and the queue.
+    assert "Return-Path: <jörg@xn--bcher-kva.example>".encode() in raw
 
 
 def test_control_bytes_never_inject(secure_uvloop):

@@ -21,6 +21,7 @@ import random
 import secrets
 import ssl
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Mapping, Sequence
@@ -409,8 +410,21 @@ class Session:
     # -- transaction ------------------------------------------------------------
 
     def _address(self, path: p.Path) -> str:
-        """A path without a domain gets our hostname (`<postmaster>`, SPEC §6.3)."""
-        return f"{path.local}@{path.domain or self.ctx.hostname}"
+        """A path without a domain gets our hostname (`<postmaster>`, SPEC §6.3).
+
+        SMTPUTF8 (SPEC §6.5): a UTF-8 address is NFC-normalised, and its
+        domain written as A-labels, so lookups see one spelling of it.
+        """
+        local, domain = path.local, path.domain or self.ctx.hostname
+        if not (local.isascii() and domain.isascii()):
+            local = unicodedata.normalize("NFC", local)
+            domain = unicodedata.normalize("NFC", domain)
+            if not domain.isascii() and not domain.startswith("["):
+                try:
+                    domain = domain.encode("idna").decode("ascii")
+                except UnicodeError:
+                    pass  # not a valid IDN: kept as sent, matches no table
+        return f"{local}@{domain}"
 
     async def _mail(self, event: p.MailFrom) -> None:
         await self._abort_transaction()
