@@ -10,8 +10,10 @@ from pathlib import Path
 from postillion.config import load, parse
 from postillion.config.normal import normalise
 from postillion.config.support import unsupported
+from postillion.table.registry import BACKENDS
 
 EXAMPLES = Path(__file__).parent / "examples"
+KNOWN = ", ".join(sorted(cls.name for cls in BACKENDS))
 
 
 def postillion(*args: str) -> subprocess.CompletedProcess[str]:
@@ -55,3 +57,25 @@ def test_convert_refuses_what_has_no_modern_spelling(tmp_path: Path) -> None:
     result = postillion("check", "--convert", "-f", str(conf))
     assert result.returncode == 1
     assert f"{conf}:1:1: the 2012 relay scheme ssl://" in result.stderr
+
+
+def test_check_refuses_a_backend_that_cannot_serve_the_use(tmp_path: Path) -> None:
+    conf = tmp_path / "smtpd.conf"
+    conf.write_text("table pw getpwnam:\ntable x foo:bar\n"
+                    'action "a" maildir alias <pw> userbase <pw>\n'
+                    'match for domain <pw> action "a"\n')
+    result = postillion("check", "-f", str(conf))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f'{conf}:2:1: table x: unknown backend "foo" (known: {KNOWN})',
+        f"{conf}:3:26: table pw (backend getpwnam) cannot serve the alias service this "
+        "statement needs",
+        f"{conf}:4:18: table pw (backend getpwnam) cannot serve the domain service this "
+        "statement needs",
+    ]
+
+
+def test_check_table_uses_name_each_service() -> None:
+    config = load(EXAMPLES / "A-modern-sqlite.conf")
+    assert sorted({(u.table, u.service) for u in config.table_uses}) == [
+        ("sql", "alias"), ("sql", "credentials"), ("sql", "domain"), ("sql", "userinfo")]

@@ -144,7 +144,9 @@ def rule(p: Parser, s: Stream, kw: Token) -> None:
                 raise Syntax(local_seen[field], f'"{"users" if field == "userbase" else field}"'
                                                 " cannot be used with relay")
         if "virtual" in f:   # relay + virtual <list>: relay only listed recipients
-            extra.append(Criterion("rcpt-to", local_seen["virtual"], False, str(f.pop("virtual"))))
+            table = str(f.pop("virtual"))
+            extra.append(Criterion("rcpt-to", local_seen["virtual"], False, table))
+            p.st.table_refs.append((table, local_seen["virtual"], "rcpt-to"))
             p.use("match rcpt-to", local_seen["virtual"])
     elif "virtual" in f:
         p.st.table_refs.append((str(f["virtual"]), local_seen["virtual"], "virtual"))

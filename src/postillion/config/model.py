@@ -317,6 +317,19 @@ class SchedulerOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class TableUse:
+    """A table used for a service (SPEC §1.3) at `pos`: `userbase <users>` = userinfo.
+
+    `service` is the service's config name ("alias", "userinfo", ...); the
+    table layer checks that the table's backend can serve it.
+    """
+
+    table: str
+    service: str
+    pos: Position
+
+
+@dataclass(frozen=True, slots=True)
 class Feature:
     """One option a config uses, as `support.unsupported()` names it.
 
@@ -350,3 +363,5 @@ class Config:
     #: Every option written, with its position, for `support.unsupported()`.
     #: Not part of equality: two configs saying the same thing are equal.
     features: tuple[Feature, ...] = field(default=(), compare=False)
+    #: Every table reference with the service it needs (SPEC §1.3).
+    table_uses: tuple[TableUse, ...] = field(default=(), compare=False)

@@ -65,6 +65,7 @@ from postillion.config.model import (
     RelayHost,
     SchedulerOptions,
     TableDecl,
+    TableUse,
 )
 from postillion.config.relay import host_name, parse_url
 from postillion.config.stream import Skip, Stream, Syntax
@@ -127,6 +128,19 @@ MAX_WARN_INTERVALS = 4
 # Uses of a table that need a map (or a backend): key -> value lookups.
 MAP_USES = frozenset({"alias", "virtual", "userbase", "listen auth", "listen auth-optional",
                       "senders", "hostnames", "relay auth", "relay domain"})
+# How each use of a table (as table_ref/table_value name it) maps to the
+# service of SPEC §1.3 the table must serve.
+USE_SERVICES = {
+    "alias": "alias", "virtual": "alias", "userbase": "userinfo",
+    "listen auth": "credentials", "listen auth-optional": "credentials",
+    "senders": "mailaddrmap", "hostnames": "addrname", "relay auth": "credentials",
+    "relay domain": "relayhost", "relay host": "relayhost", "helo-src": "addrname",
+    "src": "source", "source": "source", "from src": "netaddr", "from": "netaddr",
+    "for domain": "domain", "from rdns": "domain", "helo": "domain", "from auth": "string",
+    "auth": "string", "tag": "string", "tagged": "string", "from mail-from": "mailaddr",
+    "mail-from": "mailaddr", "sender": "mailaddr", "rcpt-to": "mailaddr",
+    "for rcpt-to": "mailaddr", "regex": "regex",
+}
 _OPTION_SHAPE = re.compile(r"[a-z][a-z0-9-]*\Z")  # a bare word that reads as a keyword
 _MAILADDR = re.compile(r"[^\s@<>]*@?[^\s@<>]*\Z")
 
@@ -386,9 +400,10 @@ class Parser:
         if tok.kind is Kind.PUNCT and tok.text == "{":
             items, pairs, is_map = self._inline(s, f'the table after "{after}"')
             self.st.tables[name] = TableDecl(name, "static", None, tok.pos, items, pairs, is_map)
-            return name
-        value = s.expect_value(f'a value, <table> or {{ ... }} after "{after}"', keywords)
-        self.st.tables[name] = TableDecl(name, "static", None, tok.pos, (value.text,))
+        else:
+            value = s.expect_value(f'a value, <table> or {{ ... }} after "{after}"', keywords)
+            self.st.tables[name] = TableDecl(name, "static", None, tok.pos, (value.text,))
+        self.st.table_refs.append((name, tok.pos, after))
         return name
 
     # -- pki, ca -----------------------------------------------------------------
@@ -1042,6 +1057,9 @@ class Parser:
             scheduler=section(SchedulerOptions, "scheduler"),
             grammar="2012" if "2012" in st.rule_grammar else "modern",
             features=tuple(st.features),
+            table_uses=tuple(TableUse(name, USE_SERVICES[use], at)
+                             for name, at, use in st.table_refs
+                             if use in USE_SERVICES and name in st.tables),
         )
 
     def _check_references(self) -> None:
