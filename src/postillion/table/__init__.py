@@ -1,16 +1,19 @@
 """The table API: every lookup Postillion makes goes through a `Table`.
 
 Domains, aliases, virtual users, credentials, source addresses, HELO names
-can live in an inline list, a text file, SQLite (and later a compiled map,
-PostgreSQL, MySQL, Redis, LDAP, socketmap or a helper process), and the rest
+can live in an inline list, a text file, a compiled map (`db:`, built by
+`postillion makemap`), SQLite (and later PostgreSQL, MySQL, Redis, LDAP,
+socketmap or a helper process), and the rest
 of the daemon cannot tell: it asks `Table.lookup / check / fetch` for a
 `Service` and gets a typed value, "not found", or `LookupUnavailable`.
 
 Layout: `services` (what a lookup is for), `values` (typed values and one
 parser per service), `match` (list matching, SPEC §1.4), `backend` (the
 contract), `textformat` and `backend_config` (SPEC §2.1 text files),
-`sqlshape` (SQL rows to values), `registry` (the backends by name),
-`table` (the `Table` and `open_table`), and `backends/`, one module each.
+`sqlshape` (SQL rows to values), `dbfile` (the makemap file format:
+build, sniff, open), `worker` (one thread per SQLite table), `registry`
+(the backends by name), `table` (the `Table` and `open_table`), and
+`backends/`, one module each.
 This package imports nothing of ours but `postillion.errors`.
 """
 
