@@ -260,10 +260,8 @@ def _relay(p: Parser, s: Stream, opt: Token, f: dict[str, object]) -> str:
             f["auth"] = p.table_ref(s, "auth", "relay auth")
             p.use("action auth", tok.pos)
         elif t == "as":
-            addr = s.expect_value('an address after "as"', LEGACY_WORDS)
-            if "@" not in addr.text and not addr.text:
-                raise Syntax(addr.pos, f'expected an address after "as", got {addr.describe()}')
-            f["mail_from"] = addr.text
+            f["mail_from"] = p.mail_from(s.expect_value('an address after "as"', LEGACY_WORDS),
+                                         "as")
             p.use("action mail-from", tok.pos)
         elif t == "source":
             f["src"] = p.table_value(s, "source", LEGACY_WORDS)

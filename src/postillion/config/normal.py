@@ -155,8 +155,25 @@ def semantic(config: Config) -> dict[str, Any]:
 
 
 def q(text: str) -> str:
-    """A value in double quotes, the quote escaped (SPEC §4.1)."""
-    return '"' + text.replace('"', '\\"') + '"'
+    """A value in double quotes that the lexer reads back as exactly `text` (SPEC §4.1).
+
+    Inside quotes `\\` escapes the quote, a blank or a newline and is kept
+    before anything else; so `"` is written `\\"`, and a backslash before a
+    blank is doubled (the first is kept, the second escapes the blank).  A
+    value ending in a backslash, or holding a newline, has no quoted spelling:
+    ConvertError.
+    """
+    if text.endswith("\\") or "\n" in text:
+        raise ConvertError(f"the value {text!r} cannot be written back in quotes")
+    out = []
+    for i, ch in enumerate(text):
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\" and text[i + 1] in " \t":
+            out.append("\\\\")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _table_name(name: str) -> str:

@@ -143,6 +143,7 @@ USE_SERVICES = {
 }
 _OPTION_SHAPE = re.compile(r"[a-z][a-z0-9-]*\Z")  # a bare word that reads as a keyword
 _MAILADDR = re.compile(r"[^\s@<>]*@?[^\s@<>]*\Z")
+_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*/=?^_`{|}~+.-]{1,64}\Z")
 
 
 def _quote(word: str) -> str:
@@ -701,11 +702,8 @@ class Parser:
         elif t == "src":
             f["src"] = self.table_value(s, "src", ACTION_WORDS)
         elif t == "mail-from":
-            tok = s.expect_value('an address, user or @domain after "mail-from"', ACTION_WORDS)
-            if not tok.text or not _MAILADDR.match(tok.text) or tok.text == "@":
-                raise Syntax(tok.pos, f'expected user, @domain or user@domain after "mail-from",'
-                                      f" got {tok.describe()}")
-            f["mail_from"] = tok.text
+            f["mail_from"] = self.mail_from(s.expect_value(
+                'an address, user or @domain after "mail-from"', ACTION_WORDS), "mail-from")
         elif t == "pki":
             tok = s.expect_value('a pki name after "pki"', ACTION_WORDS)
             self.st.pki_refs.append((tok.text, tok.pos))
@@ -714,6 +712,18 @@ class Parser:
             tok = s.expect_value('a ca name after "ca"', ACTION_WORDS)
             self.st.ca_refs.append((tok.text, tok.pos))
             f["ca"] = tok.text
+
+    @staticmethod
+    def mail_from(tok: Token, after: str) -> str:
+        """Relay `mail-from` (2012 `as`): `user`, `@domain` or `user@domain` (SPEC §4.2)."""
+        text = tok.text
+        user, at_sign, domain = text.rpartition("@") if "@" in text else (text, "", "")
+        if not text or not _MAILADDR.match(text) or text == "@" \
+                or (user and not _LOCAL_PART.match(user)) \
+                or (at_sign and not host_name(domain)):
+            raise Syntax(tok.pos, f'expected user, @domain or user@domain after "{after}",'
+                                  f" got {tok.describe()}")
+        return text
 
     def check_action(self, method: str, f: dict[str, object], seen: dict[str, Position]) -> None:
         """Rules between relay options (SPEC §4.2, §5.2), at the later option."""
