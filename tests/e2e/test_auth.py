@@ -138,3 +138,13 @@ def test_authenticated_session_flags_the_envelope(secure_uvloop):
     assert env.dsn_notify == {"SUCCESS", "FAILURE"} and env.dsn_ret == "HDRS"
     assert env.dsn_envid == "abc+def" and env.dsn_orcpt == "rfc822;bob@example.test"
     assert "proto=ESMTPSA" in proc.wait_log("smtp message")
+
+
+def test_auth_name_with_control_bytes_never_injects(secure_uvloop):
+    proc = secure_uvloop
+    with submission(proc) as client:
+        token = base64.b64encode(b"\0gil\r\nInjected: yes\0pw").decode()
+        assert client.docmd("AUTH", f"PLAIN {token}")[0] == 535
+    log = proc.wait_log("result=permfail")
+    assert not any(line.startswith("Injected") for line in log.splitlines())
+    assert 'user="gil\\x0d\\x0aInjected: yes"' in log
