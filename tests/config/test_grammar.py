@@ -196,3 +196,11 @@ def test_2012_relay_url_schemes_mean_what_they_meant(written: str, meant: RelayH
     auth = " auth <t>\ntable t { l = x }" if meant.label else ""
     c = parse(f"accept for any relay via {written}{auth}\n", "x.conf")
     assert c.actions[c.matches[0].action].host == meant
+
+
+def test_2012_relay_takes_the_5x_spellings() -> None:
+    c = load(GOOD / "06-2012-grammar.conf")
+    five = c.actions[c.matches[16].action]
+    assert (five.src, five.helo_src, five.pki) == ("sources", "helos", "mx.example.org")
+    helo = c.actions[c.matches[18].action]
+    assert (helo.helo, helo.host) == ("out.example.org", RelayHost("smtp", "relay3.example.org"))

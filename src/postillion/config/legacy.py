@@ -7,6 +7,8 @@
            | deliver to lmtp HOST:PORT
            | relay [backup [MX]] [as ADDR] [source <t> [helo <t>]]
            | relay via URL [certificate NAME] [auth <t>] [as ADDR] [source <t> [helo <t>]] )
+    (relay also takes the 5.x spellings `pki NAME` = certificate, `hostname
+    NAME` = helo NAME, `hostnames <t>` = helo-src <t>)
            [expire D] [tagged TAG]
     reject [tagged TAG] [from ...] [sender <t>] for ...
 
@@ -40,10 +42,15 @@ if TYPE_CHECKING:
 LEGACY_WORDS = frozenset({
     "tagged", "from", "sender", "for", "alias", "virtual", "users", "userbase", "deliver",
     "relay", "expire", "via", "as", "source", "helo", "certificate", "auth", "backup", "to",
+    "pki", "hostname", "hostnames",
 })
 RULE_OPTIONS = ("tagged", "from", "sender", "for", "alias", "virtual", "users", "userbase",
                 "deliver", "relay", "expire")
 DELIVER_METHODS = ("maildir", "mbox", "mda", "lmtp")
+# Relay options; `pki` = `certificate`, `hostname NAME` = helo, `hostnames <t>`
+# = helo-src (5.x spellings of the same options, accepted too).
+RELAY_2012 = ("backup", "via", "certificate", "pki", "auth", "as", "source", "helo",
+              "hostname", "hostnames")
 
 
 def action_name(tokens: list[Token]) -> str:
@@ -218,8 +225,7 @@ def _relay(p: Parser, s: Stream, opt: Token, f: dict[str, object]) -> str:
     method = "relay"
     while not s.at_end():
         tok = s.peek()
-        if not (tok.kind is Kind.WORD and tok.text in ("backup", "via", "certificate", "auth",
-                                                       "as", "source", "helo")):
+        if not (tok.kind is Kind.WORD and tok.text in RELAY_2012):
             break
         s.next()
         if tok.text in seen:
@@ -250,9 +256,12 @@ def _relay(p: Parser, s: Stream, opt: Token, f: dict[str, object]) -> str:
                 f["host"] = relay
                 p.use("action host", tok.pos)
             seen["host"] = tok.pos
-        elif t == "certificate":
-            name = s.expect_value('a certificate name after "certificate"', LEGACY_WORDS)
-            p.implied_pki(name.text, name.pos)
+        elif t in ("certificate", "pki"):
+            if "certificate" in seen and "pki" in seen:
+                raise Syntax(tok.pos, '"pki" cannot be used with "certificate"')
+            name = s.expect_value(f'a certificate name after "{t}"', LEGACY_WORDS)
+            if t == "certificate":
+                p.implied_pki(name.text, name.pos)
             p.st.pki_refs.append((name.text, name.pos))
             f["pki"] = name.text
             p.use("action pki", tok.pos)
@@ -266,14 +275,23 @@ def _relay(p: Parser, s: Stream, opt: Token, f: dict[str, object]) -> str:
         elif t == "source":
             f["src"] = p.table_value(s, "source", LEGACY_WORDS)
             p.use("action src", tok.pos)
-        elif t == "helo":
-            f["helo_src"] = p.table_ref(s, "helo", "helo-src")
+        elif t in ("helo", "hostnames"):
+            if "helo" in seen and "hostnames" in seen:
+                raise Syntax(tok.pos, '"hostnames" cannot be used with "helo"')
+            f["helo_src"] = p.table_ref(s, t, "helo-src")
             p.use("action helo-src", tok.pos)
+        elif t == "hostname":
+            f["helo"] = p._host_name(s.expect_value('a host name after "hostname"',
+                                                    LEGACY_WORDS))
+            p.use("action helo", tok.pos)
     if "helo" in seen and "source" not in seen:
         raise Syntax(seen["helo"], '"helo" needs "source" (2012: the HELO name follows the'
                                    " source address)")
+    if "hostname" in seen and ("helo" in seen or "hostnames" in seen):
+        raise Syntax(seen["hostname"], '"hostname" cannot be used with "helo" or "hostnames"')
     if method == "lmtp":
-        for other in ("certificate", "auth", "as", "source", "helo"):
+        for other in ("certificate", "pki", "auth", "as", "source", "helo", "hostname",
+                      "hostnames"):
             if other in seen:
                 raise Syntax(seen[other], f'"{other}" cannot be used with lmtp://')
         p.use("action lmtp", opt.pos)
