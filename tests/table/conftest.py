@@ -217,6 +217,15 @@ async def list_builder(request, tmp_path) -> AsyncIterator[Builder]:
 
 @pytest.fixture(params=["file", "db", "sqlite"])
 async def updatable(request, tmp_path) -> AsyncIterator[Builder]:
+    """Backends whose contents change without a config reload (not static)."""
+    b = BUILDERS[request.param](tmp_path)
+    yield b
+    await b.aclose()
+
+
+@pytest.fixture(params=["file", "db"])
+async def updatable_list(request, tmp_path) -> AsyncIterator[Builder]:
+    """Lists the table matches itself and that change without a config reload."""
     b = BUILDERS[request.param](tmp_path)
     yield b
     await b.aclose()
