@@ -30,8 +30,25 @@ is an error saying "not supported yet": never half understood in silence.
 
 Errors are collected for the whole file (the statement is skipped up to its
 end of line) and raised together as one `ConfigError`; references (tables,
-actions, pki, ca) are checked once everything is read, so declaration order
-does not matter.
+actions, pki, ca, mda wrappers) are checked once everything is read, so
+declaration order does not matter.
+
+Choices where SPEC.md is silent (each one is also a case of `make
+conformance`, which lists where OpenSMTPD 6.8's checker disagrees):
+
+- Refused here rather than at delivery: unknown `%{...}` specifiers, `mda`
+  commands with shell syntax, `lmtp` targets that are neither HOST:PORT nor
+  /socket, relay URLs with an unknown scheme, bad host or port, a `pki`
+  without cert or key, a delay without unit (`4` instead of `4d`, as 6.8),
+  limits below 1, more than 4 warn intervals.
+- Accepted: several `pki` on one listener (SNI, as OpenSMTPD 7.x), a map
+  where 6.8 wants a list (`for domain <map>`: the key exists), a config
+  without rules (every recipient refused; tables-only configs serve
+  `postillion table lookup`), a bare punctuation `sub-addr-delim`.
+- Relative `pki`/`ca` files resolve against the declaring file, as tables.
+- 2012 `certificate NAME` declares pki NAME (/etc/mail/certs/NAME.crt and
+  .key) unless a `pki NAME` exists; `ssl` is two listeners (465 SMTPS, 25
+  STARTTLS).  See legacy.py for how rules compile.
 """
 
 from __future__ import annotations
