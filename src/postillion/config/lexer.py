@@ -52,7 +52,7 @@ _PUNCT = "{},<>!"
 STATEMENT_WORDS = frozenset({
     "table", "listen", "action", "match", "hostname", "smtp", "include",
     "pki", "ca", "queue", "bounce", "mta", "mda", "scheduler", "filter",
-    "proc", "srs", "accept", "reject",
+    "proc", "srs", "accept", "reject", "expire", "max-message-size", "bounce-warn",
 })
 _NOT_IN_WORD = frozenset(" \t\r\n\f\v{},<>!=#\"'")
 
