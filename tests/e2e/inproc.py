@@ -127,7 +127,7 @@ def listeners(ports: dict[str, int], host: str) -> tuple[ListenDecl, ...]:
         ListenDecl(host, port=ports["mx"], tls=True, **common),
         # 587: submission, STARTTLS required, AUTH against SQLite, senders
         ListenDecl(host, port=ports["submission"], tls_require=True, auth="required",
-                   auth_table="creds", senders="creds", received_auth=True, **common),
+                   auth_table="creds", senders="creds", masquerade=True, received_auth=True, **common),
         # 465: SMTPS with AUTH
         ListenDecl(host, port=ports["smtps"], smtps=True, auth="required", auth_table="creds",
                    **common),

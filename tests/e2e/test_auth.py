@@ -148,3 +148,18 @@ def test_auth_name_with_control_bytes_never_injects(secure_uvloop):
     log = proc.wait_log("result=permfail")
     assert not any(line.startswith("Injected") for line in log.splitlines())
     assert 'user="gil\\x0d\\x0aInjected: yes"' in log
+
+
+def test_masquerade_rewrites_from(secure_uvloop):
+    """senders <t> masquerade: the From: address becomes the MAIL FROM."""
+    proc = secure_uvloop
+    body = ("From: Gilles\r\n <someone.else@example.net>\r\nSubject: m\r\n\r\n"
+            "From: in the body stays\r\n")
+    with submission(proc) as client:
+        client.login(USER, PASSWORD)
+        assert client.sendmail(f"{USER}@example.test", ["alice@example.test"], body) == {}
+    [path] = proc.wait_delivered("alice")
+    raw = path.read_bytes()
+    assert b"\nFrom: Gilles <gilles@example.test>\n" in raw
+    assert b"someone.else" not in raw and b"\nFrom: in the body stays\n" in raw
+    assert b"\nSubject: m\n" in raw

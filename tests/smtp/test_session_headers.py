@@ -45,3 +45,11 @@ def test_received_header_never_injects():
     masked = received_header("h", "2001:db8::1", "mx.test", 1, ["a@b", "c@d"], False, mask_src=True,
                              smtputf8=True)
     assert masked.startswith(b"Received: by mx.test (Postillion) with UTF8SMTP id 00000001;\r\n")
+
+
+def test_masquerade_from():
+    from postillion.smtp.session import masquerade_from
+    head = b"Subject: a\r\nfrom: \"X Y\" <x@y>\r\nTo: z\r\n"
+    assert masquerade_from(head, "me@example.org") == b"Subject: a\r\nFrom: \"X Y\" <me@example.org>\r\nTo: z\r\n"
+    assert masquerade_from(b"From: x@y\r\n", "me@o") == b"From: me@o\r\n"
+    assert masquerade_from(b"From:\r\n\tx@y\r\nA: b\r\n", "me@o") == b"From: me@o\r\nA: b\r\n"

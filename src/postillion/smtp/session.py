@@ -99,6 +99,33 @@ class Transaction:
     incoming: Incoming | None = None
     failed: bool = False               # the queue file could not be created (BDAT)
     headers: HeaderScan | None = None
+    held: bytearray | None = None      # header held back for `masquerade`
+
+
+def masquerade_from(header: bytes, sender: str) -> bytes:
+    """Rewrite the address of the From: field to `sender` (`senders <t>
+    masquerade`, SPEC §4.2), keeping a display name written before `<`.
+
+    `header` is whole header lines (CRLF-terminated); a folded From: is
+    unfolded into one line.  Other fields are left as they are.
+    """
+    lines = header.split(b"\r\n")
+    out, i = [], 0
+    address = sender.encode("utf-8")
+    while i < len(lines):
+        line = lines[i]
+        if line[:5].lower() != b"from:":
+            out.append(line)
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and lines[j][:1] in (b" ", b"\t"):
+            j += 1
+        value = b" ".join(part.strip() for part in [line[5:], *lines[i + 1 : j]]).strip()
+        name = value[: value.find(b"<")].strip() if b"<" in value else b""
+        out.append(b"From: " + (name + b" <" + address + b">" if name else address))
+        i = j
+    return b"\r\n".join(out)
 
 
 class HeaderScan:
@@ -436,7 +463,8 @@ class Session:
                 self.proto.send(reply)
                 return
         self.tx = Transaction(sender=sender, params=dict(event.params),
-                              headers=HeaderScan(self.ctx.tuning.header_scan_limit))
+                              headers=HeaderScan(self.ctx.tuning.header_scan_limit),
+                              held=bytearray() if self._masquerades(sender) else None)
         self.proto.send(REPLY_MAIL_OK)
 
     async def _check_sender(self, sender: str) -> Reply | None:
@@ -512,10 +540,27 @@ class Session:
             return True  # BDAT: the chunk's reply says so
         assert tx.incoming is not None and tx.headers is not None
         end = tx.headers.feed(data)
+        if tx.held is not None:
+            # masquerade: hold the header until it is whole, then rewrite it.
+            tx.held += data
+            if not tx.headers.done:
+                return True
+            data, tx.held = bytes(tx.held), None
+            # Found again in the whole held header: no piece boundary matters.
+            blank = data.find(b"\r\n\r\n")
+            end = 0 if data.startswith(b"\r\n") else blank + 2 if blank >= 0 else None
+            if end is not None:
+                head = masquerade_from(data[:end], tx.sender)
+                data, end = head + data[end:], len(head)
         if end is not None and self._completes_headers():
             data = data[:end] + self._missing_headers(tx.headers, tx.incoming.msgid) + data[end:]
         tx.incoming.write(data)
         return True
+
+    def _masquerades(self, sender: str) -> bool:
+        listen = self.ctx.listen
+        return (listen is not None and listen.masquerade and self.username is not None
+                and bool(sender))
 
     def _completes_headers(self) -> bool:
         """SPEC §7.5 [ours]: on port 587 and authenticated sessions, a missing
@@ -546,6 +591,8 @@ class Session:
         if tx.failed:
             self.proto.send(REPLY_QUEUE_ERROR)
             return False
+        if tx.held and tx.incoming is not None:
+            tx.incoming.write(bytes(tx.held))  # a message that is all header: as sent
         headers = tx.headers
         reply = None
         if too_big:
