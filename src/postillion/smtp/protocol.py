@@ -29,8 +29,12 @@ What the machine decides alone, and what it leaves to the session:
   §6.3 it can count (line lengths, message size, RCPT per transaction, mails
   per session, failed commands in a row), RSET, NOOP, HELP and QUIT.  Each
   such refusal is reported as a `CommandRejected` event for the log.
+* It runs the AUTH challenge/response and the BDAT chunk reading itself,
+  and hands out STARTTLS as an event: the session answers 220, does the
+  handshake, then calls `tls_started()`.  What the listener offers
+  (STARTTLS, AUTH, DSN, SMTPUTF8, CHUNKING) comes in as `Features`.
 * It hands the session every decision that needs the world (HELO policy,
-  sender and recipient rules, queueing) as an event that owes a reply; until
+  sender and recipient rules, credentials, queueing) as an event that owes a reply; until
   the session calls `send`, no further byte is parsed, so replies always come
   out in command order however deep the client pipelines (RFC 2920).
 
@@ -247,9 +251,11 @@ class DataStart(Event):
 class DataChunk(Event):
     """A piece of message content, ready to spool.
 
-    Dot-unstuffed, every line end CRLF, bare CR turned into a space, never
-    the terminating "." line, and always ending at a line end.  Chunks stop
-    before max_message_size octets are exceeded (whole lines only).
+    Every line end CRLF, bare CR turned into a space.  After DATA:
+    dot-unstuffed, never the terminating "." line, always ending at a line
+    end, and stopping before max_message_size octets are exceeded (whole
+    lines only).  After BDAT: the chunk's octets as sent (no stuffing to
+    undo), cut anywhere, none once max_message_size is exceeded.
     """
 
     data: bytes
