@@ -224,3 +224,19 @@ def test_tls_state_guards() -> None:
     assert proto.tls and proto.buffered == 0 and proto.state is State.CONNECTED
     proto.receive_data(b"")
     assert isinstance(proto.next_event(), ConnectionClosed)
+
+
+def test_rejected_recipients_close_the_session() -> None:
+    from postillion.errors import Reply
+    from .driver import accept_all
+
+    def refuse_rcpt(proto, event):
+        if isinstance(event, RcptTo):
+            code = 451 if event.rcpt.local == "temp" else 550
+            return Reply(code, f"{code // 100}.1.1", "Invalid recipient")
+        return accept_all(proto, event)
+
+    wire = EHLO + MAIL + b"RCPT TO:<temp@x>\r\n" * 3 + b"RCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\nNOOP\r\n"
+    run = drive([wire], ProtocolLimits(max_rejected_rcpt=2), refuse_rcpt)
+    assert run.replies[-3:] == ["550 5.1.1 Invalid recipient", "550 5.1.1 Invalid recipient",
+                                "421 4.7.0 Too many rejected recipients, closing connection"]

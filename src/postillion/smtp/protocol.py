@@ -111,6 +111,7 @@ class ProtocolLimits:
     max_failed_commands: int = 10           # in a row -> 421 4.7.0, close
     max_auth_line: int = 12288              # AUTH response line incl. CRLF -> 500 5.5.2, close
     max_failed_auth: int = 3                # 535 per session -> 421 4.7.0, close
+    max_rejected_rcpt: int = 50             # RCPT refused 5xx per session -> 421 4.7.0, close
 
     def __post_init__(self) -> None:
         # ".\r\n" must fit in a data line and "QUIT\r\n" in a command line,
@@ -118,7 +119,7 @@ class ProtocolLimits:
         if self.max_line < 6 or self.max_data_line < 3:
             raise ValueError("max_line must be >= 6 and max_data_line >= 3")
         if min(self.max_message_size, self.max_rcpt, self.max_mails, self.max_failed_commands,
-               self.max_failed_auth) < 1 or self.max_auth_line < 6:
+               self.max_failed_auth, self.max_rejected_rcpt) < 1 or self.max_auth_line < 6:
             raise ValueError("protocol limits must be positive")
 
 
@@ -388,6 +389,7 @@ UNKNOWN_MECHANISM: Final = Reply(504, "5.5.4", "Unrecognized authentication type
 BAD_BASE64: Final = Reply(501, "5.5.2", "Invalid base64 data")
 AUTH_CANCELLED: Final = Reply(501, "5.0.0", "Authentication cancelled")
 TOO_MANY_AUTH_FAILURES: Final = Reply(421, "4.7.0", "Too many failed authentication attempts, closing connection")
+TOO_MANY_REJECTED_RCPT: Final = Reply(421, "4.7.0", "Too many rejected recipients, closing connection")
 BDAT_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: BDAT size [LAST]")
 #: The code that accepts each reply-owed event; any other 2xx/3xx is misuse.
 ACCEPT_CODES: Final[dict[str, int]] = {"DataStart": 354, "StartTls": 220, "Auth": 235}
@@ -724,6 +726,7 @@ class ServerProtocol:
         self._size = 0                    # stored octets so far, dropped ones included
         self._done = False                # terminator consumed, DataEnd not yet out
         self._failed_auth = 0             # 535 answers in this session
+        self._rejected_rcpt = 0           # RCPT the session refused with 5xx
         self._auth_mech = ""              # AUTH dialogue (State.AUTH): mechanism,
         self._auth_user: str | None = None  # LOGIN user name once given
         # BDAT chunk reading: octets still to read, the chunk's size and LAST,
@@ -823,6 +826,13 @@ class ServerProtocol:
             if self._failed_auth >= self.limits.max_failed_auth:
                 self._queue(TOO_MANY_AUTH_FAILURES)
                 self._close("too many failed authentications")
+        elif isinstance(event, RcptTo) and reply.code >= 500:
+            # A client probing for valid addresses (a dictionary attack)
+            # is cut off; table outages (4xx) do not count.
+            self._rejected_rcpt += 1
+            if self._rejected_rcpt >= self.limits.max_rejected_rcpt:
+                self._queue(TOO_MANY_REJECTED_RCPT)
+                self._close("too many rejected recipients")
 
     def tls_started(self) -> None:
         """The TLS handshake after `220 Ready to start TLS` succeeded.

@@ -184,7 +184,8 @@ def protocol_limits(limits: Limits) -> p.ProtocolLimits:
         max_line=limits.max_line, max_data_line=limits.max_data_line,
         max_message_size=limits.max_message_size, max_rcpt=limits.max_rcpt,
         max_mails=limits.max_mails, max_failed_commands=limits.max_failed_commands,
-        max_auth_line=limits.max_auth_line, max_failed_auth=limits.max_failed_auth)
+        max_auth_line=limits.max_auth_line, max_failed_auth=limits.max_failed_auth,
+        max_rejected_rcpt=limits.max_rejected_rcpt)
 
 
 def _clean(text: str) -> str:
