@@ -8,6 +8,7 @@ words and punctuation, which reaches much deeper into the parser.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from unittest import mock
 
 from hypothesis import example, given, settings
@@ -40,7 +41,16 @@ FRAGMENTS = [
     "certificate", "expire", "ssl", "tls+auth://l@h", "bounce-warn",
 ]
 
+# Words of the real configs (good corpus, SPEC examples), recombined: reaches
+# every statement's deeper states, which random words seldom do.
+_HERE = Path(__file__).parent
+CORPUS_LINES = sorted({line for path in [*_HERE.glob("good/*.conf"), *_HERE.glob("examples/*.conf")]
+                       for line in path.read_text().splitlines() if line.strip()})
+mutated_line = st.sampled_from(CORPUS_LINES).flatmap(
+    lambda line: st.lists(st.sampled_from(line.split()), min_size=1, max_size=12).map(" ".join))
+
 texts = st.one_of(
+    st.lists(st.one_of(st.sampled_from(CORPUS_LINES), mutated_line), max_size=12).map("\n".join),
     st.text(max_size=400),
     st.lists(st.sampled_from(FRAGMENTS), max_size=80).map(" ".join),
     st.lists(st.sampled_from(FRAGMENTS), max_size=80).map("".join),
