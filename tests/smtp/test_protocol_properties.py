@@ -16,12 +16,13 @@ from postillion.errors import Reply
 from postillion.smtp.protocol import (
     START_DATA,
     BdatEnd,
-    Features,
-    MailFrom,
     ConnectionClosed,
+    DataChunk,
     DataEnd,
     DataStart,
     Event,
+    Features,
+    MailFrom,
     ProtocolLimits,
     ServerProtocol,
 )
@@ -181,3 +182,24 @@ def test_extension_invariants(stream: bytes, points: list[int], answers: list[st
     for event in run.events:
         if isinstance(event, MailFrom) and event.sender is not None:
             assert not any(ord(c) < 0x20 for c in str(event.sender))
+
+
+NO_TLS_SEGMENTS = st.one_of(st.sampled_from(OPENERS), st.binary(max_size=24),
+                            st.sampled_from([t for t in EXT_TOKENS if b"STARTTLS" not in t]))
+NO_TLS_STREAMS = st.builds(lambda first, rest: first + b"".join(rest), st.sampled_from([b"", *OPENERS]),
+                           st.lists(NO_TLS_SEGMENTS, max_size=60))
+
+
+@settings(deadline=None, max_examples=200)
+@given(stream=NO_TLS_STREAMS, points=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
+       answers=ANSWERS)
+def test_extension_reads_do_not_matter(stream: bytes, points: list[int], answers: list[str]) -> None:
+    """AUTH dialogues and BDAT chunks come out the same however the bytes
+    are cut into reads (STARTTLS aside: there the cut is the point)."""
+    features = Features(auth=True, insecure_auth=True, dsn=True, smtputf8=True, chunking=True)
+    one = drive([stream], EXT_LIMITS, scripted(answers), features=features)
+    many = drive(cut(stream, points), EXT_LIMITS, scripted(answers), features=features)
+    assert many.output == one.output
+    assert b"".join(many.chunks) == b"".join(one.chunks)
+    assert [e for e in many.events if not isinstance(e, DataChunk)] == \
+        [e for e in one.events if not isinstance(e, DataChunk)]
