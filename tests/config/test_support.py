@@ -72,7 +72,7 @@ def test_builtin_table_reference_is_a_feature() -> None:
 def test_daemon_refuses_to_start(tmp_path: Path) -> None:
     from postillion.daemon import Daemon, StartupError
 
-    config = parse("listen on 127.0.0.1 port 2525 inet4\n", "smtpd.conf")
+    config = parse("listen on 127.0.0.1 port 2525\nqueue ttl 2d\n", "smtpd.conf")
     with pytest.raises(StartupError) as info:
         asyncio.run(Daemon(config, tmp_path / "spool").start())
-    assert 'smtpd.conf:1:31: "listen inet4" is not implemented by the runtime yet' in str(info.value)
+    assert 'smtpd.conf:2:7: "queue ttl" is not implemented by the runtime yet' in str(info.value)

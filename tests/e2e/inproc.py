@@ -32,6 +32,7 @@ from postillion.smtp.tuning import Tuning
 from .conftest import HOSTNAME, free_port
 
 USER, PASSWORD = "gilles", "s3cret pass"
+NAMED = "names.example.test"
 POS = Position("test.conf", 1, 1)
 #: Short delays so that tests do not wait out the real ones.
 FAST = Tuning(banner_delay=0.0, banner_delay_local=0.0, auth_failure_delay=0.05)
@@ -135,6 +136,8 @@ def listeners(ports: dict[str, int], host: str) -> tuple[ListenDecl, ...]:
         ListenDecl(host, port=ports["verify"], tls_require=True, verify=True, ca="clients", **common),
         # plain port 25 with nothing: AUTH and STARTTLS not offered
         ListenDecl(host, port=ports["plain"], **common),
+        # the announced name comes from an addrname table by local address
+        ListenDecl(host, port=ports["named"], hostnames="names", **common),
     )
 
 
@@ -152,9 +155,11 @@ def build(fixture, tmp: Path) -> InProcess:
     (fixture.root / "creds.conf").write_text(
         f"dbpath {fixture.root / 'tables.sqlite'}\n" + CREDENTIALS_QUERIES)
     config = load(fixture.config)
-    ports = {name: free_port() for name in ("mx", "submission", "smtps", "verify", "plain")}
+    ports = {name: free_port() for name in ("mx", "submission", "smtps", "verify", "plain", "named")}
     tables = dict(config.tables)
     tables["creds"] = TableDecl("creds", "sqlite", str(fixture.root / "creds.conf"), POS)
+    tables["names"] = TableDecl("names", "static", None, POS, pairs=((fixture.host, NAMED),),
+                                is_map=True)
     assert backend.exists()
     config = dataclasses.replace(
         config, tables=tables, listeners=listeners(ports, fixture.host),

@@ -17,6 +17,7 @@ import pytest
 
 from postillion.smtp.tuning import Tuning
 
+from .conftest import free_port
 from .inproc import FAST, secure_uvloop  # noqa: F401 (fixture)
 
 
@@ -301,3 +302,34 @@ def test_control_bytes_never_inject(secure_uvloop):
     log = proc.wait_log("Invalid parameter: ENVID")
     assert all(not line.startswith("Injected") for line in log.splitlines())
     assert "\\x0d" in log
+
+
+def test_hostnames_table_names_the_banner(secure_uvloop):
+    client = Raw(secure_uvloop, port="named", banner=False)
+    assert client.line() == b"220 names.example.test ESMTP Postillion\r\n"
+    client.send(b"HELO c.example\r\n")
+    assert client.line().startswith(b"250 names.example.test Hello c.example")
+
+
+def test_inet6_listener(daemon, tmp_path):
+    """listen on localhost inet6 binds ::1 only."""
+    import dataclasses as dc
+
+    from .inproc import POS, build, start, stop
+    from postillion.config.model import ListenDecl
+    try:
+        socket.create_server(("::1", 0)).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    proc, config = build(daemon, tmp_path)
+    port = free_port()
+    config = dc.replace(config, listeners=(
+        ListenDecl("127.0.0.1", POS, port=daemon.port), ListenDecl("localhost", POS, port=port, family="inet6")))
+    start(proc, config)
+    try:
+        with socket.create_connection(("::1", port), timeout=10) as s:
+            assert s.makefile("rb").readline().startswith(b"220 ")
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        stop(proc)

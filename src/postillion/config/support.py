@@ -36,7 +36,8 @@ IMPLEMENTED: frozenset[str] = frozenset({
     "pki", "ca", "smtp ciphers", "listen tls", "listen tls-require", "listen smtps", "listen verify",
     "listen pki", "listen ca", "listen auth", "listen auth-optional", "listen insecure-auth",
     "listen senders", "listen no-dsn", "listen received-auth", "listen mask-src", "listen tag",
-    "match auth", "match from auth", "match tls", "listen masquerade",
+    "match auth", "match from auth", "match tls", "listen masquerade", "listen hostnames",
+    "listen inet4", "listen inet6",
 })
 
 

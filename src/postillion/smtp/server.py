@@ -12,6 +12,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import socket
 from typing import Mapping
 
 from postillion.config.model import Config, ListenDecl
@@ -56,13 +57,18 @@ def listener_context(base: SessionContext, decl: ListenDecl, config: Config,
                 raise ListenerError(f"{decl.pos}: table {decl.auth_table} serves neither "
                                     "credentials nor auth")
         authenticator = Authenticator(table)
+    hostnames = None
+    if decl.hostnames is not None:
+        hostnames = tables[decl.hostnames]
+        if not hostnames.serves(Service.ADDRNAME):
+            raise ListenerError(f"{decl.pos}: table {decl.hostnames} does not serve addrname")
     senders = None
     if decl.senders is not None:
         senders = tables[decl.senders]
         if not senders.serves(Service.MAILADDRMAP):
             raise ListenerError(f"{decl.pos}: table {decl.senders} does not serve mailaddrmap")
     return dataclasses.replace(base, hostname=hostname, listen=decl, tls_context=tls,
-                               authenticator=authenticator, senders=senders)
+                               authenticator=authenticator, senders=senders, hostnames=hostnames)
 
 
 class Listener:
@@ -77,14 +83,17 @@ class Listener:
 
     async def start(self) -> None:
         host = None if self.decl.address in ("all", "*") else self.decl.address
+        family = {"inet4": socket.AF_INET, "inet6": socket.AF_INET6}.get(self.decl.family or "",
+                                                                      socket.AF_UNSPEC)
         if host == "localhost":
-            host = "127.0.0.1"
+            host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
         # SMTPS: the loop does the handshake before the session starts, so
         # the ClientHello can never land in a plaintext stream buffer.  A
         # failed or slow (Limits.tls_timeout) handshake closes the connection.
         tls = self.ctx.tls_context if self.decl.smtps else None
         self.server = await asyncio.start_server(
-            self._accept, host, self.decl.effective_port, backlog=BACKLOG, reuse_address=True,
+            self._accept, host, self.decl.effective_port, family=family, backlog=BACKLOG,
+            reuse_address=True,
             limit=self.ctx.limits.max_data_line * 2, ssl=tls,
             ssl_handshake_timeout=self.ctx.limits.tls_timeout if tls is not None else None)
         for sock in self.server.sockets:

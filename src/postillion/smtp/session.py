@@ -75,6 +75,7 @@ class SessionContext:
     tls_context: ssl.SSLContext | None = None
     authenticator: Authenticator | None = None
     senders: Table | None = None
+    hostnames: Table | None = None
     tuning: Tuning = DEFAULT_TUNING
 
 
@@ -241,6 +242,8 @@ class Session:
         sock = writer.get_extra_info("sockname")
         self.peer = peer[0] if isinstance(peer, tuple) else "local"
         local_ip = sock[0] if isinstance(sock, tuple) else "local"
+        self.local_ip = local_ip
+        self.hostname = ctx.hostname
         self.facts = SessionFacts(address=self.peer,
                                   is_local=is_local_address(self.peer, local_ip))
         self.smtps = ctx.listen is not None and ctx.listen.smtps
@@ -260,6 +263,7 @@ class Session:
             if self.smtps:
                 # The listener's server did the handshake (start_server(ssl=...)).
                 self._tls_established()
+            await self._choose_hostname()
             early = await self._early_talker()
             if early is not None:
                 reason = early
@@ -274,6 +278,20 @@ class Session:
             await self._abort_transaction()
             log.smtp_disconnected(self.sid, reason)
             await self._close()
+
+    async def _choose_hostname(self) -> None:
+        """`hostnames <t>`: the name to announce for the local address the
+        client reached (addrname, SPEC §1.3); the listener's hostname when
+        the table has none or cannot answer."""
+        if self.ctx.hostnames is None:
+            return
+        try:
+            found = await self.ctx.hostnames.lookup(Service.ADDRNAME, self.local_ip)
+        except LookupUnavailable as e:
+            log.event(self.sid, "smtp", "lookup-error", address=self.local_ip, reason=e.reason)
+            return
+        if found is not None and found.name:
+            self.hostname = self.proto.hostname = found.name
 
     async def _early_talker(self) -> str | None:
         """Wait the banner delay; a client that speaks first is refused."""
@@ -443,7 +461,7 @@ class Session:
         SMTPUTF8 (SPEC §6.5): a UTF-8 address is NFC-normalised, and its
         domain written as A-labels, so lookups see one spelling of it.
         """
-        local, domain = path.local, path.domain or self.ctx.hostname
+        local, domain = path.local, path.domain or self.hostname
         if not (local.isascii() and domain.isascii()):
             local = unicodedata.normalize("NFC", local)
             domain = unicodedata.normalize("NFC", domain)
@@ -516,7 +534,7 @@ class Session:
             rcpts = [rcpt for rcpt, _, _ in tx.recipients]
             listen = self.ctx.listen
             incoming.write(received_header(
-                self.helo, self.peer, self.ctx.hostname, incoming.msgid, rcpts, self.extended,
+                self.helo, self.peer, self.hostname, incoming.msgid, rcpts, self.extended,
                 tls=self.tls, user=self.username,
                 show_auth=listen is not None and listen.received_auth,
                 smtputf8=self.proto.smtputf8, mask_src=listen is not None and listen.mask_src))
@@ -574,7 +592,7 @@ class Session:
         if not headers.has_date:
             out += f"Date: {formatdate(localtime=False)}\r\n".encode("ascii")
         if not headers.has_message_id:
-            out += f"Message-ID: <{secrets.token_hex(8)}@{self.ctx.hostname}>\r\n".encode(
+            out += f"Message-ID: <{secrets.token_hex(8)}@{self.hostname}>\r\n".encode(
                 "ascii", "replace")
         return out
 
@@ -642,7 +660,7 @@ class Session:
             for d in deliveries:
                 out.append(incoming.envelope(
                     dispatcher=d.dispatcher, type="mda",
-                    smtpname=self.ctx.hostname, helo=_clean(self.helo), hostname="<unknown>",
+                    smtpname=self.hostname, helo=_clean(self.helo), hostname="<unknown>",
                     sockaddr=self.peer, sender=tx.sender, rcpt=rcpt, dest=d.dest,
                     ctime=now, mda_user=d.user, mda_subaddress=d.subaddress,
                     username=self.username or "", flags=frozenset(flags),
