@@ -81,6 +81,20 @@ def smtp_failed_command(sid: str, command: str, reply: object) -> None:
     event(sid, "smtp", "failed-command", command=command, result=str(reply))
 
 
+def smtp_tls(sid: str, ciphers: str, verified: str) -> None:
+    """TLS is up: `version:cipher:bits`, client certificate YES|NO."""
+    event(sid, "smtp", "tls", ciphers=ciphers, verified=verified)
+
+
+def smtp_tls_failure(sid: str, reason: str) -> None:
+    event(sid, "smtp", "tls-failure", reason=reason)
+
+
+def smtp_authentication(sid: str, user: str, result: str) -> None:
+    """An AUTH ended: result ok|permfail|tempfail; never the password."""
+    event(sid, "smtp", "authentication", user=user, result=result)
+
+
 def smtp_bad_input(sid: str, result: object) -> None:
     event(sid, "smtp", "bad-input", result=str(result))
 

@@ -334,7 +334,7 @@ class Session:
             await asyncio.wait_for(self.writer.start_tls(self.ctx.tls_context),
                                    self.ctx.limits.tls_timeout)
         except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError) as e:
-            log.event(self.sid, "smtp", "tls-failure", reason=str(e) or type(e).__name__)
+            log.smtp_tls_failure(self.sid, str(e) or type(e).__name__)
             return False
         self._tls_established()
         return True
@@ -343,7 +343,7 @@ class Session:
         self.tls = describe(self.writer.get_extra_info("ssl_object"))
         self.facts = dataclasses.replace(self.facts, tls=self.tls is not None)
         if self.tls is not None:
-            log.event(self.sid, "smtp", "tls", ciphers=self.tls[0], verified=self.tls[1])
+            log.smtp_tls(self.sid, self.tls[0], self.tls[1])
 
     def _read_timeout(self, deadline: float) -> float:
         """Seconds the next read may wait: the line deadline, the session's."""
@@ -441,7 +441,7 @@ class Session:
             result = AuthResult.TEMPFAIL
         else:
             result = await self.ctx.authenticator.check(event.username, event.password)
-        log.event(self.sid, "smtp", "authentication", user=event.username, result=result.value)
+        log.smtp_authentication(self.sid, event.username, result.value)
         if result is AuthResult.OK:
             self.username = event.username
             self.facts = dataclasses.replace(self.facts, authenticated=True, user=event.username)
