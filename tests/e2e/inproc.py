@@ -1,6 +1,9 @@
-"""The real daemon in this process, for listeners the config parser cannot
-express yet (TLS, AUTH): a Config is loaded from the e2e fixture's file and
-its listeners replaced by ListenDecl values built here.
+"""The real daemon in this process, so tests can shorten its limits and
+delays while it runs (timeouts, early-talker window, AUTH failure delay) and
+run it on uvloop and on plain asyncio: a Config is loaded from the e2e
+fixture's file and its listeners replaced by the ListenDecl values built
+here.  `test_submission_config.py` runs the same setup from smtpd.conf as a
+`postillion run` subprocess.
 
 The daemon runs on its own event loop (uvloop when installed, as `postillion
 run` does) in a thread; clients -- smtplib, swaks, aiosmtplib, raw sockets --
