@@ -255,7 +255,7 @@ def _relay(p: Parser, s: Stream, opt: Token, f: dict[str, object]) -> str:
             else:
                 f["host"] = relay
                 p.use("action host", tok.pos)
-            seen["host"] = tok.pos
+                seen["host"] = tok.pos
         elif t in ("certificate", "pki"):
             if "certificate" in seen and "pki" in seen:
                 raise Syntax(tok.pos, '"pki" cannot be used with "certificate"')

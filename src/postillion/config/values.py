@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 
 from postillion.config.lexer import Token
 from postillion.config.stream import Syntax
@@ -154,8 +155,6 @@ def command(tok: Token, what: str) -> str:
     reaches a shell, so they could only mean the administrator expects one
     (and envelope data in a shell was CVE-2020-7247).
     """
-    import shlex
-
     text = tok.text
     quote = ""
     i = 0
