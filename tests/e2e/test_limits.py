@@ -333,3 +333,27 @@ def test_inet6_listener(daemon, tmp_path):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:
         stop(proc)
+
+
+def test_trickled_data_line_times_out(secure_uvloop):
+    """Inside DATA too, a line must be complete within command_timeout of its first byte."""
+    proc = secure_uvloop
+    proc.set_limits(command_timeout=1.0)
+    client = Raw(proc)
+    client.ehlo()
+    client.send(TX + b"DATA\r\n")
+    assert [client.line()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+    client.send(b"Subject: complete line\r\n")  # whole lines reset the deadline
+    client.sock.settimeout(0.2)
+    start, got = time.monotonic(), b""
+    for _ in range(40):
+        client.send(b"x")
+        try:
+            got = client.sock.recv(100)
+            break
+        except (socket.timeout, TimeoutError):
+            pass
+    assert got == b"421 4.4.2 Timeout\r\n"
+    assert 0.9 < time.monotonic() - start < 3.0
+    time.sleep(0.2)
+    assert proc.queued() == []
