@@ -163,3 +163,24 @@ def test_masquerade_rewrites_from(secure_uvloop):
     assert b"\nFrom: Gilles <gilles@example.test>\n" in raw
     assert b"someone.else" not in raw and b"\nFrom: in the body stays\n" in raw
     assert b"\nSubject: m\n" in raw
+
+
+def test_system_accounts_when_auth_has_no_table(secure_uvloop, tmp_path):
+    """`auth` without a table checks shadow(5) (here a test copy of it)."""
+    import dataclasses
+
+    from postillion.lookup.auth import Authenticator, sha_crypt
+    proc = secure_uvloop
+    shadow = tmp_path / "shadow"
+    shadow.write_text(f"root:*:19000::::::\nmarc:{sha_crypt(b'unix pw', '$6$saltsalt')}:19000::::::\n")
+    for listener in proc.daemon.listeners:
+        if listener.decl.smtps:
+            listener.ctx = dataclasses.replace(listener.ctx, authenticator=Authenticator(None, shadow))
+    ctx = proc.client_context()
+    with smtplib.SMTP_SSL(proc.host, proc.ports["smtps"], timeout=10, context=ctx) as client:
+        client.ehlo("client.example.net")
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.login("root", "anything")
+    with smtplib.SMTP_SSL(proc.host, proc.ports["smtps"], timeout=10, context=ctx) as client:
+        client.ehlo("client.example.net")
+        assert client.login("marc", "unix pw")[0] == 235
