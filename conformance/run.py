@@ -66,8 +66,6 @@ EXPLAINED = {
     # SPEC §1.3 / §1.4
     "differ-duplicate-table-key": "SPEC §1.3: keys equal after lowercasing = error",
     "differ-map-for-domain": "SPEC §1.4: check on a map = key exists (6.8 needs a list)",
-    "differ-file-table-missing": "tables are opened by the daemon (table layer), not by "
-                                 "the config check; SPEC §1.1 (relative paths [ours])",
     # SPEC §4.5, §4.4 [ours]: refuse at config time what 6.8 only finds at delivery.
     "differ-mda-shell-pipe": "SPEC §4.5 [ours]: commands run without a shell",
     "differ-unknown-format-specifier": "SPEC §4.4: unknown format specifier = error",

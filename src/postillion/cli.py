@@ -70,7 +70,51 @@ def table_problems(config):  # type: ignore[no-untyped-def]
             shown = "this inline table" if use.table.startswith("anon:") else f"table {use.table}"
             problems.append((use.pos, f"{shown} (backend {decl.backend}) cannot serve the "
                                       f"{use.service} service this statement needs"))
+    problems += local_table_problems(config)
     return sorted(set(problems), key=lambda p: p[0]), later
+
+
+#: Backends whose tables are local files: check loads them as the daemon will.
+LOCAL_BACKENDS = frozenset({"file", "db"})
+
+
+def local_table_problems(config):  # type: ignore[no-untyped-def]
+    """Load file and db tables as the daemon would, and ask each for the services
+    its uses need: a missing file, a malformed value, a list used as a userbase
+    are found by `check`, not at start (SPEC §1.1).  Servers (SQL, LDAP...) are
+    not contacted."""
+    import asyncio
+
+    from postillion.table.errors import TableError
+    from postillion.table.registry import backend_class
+    from postillion.table.services import Service
+    from postillion.table.table import open_table
+
+    async def load():  # type: ignore[no-untyped-def]
+        problems = []
+        for decl in config.tables.values():
+            try:
+                if decl.config is None or \
+                        backend_class(decl.name, decl.backend, decl.config).name not in LOCAL_BACKENDS:
+                    continue
+                table = open_table(decl.name, decl.backend, decl.config,
+                                   sub_addr_delim=config.limits.sub_addr_delim)
+                await table.open()
+            except TableError as e:
+                problems.append((decl.pos, str(e)))
+                continue
+            try:
+                for use in config.table_uses:
+                    if use.table == decl.name:
+                        try:
+                            table.require(Service(use.service))
+                        except TableError as e:
+                            problems.append((use.pos, str(e)))
+            finally:
+                await table.close()
+        return problems
+
+    return asyncio.run(load())
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -79,3 +79,17 @@ def test_check_table_uses_name_each_service() -> None:
     config = load(EXAMPLES / "A-modern-sqlite.conf")
     assert sorted({(u.table, u.service) for u in config.table_uses}) == [
         ("sql", "alias"), ("sql", "credentials"), ("sql", "domain"), ("sql", "userinfo")]
+
+
+def test_check_loads_file_tables_as_the_daemon_would(tmp_path: Path) -> None:
+    (tmp_path / "aliases").write_text("root: gilles\n")
+    (tmp_path / "list").write_text("a\nb\n")
+    conf = tmp_path / "smtpd.conf"
+    conf.write_text("table a file:aliases\ntable l file:list\ntable m file:missing\n"
+                    'action "x" maildir alias <a> userbase <l>\nmatch for local action "x"\n')
+    result = postillion("check", "-f", str(conf))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"{conf}:3:1: table m: ") and "No such file" in lines[0]
+    assert lines[1].startswith(f"{conf}:4:39: table l ") and "userinfo" in lines[1]
+    assert len(lines) == 2
