@@ -37,84 +37,16 @@ def resolve_config(args: argparse.Namespace) -> tuple[Path, Path]:
     return demo.config, Path(args.spool) if args.spool else demo.spool
 
 
-#: Every backend SPEC §2 names; one the table layer lacks yet is a warning in check.
-SPEC_BACKENDS = frozenset({"static", "file", "db", "getpwnam", "sqlite", "postgres", "mysql",
-                           "redis", "ldap", "socketmap", "proc"})
-
-
-def table_problems(config):  # type: ignore[no-untyped-def]
-    """Tables whose backend is unknown or can never serve the service a statement
-    needs (SPEC §1.1), found without opening them; the daemon checks the rest
-    (an SQLite table without the query, a file that is a list) when it opens them.
-    Returns (errors, warnings): a backend SPEC names but the runtime lacks is a warning."""
-    from postillion.table.errors import TableError
-    from postillion.table.registry import backend_class
-    from postillion.table.services import Service
-    problems, later = [], []
-    for decl in config.tables.values():
-        try:
-            backend_class(decl.name, decl.backend, decl.config)
-        except TableError as e:
-            if decl.backend in SPEC_BACKENDS:   # in SPEC §2, not built yet: the daemon refuses
-                later.append((decl.pos, f'table backend "{decl.backend}" is not implemented '
-                                        "by the runtime yet"))
-            else:
-                problems.append((decl.pos, str(e)))
-    for use in config.table_uses:
-        decl = config.tables[use.table]
-        try:
-            cls = backend_class(decl.name, decl.backend, decl.config)
-        except TableError:
-            continue
-        if Service(use.service) not in cls.services:
-            shown = "this inline table" if use.table.startswith("anon:") else f"table {use.table}"
-            problems.append((use.pos, f"{shown} (backend {decl.backend}) cannot serve the "
-                                      f"{use.service} service this statement needs"))
-    problems += local_table_problems(config)
-    return sorted(set(problems), key=lambda p: p[0]), later
-
-
-#: Backends whose tables are local files: check loads them as the daemon will.
-LOCAL_BACKENDS = frozenset({"file", "db"})
-
-
-def local_table_problems(config):  # type: ignore[no-untyped-def]
-    """Load file and db tables as the daemon would, and ask each for the services
-    its uses need: a missing file, a malformed value, a list used as a userbase
-    are found by `check`, not at start (SPEC §1.1).  Servers (SQL, LDAP...) are
-    not contacted."""
-    import asyncio
-
-    from postillion.table.errors import TableError
-    from postillion.table.registry import backend_class
-    from postillion.table.services import Service
-    from postillion.table.table import open_table
-
-    async def load():  # type: ignore[no-untyped-def]
-        problems = []
-        for decl in config.tables.values():
-            try:
-                if decl.config is None or \
-                        backend_class(decl.name, decl.backend, decl.config).name not in LOCAL_BACKENDS:
-                    continue
-                table = open_table(decl.name, decl.backend, decl.config,
-                                   sub_addr_delim=config.limits.sub_addr_delim)
-                await table.open()
-            except TableError as e:
-                problems.append((decl.pos, str(e)))
-                continue
-            try:
-                for use in config.table_uses:
-                    if use.table == decl.name:
-                        try:
-                            table.require(Service(use.service))
-                        except TableError as e:
-                            problems.append((use.pos, str(e)))
-            finally:
-                await table.close()
-        return problems
-
-    return asyncio.run(load())
+def load_config(path: Path, defines: list[str]):  # type: ignore[no-untyped-def]
+    """The parsed Config, or None after printing every error (file:line:column)."""
+    from postillion.config import ConfigError, load
+    try:
+        return load(path, parse_defines(defines))
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+    except OSError as e:
+        print(f"{path}: {e.strerror or e}", file=sys.stderr)
+    return None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -123,17 +55,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     not implement yet are warnings here (the daemon refuses them)."""
     import json
 
-    from postillion.config import ConfigError, load
     from postillion.config.normal import ConvertError, normalise, to_modern
     from postillion.config.support import unsupported
+    from postillion.checks import table_problems
     path = Path(args.file) if args.file else Path(DEFAULT_CONFIG)
-    try:
-        config = load(path, parse_defines(args.define))
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"{path}: {e.strerror or e}", file=sys.stderr)
+    config = load_config(path, args.define)
+    if config is None:
         return 1
     problems, later = table_problems(config)
     if problems:
@@ -156,17 +83,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from postillion import log
-    from postillion.config import ConfigError, load
     from postillion.daemon import Daemon, StartupError
 
     path, spool = resolve_config(args)
-    try:
-        config = load(path, parse_defines(args.define))
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"{path}: {e.strerror or e}", file=sys.stderr)
+    config = load_config(path, args.define)
+    if config is None:
         return 1
     log.setup(foreground=args.debug, verbose=args.verbose)
     try:

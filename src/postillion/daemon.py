@@ -24,7 +24,7 @@ from postillion.mda.agent import MdaAgent, MdaJob
 from postillion.queue.envelope import Envelope
 from postillion.queue.scheduler import Scheduler
 from postillion.queue.store import QueueStore
-from postillion.rules import Ruleset, SessionFacts, auth_service
+from postillion.rules import Ruleset, SessionFacts
 from postillion.smtp.server import Listener, ListenerError, listener_context
 from postillion.smtp.session import SessionContext
 from postillion.table.services import Service
@@ -43,21 +43,10 @@ class StartupError(Exception):
 
 
 def required_services(config: Config) -> dict[str, set[Service]]:
-    """Which service each table must serve, from how the config uses it."""
+    """Which service each table must serve: the parser's record of every use."""
     needs: dict[str, set[Service]] = {}
-    for action in config.actions.values():
-        for name, service in ((action.alias, Service.ALIAS), (action.virtual, Service.ALIAS),
-                              (action.userbase, Service.USERINFO)):
-            if name is not None:
-                needs.setdefault(name, set()).add(service)
-    for match in config.matches:
-        for c in match.criteria:
-            if c.table is not None:
-                if c.kind in ("auth", "from-auth"):
-                    service = auth_service(c)
-                else:
-                    service = Service.NETADDR if c.kind.startswith("from") else Service.DOMAIN
-                needs.setdefault(c.table, set()).add(service)
+    for use in config.table_uses:
+        needs.setdefault(use.table, set()).add(Service(use.service))
     return needs
 
 
@@ -67,7 +56,7 @@ async def open_tables(config: Config) -> dict[str, Table]:
     needs = required_services(config)
     try:
         for decl in config.tables.values():
-            table = make_table(decl)
+            table = make_table(decl, config.limits.sub_addr_delim)
             tables[decl.name] = table
             await table.open()
             for service in sorted(needs.get(decl.name, ()), key=lambda s: s.value):
@@ -78,9 +67,9 @@ async def open_tables(config: Config) -> dict[str, Table]:
     return tables
 
 
-def make_table(decl: TableDecl) -> Table:
+def make_table(decl: TableDecl, sub_addr_delim: str = "+") -> Table:
     return open_table(decl.name, decl.backend, decl.config, items=decl.items,
-                      pairs=decl.pairs, is_map=decl.is_map)
+                      pairs=decl.pairs, is_map=decl.is_map, sub_addr_delim=sub_addr_delim)
 
 
 async def close_tables(tables: dict[str, Table]) -> None:

@@ -119,7 +119,7 @@ def _find_table(config: Any, name: str) -> Table:
     decl = config.tables.get(bare)
     try:
         if decl is not None:
-            return make_table(decl)
+            return make_table(decl, config.limits.sub_addr_delim)
         if bare == "getpwnam":
             return open_table("<getpwnam>", "getpwnam", None)
     except TableError as e:

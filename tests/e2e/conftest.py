@@ -9,6 +9,7 @@ mail root is made traversable for them.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,10 +27,33 @@ DOMAIN = "example.test"
 HOSTNAME = "mx.example.test"
 
 
+def _ephemeral_range() -> range:
+    try:
+        low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        return range(low, high + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port that is free now and outside the kernel's ephemeral range.
+
+    A port from bind(0) is ephemeral: between the probe and the daemon's
+    bind, any test's outgoing connection may take it ("address already in
+    use").  Ports below the ephemeral range are only ever taken by listeners.
+    """
+    ephemeral = _ephemeral_range()
+    for _ in range(200):
+        port = random.randrange(10000, 65536)
+        if port in ephemeral:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port outside the ephemeral range")
 
 
 def delivery_ids() -> tuple[int, int]:
