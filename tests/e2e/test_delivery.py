@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import smtplib
 import socket
@@ -47,6 +48,10 @@ def test_smtplib_message_lands_in_maildir_exactly(running):
     assert sum(1 for line in added if line.startswith(b"Received:")) == 1
     assert b"by mx.example.test (Postillion) with ESMTP id " in b"\n".join(added)
     assert b"for <alice@example.test>;" in b"\n".join(added)
+    # RFC 5322 §3.3: "-0000" means "zone unknown"; we know ours.
+    assert re.search(rb";\n\t\w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}$",
+                     b"\n".join(added))
+    assert not b"\n".join(added).endswith(b"-0000")
     assert b"Delivered-To: alice@example.test" in added[1]
     log = running.log()
     assert "smtp connected address=127.0.0.1" in log

@@ -225,7 +225,7 @@ def received_header(helo: str, peer: str, hostname: str, msgid: int, rcpts: Sequ
         lines.append(f"\tfor <{rcpts[0]}>;")
     else:
         lines[-1] += ";"
-    lines.append(f"\t{formatdate(localtime=False, usegmt=False)}")
+    lines.append(f"\t{formatdate(localtime=True)}")
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
 
@@ -590,7 +590,7 @@ class Session:
     def _missing_headers(self, headers: HeaderScan, msgid: int) -> bytes:
         out = b""
         if not headers.has_date:
-            out += f"Date: {formatdate(localtime=False)}\r\n".encode("ascii")
+            out += f"Date: {formatdate(localtime=True)}\r\n".encode("ascii")
         if not headers.has_message_id:
             out += f"Message-ID: <{secrets.token_hex(8)}@{self.hostname}>\r\n".encode(
                 "ascii", "replace")
