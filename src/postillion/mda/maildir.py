@@ -19,6 +19,8 @@ from itertools import count
 from pathlib import Path
 from typing import BinaryIO
 
+from postillion.fsutil import fsync_dir
+
 _counter = count()
 CHUNK = 64 * 1024
 
@@ -65,9 +67,5 @@ def deliver(root: Path, prefix: bytes, message: BinaryIO) -> Path:
         except OSError:
             pass
         raise
-    dfd = os.open(root / "new", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(root / "new")
     return final

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Literal, TypeVar
 
+from postillion.fsutil import fsync_dir
 from postillion.errors import Reply, TempFail
 from postillion.queue import layout
 from postillion.queue.envelope import Envelope, format_evpid, format_msgid, new_msgid
@@ -470,11 +471,7 @@ class QueueStore:
             os.close(fd)
 
     def _fsync_dir(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            self._fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path, self._fsync)
 
 
 def _refusal(incoming: Incoming, envelopes: Sequence[Envelope]) -> str | None:

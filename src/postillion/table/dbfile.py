@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
+from postillion.fsutil import fsync_dir
 from postillion.table.errors import BackendError
 from postillion.table.services import Service
 from postillion.table.textformat import entry_problem, logical_lines, split_map_line
@@ -119,14 +120,6 @@ def parse_source(text: str, origin: str, kind: str,
     return entries
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_map(entries: Iterable[Entry], out: str, kind: str, source: str,
               mode: int = 0o644) -> int:
     """Write entries to `out` atomically; returns how many were written."""
@@ -162,7 +155,7 @@ def write_map(entries: Iterable[Entry], out: str, kind: str, source: str,
         finally:
             os.close(fd)
         os.replace(tmp, out)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException:
         try:
             os.unlink(tmp)
