@@ -19,6 +19,7 @@ from postillion import log
 from postillion.config import support as config_support
 from postillion.config.model import ActionDecl, Config, TableDecl
 from postillion.errors import MailError, PermFail, Reply, TempFail
+from postillion.fsutil import SYNCFS
 from postillion.lookup.expand import Expander, userinfo
 from postillion.mda.agent import MdaAgent, MdaJob
 from postillion.queue.envelope import Envelope
@@ -91,7 +92,7 @@ class Daemon:
         self.paused = paused
         self.spool = spool
         self.tables: dict[str, Table] = {}
-        self.store = QueueStore(spool)
+        self.store = QueueStore(spool, syncfs=SYNCFS)  # group commit: 2 flushes a batch
         self.scheduler: Scheduler | None = None
         self.listeners: list[Listener] = []
         self.mda = MdaAgent()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from postillion.errors import TempFail
+from postillion.fsutil import SYNCFS
 from postillion.queue.envelope import Envelope, format_evpid, format_msgid
 from postillion.queue.store import Incoming, QueueStore
 
@@ -416,3 +417,50 @@ async def test_remove_last_envelope_removes_the_message(tmp_path):
 async def test_create_before_open_is_a_bug(tmp_path):
     with pytest.raises(RuntimeError):
         await QueueStore(tmp_path).create()
+
+
+# -- group commit with syncfs (what the daemon uses on Linux) ----------------------
+
+
+def test_syncfs_is_available_here():
+    # CI runs on Linux: the daemon's group commit must get its syncfs.
+    assert SYNCFS is not None
+
+
+async def test_syncfs_commit_then_reopen_without_any_fsync(tmp_path):
+    fsyncs: list[int] = []
+    store = await opened(tmp_path, fsync=lambda fd: fsyncs.append(fd), syncfs=SYNCFS)
+    incoming, envelopes = await received(store, nrcpt=3)
+    before = len(fsyncs)
+    await store.commit(incoming, envelopes)
+    assert len(fsyncs) == before  # the batch was made durable by syncfs alone
+    assert sorted(e.id for e in await reopened(tmp_path)) == sorted(e.id for e in envelopes)
+
+
+async def test_syncfs_two_flushes_per_batch_whatever_its_size(tmp_path):
+    calls = 0
+
+    def counting(fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        SYNCFS(fd)
+
+    store = await opened(tmp_path, syncfs=counting)
+    pairs = [await received(store, nrcpt=1) for _ in range(30)]
+    await asyncio.gather(*(store.commit(i, e) for i, e in pairs))
+    assert calls == 2 * store.batches and store.batches < 30
+    assert len(await reopened(tmp_path)) == 30
+
+
+@pytest.mark.parametrize("failing_call", [0, 1], ids=["after-writes", "after-renames"])
+async def test_failing_syncfs_leaves_nothing_queued(tmp_path, failing_call):
+    syncfs = FailAt(SYNCFS, failing_call)
+    store = await opened(tmp_path, syncfs=syncfs)
+    syncfs.armed = True
+    incoming, envelopes = await received(store, nrcpt=2)
+    with pytest.raises(TempFail) as e:
+        await store.commit(incoming, envelopes)
+    assert syncfs.failed
+    assert (e.value.reply.code, e.value.reply.enhanced) == (421, "4.3.0")
+    assert_nothing_queued(tmp_path, store)
+    assert await reopened(tmp_path) == []
