@@ -18,13 +18,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-import secrets
 import ssl
 import time
 import unicodedata
 from dataclasses import dataclass, field
-from email.utils import formatdate
-from typing import Mapping, Sequence
+from typing import Mapping
 
 from postillion import log
 from postillion.config.model import Limits, ListenDecl
@@ -35,6 +33,8 @@ from postillion.queue.envelope import Envelope
 from postillion.queue.store import Incoming, QueueStore
 from postillion.rules import Ruleset, SessionFacts, is_local_address
 from postillion.smtp import protocol as p
+from postillion.smtp.headers import (HeaderScan, clean, masquerade_from, missing_headers,
+                                     received_header)
 from postillion.smtp.tuning import DEFAULT_TUNING, Tuning
 from postillion.table.match import mailaddr_match
 from postillion.table.services import Service
@@ -103,83 +103,6 @@ class Transaction:
     held: bytearray | None = None      # header held back for `masquerade`
 
 
-def masquerade_from(header: bytes, sender: str) -> bytes:
-    """Rewrite the address of the From: field to `sender` (`senders <t>
-    masquerade`, SPEC §4.2), keeping a display name written before `<`.
-
-    `header` is whole header lines (CRLF-terminated); a folded From: is
-    unfolded into one line.  Other fields are left as they are.
-    """
-    lines = header.split(b"\r\n")
-    out, i = [], 0
-    address = sender.encode("utf-8")
-    while i < len(lines):
-        line = lines[i]
-        if line[:5].lower() != b"from:":
-            out.append(line)
-            i += 1
-            continue
-        j = i + 1
-        while j < len(lines) and lines[j][:1] in (b" ", b"\t"):
-            j += 1
-        value = b" ".join(part.strip() for part in [line[5:], *lines[i + 1 : j]]).strip()
-        name = value[: value.find(b"<")].strip() if b"<" in value else b""
-        out.append(b"From: " + (name + b" <" + address + b">" if name else address))
-        i = j
-    return b"\r\n".join(out)
-
-
-class HeaderScan:
-    """Watches the client's header section as content goes by (SPEC §6.2).
-
-    Counts `Received:` fields (a mail loop at `Limits.max_hops`: 554 5.4.6),
-    notes a first header line starting with a blank (554 5.6.0) and whether
-    `Date:` and `Message-ID:` are there.  Stops at the empty line ending the
-    header, or after `limit` octets, so the body is never scanned line by line.
-    """
-
-    __slots__ = ("hops", "bad_first_line", "done", "has_date", "has_message_id",
-                 "_tail", "_seen", "_limit")
-
-    def __init__(self, limit: int) -> None:
-        self.hops = 0
-        self.bad_first_line = False
-        self.done = False
-        self.has_date = False
-        self.has_message_id = False
-        self._tail = b""
-        self._seen = 0
-        self._limit = limit
-
-    def feed(self, data: bytes) -> int | None:
-        """Scan one piece of content; returns where in `data` the empty line
-        ending the header starts, when it is in this piece (else None)."""
-        if self.done or not data:
-            return None
-        if self._seen == 0 and not self._tail:
-            self.bad_first_line = data[:1] in (b" ", b"\t")
-        self._seen += len(data)
-        tail = self._tail
-        lines = (tail + data).split(b"\r\n")
-        self._tail = lines.pop()
-        pos = 0
-        for line in lines:
-            if not line:
-                self.done = True
-                return pos - len(tail) if pos >= len(tail) else None
-            name = line[:11].lower()
-            if name.startswith(b"received:"):
-                self.hops += 1
-            elif name.startswith(b"date:"):
-                self.has_date = True
-            elif name.startswith(b"message-id:"):
-                self.has_message_id = True
-            pos += len(line) + 2
-        if self._seen > self._limit:
-            self.done = True
-        return None
-
-
 def protocol_limits(limits: Limits) -> p.ProtocolLimits:
     return p.ProtocolLimits(
         max_line=limits.max_line, max_data_line=limits.max_data_line,
@@ -187,46 +110,6 @@ def protocol_limits(limits: Limits) -> p.ProtocolLimits:
         max_mails=limits.max_mails, max_failed_commands=limits.max_failed_commands,
         max_auth_line=limits.max_auth_line, max_failed_auth=limits.max_failed_auth,
         max_rejected_rcpt=limits.max_rejected_rcpt)
-
-
-def _clean(text: str) -> str:
-    """Printable ASCII only, `?` for the rest: header text from the client."""
-    return "".join(ch if 0x21 <= ord(ch) < 0x7F else "?" for ch in text)
-
-
-def received_header(helo: str, peer: str, hostname: str, msgid: int, rcpts: Sequence[str],
-                    extended: bool, *, tls: tuple[str, str] | None = None, user: str | None = None,
-                    show_auth: bool = False, smtputf8: bool = False, mask_src: bool = False) -> bytes:
-    """The `Received:` trace header of SPEC §7.5 (RFC 5321 §4.4).
-
-    `with` is SMTP/ESMTP (UTF8SMTP under SMTPUTF8), + S on TLS, + A when
-    authenticated (RFC 3848); the TLS clause is `(version:cipher:bits:
-    YES|NO)`, `auth=yes user=NAME` follows with `received-auth`.  HELO and
-    user name non-printables become `?`, so no CR/LF can start a new header.
-    """
-    literal = f"IPv6:{peer}" if ":" in peer else peer
-    proto = ("UTF8SMTP" if smtputf8 else "ESMTP" if extended else "SMTP")
-    if tls is not None:
-        proto += "S"
-    if user is not None:
-        proto += "A"
-    lines = []
-    by = f"by {hostname} (Postillion) with {proto} id {msgid:08x}"
-    if mask_src:
-        lines.append(f"Received: {by}")
-    else:
-        lines.append(f"Received: from {_clean(helo) or 'unknown'} (<unknown> [{literal}])")
-        lines.append(f"\t{by}")
-    if tls is not None:
-        lines.append(f"\t({tls[0]}:{tls[1]})")
-    if user is not None and show_auth:
-        lines.append(f"\tauth=yes user={_clean(user)}")
-    if len(rcpts) == 1:
-        lines.append(f"\tfor <{rcpts[0]}>;")
-    else:
-        lines[-1] += ";"
-    lines.append(f"\t{formatdate(localtime=True)}")
-    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
 
 class Session:
@@ -572,7 +455,7 @@ class Session:
                 head = masquerade_from(data[:end], tx.sender)
                 data, end = head + data[end:], len(head)
         if end is not None and self._completes_headers():
-            data = data[:end] + self._missing_headers(tx.headers, tx.incoming.msgid) + data[end:]
+            data = data[:end] + missing_headers(tx.headers, self.hostname) + data[end:]
         tx.incoming.write(data)
         return True
 
@@ -586,15 +469,6 @@ class Session:
         Date: or Message-ID: is added (RFC 6409 §8)."""
         listen = self.ctx.listen
         return self.username is not None or (listen is not None and listen.effective_port == 587)
-
-    def _missing_headers(self, headers: HeaderScan, msgid: int) -> bytes:
-        out = b""
-        if not headers.has_date:
-            out += f"Date: {formatdate(localtime=True)}\r\n".encode("ascii")
-        if not headers.has_message_id:
-            out += f"Message-ID: <{secrets.token_hex(8)}@{self.hostname}>\r\n".encode(
-                "ascii", "replace")
-        return out
 
     async def _end(self, too_big: bool, command: str) -> bool:
         """End of DATA or the LAST chunk (or a chunk too big): refuse or queue."""
@@ -660,7 +534,7 @@ class Session:
             for d in deliveries:
                 out.append(incoming.envelope(
                     dispatcher=d.dispatcher, type="mda",
-                    smtpname=self.hostname, helo=_clean(self.helo), hostname="<unknown>",
+                    smtpname=self.hostname, helo=clean(self.helo), hostname="<unknown>",
                     sockaddr=self.peer, sender=tx.sender, rcpt=rcpt, dest=d.dest,
                     ctime=now, mda_user=d.user, mda_subaddress=d.subaddress,
                     username=self.username or "", flags=frozenset(flags),

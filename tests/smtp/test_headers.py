@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from postillion.smtp.session import HeaderScan, received_header
+from postillion.smtp.headers import HeaderScan, received_header
 
 HEADER = b"Received: a\r\nreceived: b\r\nDate: x\r\nMessage-Id: <y>\r\nSubject: s\r\n\r\nbody\r\n"
 
@@ -48,7 +48,7 @@ def test_received_header_never_injects():
 
 
 def test_masquerade_from():
-    from postillion.smtp.session import masquerade_from
+    from postillion.smtp.headers import masquerade_from
     head = b"Subject: a\r\nfrom: \"X Y\" <x@y>\r\nTo: z\r\n"
     assert masquerade_from(head, "me@example.org") == b"Subject: a\r\nFrom: \"X Y\" <me@example.org>\r\nTo: z\r\n"
     assert masquerade_from(b"From: x@y\r\n", "me@o") == b"From: me@o\r\n"
