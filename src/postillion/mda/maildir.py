@@ -26,8 +26,18 @@ CHUNK = 64 * 1024
 
 
 def ensure_maildir(root: Path) -> None:
+    """Create the Maildir and any missing parent (a virtual user's new home)
+    mode 0700: mail is private, and mkdir(parents=True) alone would leave
+    the parents world-readable."""
+    missing = []
+    directory = root
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
     for sub in ("cur", "new", "tmp"):
-        (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        (root / sub).mkdir(mode=0o700, exist_ok=True)
 
 
 def unique_name() -> str:
