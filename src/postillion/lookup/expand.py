@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping
 
 from postillion.config.model import ActionDecl, Limits
-from postillion.errors import PermFail, Reply, TempFail
+from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.table.services import Service
 from postillion.table.table import Table
-from postillion.table.values import ExpandList, Userinfo
+from postillion.table.values import BadValue, ExpandList, Userinfo, error_target, target_kind
 
 #: Re-runs the rules for an address found in an alias (SPEC §3: "through the
 #: rules again"); returns the action, or None when no rule accepts it.
@@ -157,15 +157,19 @@ class Expander:
         return children
 
     async def _target(self, node: _Node, target: str, rcpt: str, parent_user: str) -> _Node:
+        """One alias target: the table has checked its form (values.check_target)."""
         depth = node.depth + 1
-        lowered = target.lower()
-        if lowered.startswith(("error:", ":error:")):
-            raise _error_target(target, rcpt)
-        if target.startswith(("|", "/", ":include:")):
+        try:
+            kind = target_kind(target)
+            if kind == "error":
+                raise _error_reply(*error_target(target))
+        except BadValue:
+            raise expansion_problem(rcpt, "malformed error: target") from None
+        if kind in ("command", "file", "include"):
             # Files, commands and includes arrive with the mbox and mda agents;
             # until then they must not be accepted and silently dropped.
-            raise expansion_problem(rcpt, f"target kind not supported yet: {target[:1]}", temporary=True)
-        if "@" in target:
+            raise expansion_problem(rcpt, f"target kind not supported yet: {kind}", temporary=True)
+        if kind == "address":
             action = await self._route(target)
             if action is None:
                 raise PermFail(Reply(550, "5.7.1", f"Invalid recipient: <{rcpt}>"),
@@ -204,13 +208,7 @@ def system_userinfo(user: str) -> Userinfo | None:
     return Userinfo(username=pw.pw_name, uid=pw.pw_uid, gid=pw.pw_gid, home=pw.pw_dir)
 
 
-def _error_target(target: str, rcpt: str) -> Exception:
+def _error_reply(code: int, text: str) -> MailError:
     """`error:NNN text`: the RCPT gets that reply (SPEC §3)."""
-    body = target.split(":", 2)[-1] if target.startswith(":") else target.split(":", 1)[1]
-    code_text, _, text = body.strip().partition(" ")
-    if len(code_text) == 3 and code_text.isdigit() and code_text[0] in "45":
-        code = int(code_text)
-        enhanced = f"{code_text[0]}.0.0"
-        kind = TempFail if code < 500 else PermFail
-        return kind(Reply(code, enhanced, text.strip() or "Error"))
-    return expansion_problem(rcpt, "malformed error: target")
+    kind = TempFail if code < 500 else PermFail
+    return kind(Reply(code, f"{code // 100}.0.0", text or "Error"))

@@ -223,8 +223,42 @@ def split_targets(raw: str) -> tuple[str, ...]:
 _USER_TARGET: Final = re.compile(r"[A-Za-z0-9_.+-]+\Z")
 
 
+TargetKind = Literal["error", "include", "command", "file", "address", "user"]
+
+
+def target_kind(target: str) -> TargetKind:
+    """Which kind of SPEC §3 *Targets* `target` is, by its first characters.
+
+    The one classification both the table (to check a value at load) and
+    recipient expansion (to act on it) use; `check_target` says whether the
+    rest of the target is well formed for its kind.
+    """
+    lowered = target.lower()
+    if lowered.startswith(("error:", ":error:")):
+        return "error"
+    if lowered.startswith(":include:"):
+        return "include"
+    if target.startswith("|"):
+        return "command"
+    if target.startswith("/"):
+        return "file"
+    if "@" in target:
+        return "address"
+    return "user"
+
+
+def error_target(target: str) -> tuple[int, str]:
+    """`error:NNN text` / `:error:NNN text` -> (NNN, text); BadValue unless
+    NNN is a 4xx or 5xx code."""
+    body = target.split(":", 2)[2] if target.startswith(":") else target.split(":", 1)[1]
+    code, _, text = body.strip().partition(" ")
+    if not (len(code) == 3 and code.isascii() and code.isdigit() and code[0] in "45"):
+        raise BadValue("error: target wants a 4xx or 5xx code")
+    return int(code), text.strip()
+
+
 def check_target(target: str) -> None:
-    """Raise BadValue unless `target` is one of the kinds of SPEC §3 *Targets*.
+    """Raise BadValue unless `target` is a well-formed target of its kind.
 
     `error:NNN text` (or `:error:`, NNN starting 4 or 5), `:include:/abs`,
     `|command`, `/abs/path` (mbox) or `/abs/path/` (maildir), `local@domain`,
@@ -234,29 +268,20 @@ def check_target(target: str) -> None:
     """
     if any(not c.isprintable() for c in target):
         raise BadValue("target contains control characters")
-    lowered = target.lower()
-    if lowered.startswith(("error:", ":error:")):
-        body = target.split(":", 2)[2] if target.startswith(":") else target.split(":", 1)[1]
-        code = body.strip()[:3]
-        if not (len(code) == 3 and code.isascii() and code.isdigit() and code[0] in "45"):
-            raise BadValue("error: target wants a 4xx or 5xx code")
-        return
-    if lowered.startswith(":include:"):
+    kind = target_kind(target)
+    if kind == "error":
+        error_target(target)
+    elif kind == "include":
         if not target[len(":include:"):].strip().startswith("/"):
             raise BadValue(":include: target wants an absolute path")
-        return
-    if target.startswith("|"):
+    elif kind == "command":
         if not target[1:].strip():
             raise BadValue("| target without a command")
-        return
-    if target.startswith("/"):
-        return
-    if "@" in target:
+    elif kind == "address":
         local, _, domain = target.rpartition("@")
         if not local or not domain or any(c.isspace() for c in target):
             raise BadValue("target is not a valid address")
-        return
-    if not _USER_TARGET.match(target):
+    elif kind == "user" and not _USER_TARGET.match(target):
         raise BadValue("target is not a user, an address, a /path, a |command,"
                        " :include: or error:")
 
