@@ -160,3 +160,15 @@ def test_key_orders():
     assert virtual_keys("user", "dom", "+") == ["user@dom", "user", "@dom", "@"]
     assert alias_keys("user+tag", "+") == ["user+tag", "user"]
     assert alias_keys("+tag", "+") == ["+tag"]
+
+
+async def test_default_userbase_is_the_system_password_database(tmp_path):
+    """Without `userbase`, a local user is a system account (`<getpwnam>`)."""
+    config = parse('action "sys" maildir\nmatch from local for local action "sys"\n',
+                   str(tmp_path / "smtpd.conf"))
+    expander = Expander({}, config.limits, lambda a: None)
+    [d] = await expander.expand("root@localhost", config.actions["sys"])
+    assert d.user == "root"
+    with pytest.raises(PermFail) as e:
+        await expander.expand("no-such-user-here@localhost", config.actions["sys"])
+    assert e.value.reply.enhanced == "5.1.1"

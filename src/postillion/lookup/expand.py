@@ -22,12 +22,12 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Mapping
+from typing import Awaitable, Callable, Final, Mapping
 
 from postillion.config.model import ActionDecl, Limits
 from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.table.services import Service
-from postillion.table.table import Table
+from postillion.table.table import Table, open_table
 from postillion.table.values import BadValue, ExpandList, Userinfo, error_target, target_kind
 
 #: Re-runs the rules for an address found in an alias (SPEC §3: "through the
@@ -191,21 +191,15 @@ class Expander:
         return await userinfo(self._tables, action, user)
 
 
+#: `<getpwnam>`, the default userbase: the system password database, through
+#: the table layer (a thread, the table timeout, NSS failure = ERROR).
+SYSTEM_USERBASE: Final = open_table("<getpwnam>", "getpwnam", None)
+
+
 async def userinfo(tables: Mapping[str, Table], action: ActionDecl, user: str) -> Userinfo | None:
-    """The user's uid/gid/home from the action's userbase (system passwd by default)."""
-    if action.userbase is not None:
-        return await tables[action.userbase].lookup(Service.USERINFO, user)
-    return system_userinfo(user)
-
-
-def system_userinfo(user: str) -> Userinfo | None:
-    """`<getpwnam>`: the default userbase, the system's password database."""
-    import pwd
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        return None
-    return Userinfo(username=pw.pw_name, uid=pw.pw_uid, gid=pw.pw_gid, home=pw.pw_dir)
+    """The user's uid/gid/home from the action's userbase (system accounts by default)."""
+    table = tables[action.userbase] if action.userbase is not None else SYSTEM_USERBASE
+    return await table.lookup(Service.USERINFO, user)
 
 
 def _error_reply(code: int, text: str) -> MailError:
