@@ -110,7 +110,12 @@ class Daemon:
             return await ruleset.match(INTERNAL, "", address)
 
         expander = Expander(self.tables, self.config.limits, route)
-        envelopes = await self.store.open()
+        try:
+            envelopes = await self.store.open()
+        except OSError as e:
+            await close_tables(self.tables)
+            raise StartupError(f"queue {self.spool}: {e.strerror or e}"
+                               f"{f': {e.filename}' if e.filename else ''}") from None
         self.scheduler = Scheduler(self.store, self.dispatch)
         # The store schedules what it commits: an envelope is never durable
         # yet unscheduled, even if its session dies right after the commit.

@@ -35,3 +35,14 @@ def test_help_everywhere():
     for args in (["--help"], ["run", "--help"], ["check", "--help"]):
         result = postillion(*args)
         assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_run_with_an_unusable_spool_says_so_in_one_line(tmp_path):
+    from postillion.demo import ensure_demo
+    paths = ensure_demo(tmp_path / "var")
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the spool's parent should be")
+    result = postillion("run", "-d", "-f", str(paths.config), "-s", str(blocker / "spool"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith(f"postillion: queue {blocker / 'spool'}: ")
