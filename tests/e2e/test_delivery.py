@@ -48,13 +48,14 @@ def test_smtplib_message_lands_in_maildir_exactly(running):
     assert sum(1 for line in added if line.startswith(b"Received:")) == 1
     assert b"by mx.example.test (Postillion) with ESMTP id " in b"\n".join(added)
     assert b"for <alice@example.test>;" in b"\n".join(added)
+    assert b"Received: from client.example.net (localhost [127.0.0.1])" in added[2]
     # RFC 5322 §3.3: "-0000" means "zone unknown"; we know ours.
     assert re.search(rb";\n\t\w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}$",
                      b"\n".join(added))
     assert not b"\n".join(added).endswith(b"-0000")
     assert b"Delivered-To: alice@example.test" in added[1]
     log = running.log()
-    assert "smtp connected address=127.0.0.1" in log
+    assert "smtp connected address=127.0.0.1 host=localhost" in log  # PTR via /etc/hosts
     assert "smtp message msgid=" in log and "nrcpt=1" in log
     assert "mda delivery evpid=" in log and "result=Ok stat=Delivered" in log
     # Once delivered, nothing is left in the queue.

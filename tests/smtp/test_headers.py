@@ -53,3 +53,16 @@ def test_masquerade_from():
     assert masquerade_from(head, "me@example.org") == b"Subject: a\r\nFrom: \"X Y\" <me@example.org>\r\nTo: z\r\n"
     assert masquerade_from(b"From: x@y\r\n", "me@o") == b"From: me@o\r\n"
     assert masquerade_from(b"From:\r\n\tx@y\r\nA: b\r\n", "me@o") == b"From: me@o\r\nA: b\r\n"
+
+
+async def test_reverse_dns_names_loopback_and_refuses_odd_names():
+    from postillion.smtp.session import reverse_dns
+    assert await reverse_dns("127.0.0.1", 5) == "localhost"   # /etc/hosts
+    assert await reverse_dns("local", 5) == "localhost"
+    assert await reverse_dns("not an address", 5) == "<unknown>"
+
+
+def test_received_header_shows_the_rdns_name():
+    header = received_header("helo.example", "192.0.2.7", "mx.example.test", 0x1a2b3c4d,
+                             ["a@example.test"], True, rdns="client.example.net")
+    assert header.startswith(b"Received: from helo.example (client.example.net [192.0.2.7])\r\n")

@@ -98,7 +98,7 @@ def clean(text: str) -> str:
 
 
 def received_header(helo: str, peer: str, hostname: str, msgid: int, rcpts: Sequence[str],
-                    extended: bool, *, tls: tuple[str, str] | None = None, user: str | None = None,
+                    extended: bool, *, rdns: str = "<unknown>", tls: tuple[str, str] | None = None, user: str | None = None,
                     show_auth: bool = False, smtputf8: bool = False, mask_src: bool = False) -> bytes:
     """The `Received:` trace header of SPEC §7.5 (RFC 5321 §4.4).
 
@@ -118,7 +118,7 @@ def received_header(helo: str, peer: str, hostname: str, msgid: int, rcpts: Sequ
     if mask_src:
         lines.append(f"Received: {by}")
     else:
-        lines.append(f"Received: from {clean(helo) or 'unknown'} (<unknown> [{literal}])")
+        lines.append(f"Received: from {clean(helo) or 'unknown'} ({clean(rdns) or '<unknown>'} [{literal}])")
         lines.append(f"\t{by}")
     if tls is not None:
         lines.append(f"\t({tls[0]}:{tls[1]})")

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import re
+import socket
 import ssl
 import time
 import unicodedata
@@ -112,6 +114,33 @@ def protocol_limits(limits: Limits) -> p.ProtocolLimits:
         max_rejected_rcpt=limits.max_rejected_rcpt)
 
 
+UNKNOWN_HOST = "<unknown>"
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\Z")
+
+
+async def reverse_dns(address: str, timeout: float) -> str:
+    """The client's PTR name, for the log and `Received:` (SPEC §7.5, §9).
+
+    Through the system resolver (so /etc/hosts answers for loopback), bounded
+    by `timeout`; no name, a failure, a timeout, or a name that is not a
+    plain host name (a PTR record is the client's to write) all give
+    `<unknown>`.  Not forward-confirmed: this name is only shown, never
+    trusted (`from rdns` comes later, with its own check).
+    """
+    if address == "local":
+        return "localhost"
+    loop = asyncio.get_running_loop()
+    try:
+        name, _ = await asyncio.wait_for(
+            loop.getnameinfo((address, 0), socket.NI_NAMEREQD), timeout)
+    except (OSError, asyncio.TimeoutError, UnicodeError):
+        return UNKNOWN_HOST
+    name = name.rstrip(".")
+    if len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+        return UNKNOWN_HOST
+    return name.lower()
+
+
 class Session:
     """Drives one connection from banner to close."""
 
@@ -138,9 +167,11 @@ class Session:
         self.tls: tuple[str, str] | None = None
         self.tx: Transaction | None = None
         self._line_started: float | None = None
+        self.rdns = UNKNOWN_HOST
 
     async def run(self) -> None:
-        log.smtp_connected(self.sid, self.peer, "<unknown>")
+        self.rdns = await reverse_dns(self.peer, self.ctx.tuning.rdns_timeout)
+        log.smtp_connected(self.sid, self.peer, self.rdns)
         reason = "disconnect"
         try:
             if self.smtps:
@@ -418,7 +449,7 @@ class Session:
             listen = self.ctx.listen
             incoming.write(received_header(
                 self.helo, self.peer, self.hostname, incoming.msgid, rcpts, self.extended,
-                tls=self.tls, user=self.username,
+                rdns=self.rdns, tls=self.tls, user=self.username,
                 show_auth=listen is not None and listen.received_auth,
                 smtputf8=self.proto.smtputf8, mask_src=listen is not None and listen.mask_src))
         except (OSError, MailError) as e:
@@ -534,7 +565,7 @@ class Session:
             for d in deliveries:
                 out.append(incoming.envelope(
                     dispatcher=d.dispatcher, type="mda",
-                    smtpname=self.hostname, helo=clean(self.helo), hostname="<unknown>",
+                    smtpname=self.hostname, helo=clean(self.helo), hostname=self.rdns,
                     sockaddr=self.peer, sender=tx.sender, rcpt=rcpt, dest=d.dest,
                     ctime=now, mda_user=d.user, mda_subaddress=d.subaddress,
                     username=self.username or "", flags=frozenset(flags),

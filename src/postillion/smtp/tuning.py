@@ -26,6 +26,9 @@ class Tuning:
     #: A failed AUTH is answered after a uniformly random delay in [0, this]
     #: (SPEC §6.2: 535 after 0-1 s), to slow password guessing.
     auth_failure_delay: float = 1.0 * SECONDS
+    #: The client's PTR lookup, before the banner: a resolver that does not
+    #: answer within this costs the client this wait once, then `<unknown>`.
+    rdns_timeout: float = 5.0 * SECONDS
     #: Most header octets scanned for `Received:` hops and a bad first line.
     header_scan_limit: int = 1024 * 1024
 
