@@ -13,8 +13,6 @@ import smtplib
 import subprocess
 import sys
 
-import pytest
-
 from postillion.config import support
 
 from tests.e2e.conftest import DOMAIN, daemon  # noqa: F401  (the fixture)

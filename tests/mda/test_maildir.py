@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from postillion.errors import PermFail, TempFail
+from postillion.errors import PermFail
 from postillion.mda import maildir, worker
 from postillion.mda.agent import MdaJob, _deliver_here, maildir_path
 from postillion.mda.format import FormatEnv, FormatError, expand
