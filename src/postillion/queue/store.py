@@ -369,32 +369,34 @@ class QueueStore:
 
     def _sync_fs_for(self, indexes: list[int], errors: list[str | None]) -> bool:
         """One syncfs for every txn of the batch; on failure fail them all."""
-        assert self._syncfs is not None
         if not indexes:
             return True
-        try:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                self._syncfs(fd)
-            finally:
-                os.close(fd)
-            return True
-        except OSError as e:
-            for i in indexes:
-                if errors[i] is None:
-                    errors[i] = f"syncfs {self.root}: {e}"
-            return False
+        return self._sync_for(indexes, errors, f"syncfs {self.root}", self._syncfs_root)
 
     def _sync_dir_for(self, path: Path, indexes: list[int], errors: list[str | None]) -> bool:
         """fsync one directory shared by several txns; on failure fail them all."""
+        return self._sync_for(indexes, errors, f"fsync {path}", lambda: self._fsync_dir(path))
+
+    @staticmethod
+    def _sync_for(indexes: list[int], errors: list[str | None], what: str,
+                  sync: Callable[[], None]) -> bool:
+        """Run one flush shared by the txns at `indexes`; a failure fails each."""
         try:
-            self._fsync_dir(path)
+            sync()
             return True
         except OSError as e:
             for i in indexes:
                 if errors[i] is None:
-                    errors[i] = f"fsync {path}: {e}"
+                    errors[i] = f"{what}: {e}"
             return False
+
+    def _syncfs_root(self) -> None:
+        assert self._syncfs is not None
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._syncfs(fd)
+        finally:
+            os.close(fd)
 
     # -- after delivery attempts -------------------------------------------
 
