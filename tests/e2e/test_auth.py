@@ -184,3 +184,29 @@ def test_system_accounts_when_auth_has_no_table(secure_uvloop, tmp_path):
     with smtplib.SMTP_SSL(proc.host, proc.ports["smtps"], timeout=10, context=ctx) as client:
         client.ehlo("client.example.net")
         assert client.login("marc", "unix pw")[0] == 235
+
+
+MESSAGE = b"Subject: split\r\n\r\nbody\r\n"
+
+
+@pytest.mark.parametrize("cut", range(13, 20))
+def test_bdat_chunk_splitting_the_header_end_still_gets_date(secure_uvloop, cut):
+    """Wherever a BDAT chunk boundary cuts the CRLF CRLF ending the header
+    (even between a CR and its LF), the missing Date:/Message-ID: go in the
+    header, and nowhere else."""
+    proc = secure_uvloop
+    with submission(proc) as client:
+        client.login(USER, PASSWORD)
+        client.ehlo("client.example.net")
+        assert client.mail(f"{USER}@example.test")[0] == 250
+        assert client.rcpt("alice@example.test")[0] == 250
+        part1, part2 = MESSAGE[:cut], MESSAGE[cut:]
+        client.send(b"BDAT %d\r\n" % len(part1) + part1)
+        assert client.getreply()[0] == 250
+        client.send(b"BDAT %d LAST\r\n" % len(part2) + part2)
+        assert client.getreply()[0] == 250
+    [path] = proc.wait_delivered("alice")
+    head, body = path.read_bytes().split(b"\n\n", 1)
+    assert b"\nSubject: split" in head
+    assert b"\nDate: " in head and b"\nMessage-ID: <" in head
+    assert body == b"body\n"
