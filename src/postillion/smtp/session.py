@@ -284,9 +284,10 @@ class Session:
                     # A line was consumed: what is left started in the last read.
                     self._line_started = read_at
                 try:
-                    data = await asyncio.wait_for(self.reader.read(READ_SIZE),
-                                                  self._read_timeout(deadline))
-                except asyncio.TimeoutError:
+                    # asyncio.timeout, not wait_for: no task per read (the hot path).
+                    async with asyncio.timeout(self._read_timeout(deadline)):
+                        data = await self.reader.read(READ_SIZE)
+                except TimeoutError:
                     self.proto.send(REPLY_TIMEOUT)
                     await self._flush()
                     return "timeout"
@@ -584,7 +585,8 @@ class Session:
         data = self.proto.data_to_send()
         if data:
             self.writer.write(data)
-        await asyncio.wait_for(self.writer.drain(), self.ctx.limits.command_timeout)
+        async with asyncio.timeout(self.ctx.limits.command_timeout):
+            await self.writer.drain()
 
     async def _close(self) -> None:
         try:
