@@ -71,11 +71,14 @@ CONFIG = """\
 # Postillion demo configuration, written by `postillion run` (make run).
 # Every user, domain and alias lives in {db}, described by
 # {backend}; edit either freely, they are not overwritten.
+# Another port for one run: postillion run -D port=2526
+port = "{port}"
+
 table domains  sqlite:{backend}
 table virtuals sqlite:{backend}
 table users    sqlite:{backend}
 
-listen on 127.0.0.1 port {port} hostname {hostname}
+listen on 127.0.0.1 port $port hostname {hostname}
 
 action "local_mail" maildir virtual <virtuals> userbase <users>
 
