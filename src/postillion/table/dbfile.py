@@ -30,7 +30,7 @@ from typing import Final
 from postillion.fsutil import fsync_dir
 from postillion.table.errors import BackendError
 from postillion.table.services import Service
-from postillion.table.textformat import entry_problem, logical_lines, split_map_line
+from postillion.table.textformat import entry_problem, logical_lines, map_entry, note_key
 from postillion.table.values import BadValue, MalformedValue, parse_value
 
 TYPES: Final = ("map", "set", "aliases")
@@ -98,12 +98,7 @@ def parse_source(text: str, origin: str, kind: str,
         if kind == "set":
             key, value = line.lower(), line
         else:
-            key, value = split_map_line(line)
-            if not key:
-                raise BackendError(f"{origin}:{number}: line starts with a separator, no key")
-            if not value:
-                raise BackendError(f'{origin}:{number}: key "{key}" has no value')
-            key = key.lower()
+            key, value = map_entry(line, origin, number)
             if kind == "aliases":
                 try:
                     parse_value(Service.ALIAS, key, value)
@@ -111,11 +106,7 @@ def parse_source(text: str, origin: str, kind: str,
                     bad = BadValue(f"malformed alias value: {e.reason}")
                     raise BackendError(f"{origin}:{number}: {entry_problem(key, 0, value, bad)}"
                                        ) from None
-        seen = first.get(key)
-        if seen is not None:
-            raise BackendError(f'{origin}:{number}: duplicate key "{key}"'
-                               f" (first on line {seen})")
-        first[key] = number
+        note_key(first, key, origin, number)
         entries.append(Entry(key, value, number))
     return entries
 

@@ -127,6 +127,27 @@ def check_contents(contents: Contents, check: EntryCheck) -> None:
             raise BackendError(entry_problem(key, index, raw, bad)) from None
 
 
+def map_entry(line: str, origin: str, number: int) -> tuple[str, str]:
+    """One map line of the text format -> (lowercased key, value as written).
+
+    Shared by file tables and makemap, so both refuse the same lines with
+    the same words: BackendError naming `origin:line`.
+    """
+    key, value = split_map_line(line)
+    if not key:
+        raise BackendError(f"{origin}:{number}: line starts with a separator, no key")
+    if not value:
+        raise BackendError(f'{origin}:{number}: key "{key}" has no value')
+    return key.lower(), value
+
+
+def note_key(first_seen: dict[str, int], key: str, origin: str, number: int) -> None:
+    """Record where `key` was first seen; a second time is an error naming both lines."""
+    seen = first_seen.setdefault(key, number)
+    if seen != number:
+        raise BackendError(f'{origin}:{number}: duplicate key "{key}" (first on line {seen})')
+
+
 def parse_table_text(text: str, origin: str, check: EntryCheck | None = None) -> Contents:
     """Parse a file table (SPEC §2.1); keys lowercased, values as written.
 
@@ -156,16 +177,8 @@ def parse_table_text(text: str, origin: str, check: EntryCheck | None = None) ->
                     raise BackendError(f"{origin}:{number}: "
                                        f"{entry_problem(None, len(elements), line, bad)}") from None
             continue
-        key, value = split_map_line(line)
-        if not key:
-            raise BackendError(f"{origin}:{number}: line starts with a separator, no key")
-        if not value:
-            raise BackendError(f'{origin}:{number}: key "{key}" has no value')
-        folded = key.lower()
-        if folded in first_seen:
-            raise BackendError(
-                f'{origin}:{number}: duplicate key "{folded}" (first on line {first_seen[folded]})')
-        first_seen[folded] = number
+        folded, value = map_entry(line, origin, number)
+        note_key(first_seen, folded, origin, number)
         mapping[folded] = value
         if check is not None:
             try:

@@ -44,8 +44,9 @@ class BadValue(Exception):
 class ExpandList:
     """alias: the targets a key expands to, in order (SPEC §3 *Targets*).
 
-    Targets are kept as text; `lookup/` tells `|command`, `/path`,
-    `:include:`, `error:` and addresses apart.
+    Targets are kept as text; `target_kind` tells `|command`, `/path`,
+    `:include:`, `error:`, addresses and users apart, for the table's load
+    check and for `lookup/` alike.
     """
 
     targets: tuple[str, ...]
