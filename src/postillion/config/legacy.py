@@ -178,23 +178,28 @@ def rule(p: Parser, s: Stream, kw: Token) -> None:
         p.st.matches.append(MatchDecl(auth, kw.pos, name))
 
 
-def _from(p: Parser, s: Stream, opt: Token) -> Criterion:
-    """`from any|local|<t>|NET|{ ... }`: any/local as in 6.8, the rest = from src."""
+def _any_or_local(p: Parser, s: Stream, opt: Token, side: str) -> Criterion | None:
+    """`from|for any|local`, as in 6.8; None when the next word is neither."""
     tok = s.peek()
     if tok.kind is Kind.WORD and tok.text in ("any", "local"):
         s.next()
-        p.use(f"match from {tok.text}", opt.pos)
-        return Criterion(f"from-{tok.text}", opt.pos)
+        p.use(f"match {side} {tok.text}", opt.pos)
+        return Criterion(f"{side}-{tok.text}", opt.pos)
+    return None
+
+
+def _from(p: Parser, s: Stream, opt: Token) -> Criterion:
+    """`from any|local|<t>|NET|{ ... }`: any/local as in 6.8, the rest = from src."""
+    if (criterion := _any_or_local(p, s, opt, "from")) is not None:
+        return criterion
     p.use("match from src", opt.pos)
     return Criterion("from-src", opt.pos, False, p.table_value(s, "from", LEGACY_WORDS))
 
 
 def _for(p: Parser, s: Stream, opt: Token) -> Criterion:
+    if (criterion := _any_or_local(p, s, opt, "for")) is not None:
+        return criterion
     tok = s.peek()
-    if tok.kind is Kind.WORD and tok.text in ("any", "local"):
-        s.next()
-        p.use(f"match for {tok.text}", opt.pos)
-        return Criterion(f"for-{tok.text}", opt.pos)
     if tok.kind is Kind.WORD and tok.text == "domain":
         s.next()
         p.use("match for domain", opt.pos)
