@@ -39,10 +39,6 @@ class Reply:
     def is_positive(self) -> bool:
         return self.code < 400
 
-    @property
-    def is_temporary(self) -> bool:
-        return 400 <= self.code < 500
-
     def all_lines(self) -> list[str]:
         """Each line as sent, without CRLF: enhanced code prefixed when set."""
         texts = [self.text, *self.lines]

@@ -11,7 +11,7 @@ import os
 from typing import Mapping
 
 from postillion.config.errors import ConfigError
-from postillion.config.model import Config, Position
+from postillion.config.model import Config
 from postillion.config.parser import Parser
 
 __all__ = ["ConfigError", "load", "parse"]

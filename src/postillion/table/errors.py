@@ -41,10 +41,6 @@ class MalformedValue(ValueError):
             f"{where}malformed {service.value} value for key {printable(key, service)}: {reason}"
         )
 
-    def in_table(self, table: str) -> MalformedValue:
-        """The same error, now naming the table it came from."""
-        return MalformedValue(self.service, self.key, self.reason, table)
-
 
 def _escape(c: str) -> str:
     if c in '"\\':
