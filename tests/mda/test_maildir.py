@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import pytest
 
 from postillion.errors import PermFail
 from postillion.mda import maildir, worker
-from postillion.mda.agent import MdaJob, _deliver_here, maildir_path
+from postillion.mda.agent import MdaAgent, MdaJob, _deliver_here, maildir_path, open_anchor
 from postillion.mda.format import FormatEnv, FormatError, expand
 from postillion.table.values import Userinfo
 
@@ -61,18 +62,60 @@ def test_unwritable_home_is_temporary_a_file_in_the_way_permanent(tmp_path):
     with pytest.raises(PermFail):          # ENOTDIR: no retry will fix it
         j = job(tmp_path, home=blocker / "bob")
         _deliver_here(maildir_path(j), j)
-    status, reason = worker.deliver_maildir_bytes(str(blocker / "x" / "Maildir"), PREFIX, MESSAGE)
-    if os.geteuid() == 0:   # a long-lived worker that did not drop privileges refuses
-        assert (status, reason) == (worker.EX_TEMPFAIL, "refusing to deliver as root")
-    else:
-        assert status == worker.EX_PERM and "Not a directory" in reason
 
 
 def test_worker_refuses_root(tmp_path):
-    assert worker.deliver_maildir_as(0, 0, str(tmp_path / "m"), str(tmp_path), b"")[0] == \
-        worker.EX_TEMPFAIL
-    with pytest.raises(PermissionError):
-        worker.become(0, 0)
+    message = tmp_path / "m"
+    message.write_bytes(MESSAGE)
+    fd = os.open(message, os.O_RDONLY)
+    try:
+        if os.geteuid() == 0:
+            assert worker.deliver_job(str(tmp_path / "Maildir"), b"", fd, None) == \
+                (worker.EX_TEMPFAIL, "refusing to deliver as root")
+    finally:
+        os.close(fd)
+    assert worker.main(["0", str(os.getpid()), "0", "0"]) == worker.EX_TEMPFAIL
+
+
+def test_anchor_stops_at_the_first_directory_root_does_not_own(tmp_path):
+    private = tmp_path / "private"           # root's, 0700: nobody cannot enter
+    store = private / "var" / "mail"
+    store.mkdir(parents=True)
+    os.chmod(private, 0o700)
+    os.chown(store, 65534, 65534)
+    fd, rel = open_anchor(store / "alice" / "Maildir")
+    try:
+        assert os.path.samestat(os.fstat(fd), os.stat(private / "var"))
+        assert rel == "mail/alice/Maildir"
+    finally:
+        os.close(fd)
+
+
+async def test_worker_process_delivers_as_the_user_under_a_private_directory(tmp_path):
+    """A Maildir below a 0700 root directory (a checkout in /root): the
+    worker runs as nobody, yet delivers, and never as root."""
+    private = tmp_path / "private"
+    home = private / "var" / "mail" / "bob"
+    home.mkdir(parents=True)
+    os.chmod(private, 0o700)
+    os.chown(home, 65534, 65534)
+    j = job(tmp_path, home=home)
+    j = MdaJob(message=j.message, prefix=PREFIX, path_template=None,
+               user=Userinfo("bob", 65534, 65534, str(home)), sender=j.sender, rcpt=j.rcpt,
+               dest=j.dest)
+    agent = MdaAgent()
+    try:
+        await agent.deliver_maildir(j)
+        [pid] = agent.worker_pids()
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert "\nUid:\t65534\t65534\t65534\t65534\n" in status
+        groups = next(line for line in status.splitlines() if line.startswith("Groups:"))
+        assert groups.split() == ["Groups:"]
+    finally:
+        await agent.stop()
+    [path] = list((home / "Maildir" / "new").iterdir())
+    assert path.read_bytes() == (PREFIX + MESSAGE).replace(b"\r\n", b"\n")
+    assert path.stat().st_uid == 65534
 
 
 def test_path_templates_cannot_leave_their_directory(tmp_path):

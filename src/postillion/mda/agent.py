@@ -1,11 +1,16 @@
 """The local delivery agent: runs one envelope's delivery as its user.
 
 Never as root (a project rule, and OpenSMTPD's): when the daemon is root the
-delivery runs in a worker process started with the recipient's uid/gid from
-the userinfo table (`worker.py`); a userinfo that says uid 0 is refused
-(temporarily, so the administrator can fix the table without losing mail).
-When the daemon is not root it can only deliver as itself, in a thread off
-the event loop.
+delivery runs in a worker process (`worker.py`) that dropped to the
+recipient's uid/gid from the userinfo table; a userinfo that says uid 0 is
+refused (temporarily, so the administrator can fix the table without losing
+mail).  When the daemon is not root it can only deliver as itself, in a
+thread off the event loop.
+
+Workers are long-lived, a few per (uid, gid) -- in a virtual setup usually
+one vmail uid, so one pool -- and each serves one job at a time over its own
+socketpair.  The daemon opens the queued message and the Maildir's anchor
+(see `worker.py`) and passes the descriptors: a worker never gets the spool.
 
 Results: return = delivered; `TempFail` = retry later; `PermFail` = bounce.
 """
@@ -13,25 +18,30 @@ Results: return = delivered; `TempFail` = retry later; `PermFail` = bounce.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import json
+import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import socket
+import stat
+import subprocess
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Final
 
 from postillion.errors import PermFail, Reply, TempFail
 from postillion.mda import maildir, worker
 from postillion.mda.format import FormatEnv, FormatError, expand
 from postillion.table.values import Userinfo
 
-WORKER_TIMEOUT = 300.0  # seconds a delivery may take before it counts as failed
-MAX_WORKERS = 8         # deliveries in flight at once (mda limit max-session comes later)
-WORKERS_PER_USER = 2    # long-lived workers per (uid, gid)
-MAX_USER_POOLS = 32     # distinct (uid, gid) pools kept; the least recently used goes
-INLINE_MAX = 1024 * 1024  # messages up to this size go through a long-lived worker
+logger = logging.getLogger("postillion.mda")
+
+WORKER_TIMEOUT: Final = 300.0  # seconds a delivery may take before it counts as failed
+MAX_WORKERS: Final = 8         # deliveries in flight at once (mda limit max-session comes later)
+WORKERS_PER_USER: Final = 2    # long-lived workers per (uid, gid)
+MAX_USER_POOLS: Final = 32     # distinct (uid, gid) pools kept; the least recently used goes
+RETIRE_GRACE: Final = 2.0      # seconds a retired worker gets to exit before SIGKILL
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,31 +77,131 @@ def maildir_path(job: MdaJob) -> Path:
     return path
 
 
+def open_anchor(path: Path) -> tuple[int, str]:
+    """Open the deepest directory of `path` whose every component is a
+    directory owned by root; return it (O_PATH) and the rest, relative.
+
+    Only root-owned directories are resolved here, as root: nothing the
+    recipient could replace by a link.  The worker resolves the rest."""
+    anchor = Path("/")
+    rest = list(path.parts[1:])
+    while rest:
+        candidate = anchor / rest[0]
+        try:
+            st = os.lstat(candidate)
+        except OSError:
+            break
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+            break
+        anchor = candidate
+        rest.pop(0)
+    fd = os.open(anchor, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    return fd, str(Path(*rest)) if rest else "."
+
+
+class Worker:
+    """One worker process and its end of the channel."""
+
+    def __init__(self, uid: int, gid: int) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            # Exec'd, not forked: the daemon has threads, and a fresh
+            # interpreter inherits none of their locks.  Started from the
+            # event loop's thread, which lives as long as the daemon: the
+            # parent-death signal follows the thread that forked.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "postillion.mda.worker", str(theirs.fileno()),
+                 str(os.getpid()), str(uid), str(gid)],
+                pass_fds=(theirs.fileno(),), cwd="/", stdin=subprocess.DEVNULL,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONSAFEPATH": "1"})
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self.channel = ours
+
+    async def run(self, root: str, prefix: bytes, fds: list[int]) -> tuple[int, str]:
+        """Send one job, wait for its answer; OSError/EOFError if the worker is gone."""
+        loop = asyncio.get_running_loop()
+        # One job at a time per worker: the send buffer is empty, so this
+        # small frame never blocks.
+        socket.send_fds(self.channel, [worker.encode_job(root, prefix)], fds)
+        data = await loop.sock_recv(self.channel, worker.MAX_FRAME)
+        if not data:
+            raise EOFError("delivery worker died")
+        answer = json.loads(data)
+        return int(answer["status"]), str(answer["reason"])
+
+    async def retire(self) -> None:
+        """Close the channel (the worker exits on EOF) and reap it."""
+        self.channel.close()
+        try:
+            await asyncio.to_thread(self.proc.wait, RETIRE_GRACE)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait)
+
+
+class UserPool:
+    """Up to WORKERS_PER_USER workers of one (uid, gid), started on demand."""
+
+    def __init__(self, uid: int, gid: int) -> None:
+        self.uid, self.gid = uid, gid
+        self.idle: list[Worker] = []
+        self.busy: set[Worker] = set()
+        self.closed = False
+        self._free = asyncio.Condition()
+
+    async def acquire(self) -> Worker:
+        async with self._free:
+            while not self.idle and len(self.busy) >= WORKERS_PER_USER:
+                await self._free.wait()
+            w = self.idle.pop() if self.idle else Worker(self.uid, self.gid)
+            self.busy.add(w)
+            return w
+
+    async def release(self, w: Worker, healthy: bool) -> None:
+        self.busy.discard(w)
+        if healthy and not self.closed:
+            self.idle.append(w)
+        else:
+            if not healthy:
+                w.proc.kill()
+            await w.retire()
+        async with self._free:
+            self._free.notify()
+
+    async def close(self) -> None:
+        """Retire the idle workers now, the busy ones when their job ends."""
+        self.closed = True
+        workers, self.idle = self.idle, []
+        await asyncio.gather(*(w.retire() for w in workers), return_exceptions=True)
+
+
 class MdaAgent:
     """Runs local deliveries, each as its recipient (see the module doc).
 
-    Under root: small messages go to long-lived workers per (uid, gid) --
-    in a virtual setup usually one vmail uid, so one pool -- and large ones
-    to a process forked per delivery.  `MAX_WORKERS` bounds deliveries in
-    flight; the rest wait here, cancellable, so a stop is prompt.
+    `MAX_WORKERS` bounds deliveries in flight; the rest wait here,
+    cancellable, so a stop is prompt.
     """
 
     def __init__(self) -> None:
-        self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["postillion.mda.worker"])
-        self._oneshot: ProcessPoolExecutor | None = None
-        self._pools: OrderedDict[tuple[int, int], ProcessPoolExecutor] = OrderedDict()
+        self._pools: OrderedDict[tuple[int, int], UserPool] = OrderedDict()
         self._slots = asyncio.Semaphore(MAX_WORKERS)
 
     def start(self) -> None:
         """Nothing to do until the first delivery: pools start on demand."""
 
     async def stop(self) -> None:
-        pools = [*self._pools.values(), *([self._oneshot] if self._oneshot else [])]
+        pools = list(self._pools.values())
         self._pools.clear()
-        self._oneshot = None
-        for pool in pools:
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        await asyncio.gather(*(p.close() for p in pools), return_exceptions=True)
+
+    def worker_pids(self) -> list[int]:
+        """The running workers' pids (for tests and `ctl`)."""
+        return [w.proc.pid for p in self._pools.values() for w in (*p.idle, *p.busy)]
 
     async def deliver_maildir(self, job: MdaJob) -> None:
         """Deliver one message into the user's Maildir, as the user."""
@@ -103,63 +213,60 @@ class MdaAgent:
                 return
             if job.user.uid == 0 or job.user.gid == 0:
                 raise temp(f"refusing to deliver as root for user {job.user.username}")
+            fds, rel = await asyncio.to_thread(_open_job, job.message, root)
             try:
-                size = job.message.stat().st_size
-            except OSError as e:
-                raise temp(f"queued message unreadable: {e.strerror or e}") from None
-            if size <= INLINE_MAX:
-                await self._inline(root, job)
-            else:
-                await self._forked(root, job)
+                await self._run(job.user, rel, job.prefix, fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
 
-    async def _inline(self, root: Path, job: MdaJob) -> None:
+    async def _run(self, user: Userinfo, rel: str, prefix: bytes, fds: list[int]) -> None:
+        pool = self._pool_for((user.uid, user.gid))
         try:
-            data = await asyncio.to_thread(job.message.read_bytes)
+            w = await pool.acquire()
         except OSError as e:
-            raise temp(f"queued message unreadable: {e.strerror or e}") from None
-        key = (job.user.uid, job.user.gid)
-        pool = self._pool_for(key)
-        await self._run(pool, key, worker.deliver_maildir_bytes, str(root), job.prefix, data)
+            raise temp(f"cannot start a delivery worker: {e.strerror or e}") from None
+        healthy = False
+        try:
+            async with asyncio.timeout(WORKER_TIMEOUT):
+                status, reason = await w.run(rel, prefix, fds)
+            healthy = True
+        except TimeoutError:
+            raise temp("delivery timed out") from None
+        except (OSError, EOFError, ValueError, KeyError):
+            # A worker died (or could not drop privileges): start afresh next time.
+            raise temp("delivery worker died") from None
+        finally:
+            await pool.release(w, healthy)
+        if status == worker.EX_OK:
+            return
+        raise temp(reason) if status == worker.EX_TEMPFAIL else perm(reason)
 
-    async def _forked(self, root: Path, job: MdaJob) -> None:
-        if self._oneshot is None:
-            self._oneshot = ProcessPoolExecutor(max_workers=MAX_WORKERS, mp_context=self._ctx,
-                                                max_tasks_per_child=1)
-        await self._run(self._oneshot, None, worker.deliver_maildir_as, job.user.uid,
-                        job.user.gid, str(job.message), str(root), job.prefix)
-
-    def _pool_for(self, key: tuple[int, int]) -> ProcessPoolExecutor:
+    def _pool_for(self, key: tuple[int, int]) -> UserPool:
         pool = self._pools.get(key)
         if pool is not None:
             self._pools.move_to_end(key)
             return pool
         if len(self._pools) >= MAX_USER_POOLS:
             _, old = self._pools.popitem(last=False)
-            old.shutdown(wait=False)
-        pool = ProcessPoolExecutor(max_workers=WORKERS_PER_USER, mp_context=self._ctx,
-                                   initializer=worker.become, initargs=key)
+            asyncio.ensure_future(old.close())
+        pool = UserPool(*key)
         self._pools[key] = pool
         return pool
 
-    async def _run(self, pool: ProcessPoolExecutor, key: tuple[int, int] | None,
-                   fn: Callable[..., tuple[int, str]], *args: object) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            status, reason = await asyncio.wait_for(
-                loop.run_in_executor(pool, fn, *args), WORKER_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise temp("delivery timed out") from None
-        except BrokenProcessPool:
-            # A worker died (or could not drop privileges): start afresh next time.
-            if key is None:
-                self._oneshot = None
-            else:
-                self._pools.pop(key, None)
-            pool.shutdown(wait=False)
-            raise temp("delivery worker died") from None
-        if status == worker.EX_OK:
-            return
-        raise temp(reason) if status == worker.EX_TEMPFAIL else perm(reason)
+
+def _open_job(message: Path, root: Path) -> tuple[list[int], str]:
+    """As root: the message (read-only) and the Maildir's anchor."""
+    try:
+        msg_fd = os.open(message, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise temp(f"queued message unreadable: {e.strerror or e}") from None
+    try:
+        anchor_fd, rel = open_anchor(root)
+    except OSError as e:
+        os.close(msg_fd)
+        raise temp(f"{e.strerror or e}: {e.filename or root}") from None
+    return [msg_fd, anchor_fd], rel
 
 
 def _deliver_here(root: Path, job: MdaJob) -> None:
@@ -167,7 +274,5 @@ def _deliver_here(root: Path, job: MdaJob) -> None:
         with open(job.message, "rb") as message:
             maildir.deliver(root, job.prefix, message)
     except OSError as e:
-        text = f"{e.strerror or e}: {e.filename or root}"
-        if e.errno in worker.PERMANENT_ERRNOS:
-            raise perm(text) from None
-        raise temp(text) from None
+        status, text = worker.os_error_result(e, str(root))
+        raise (perm(text) if status == worker.EX_PERM else temp(text)) from None
