@@ -1,45 +1,50 @@
-"""Checks `postillion check` runs beyond the grammar: can the tables serve?
+"""Checks `postillion check` runs beyond the grammar: would `run` start?
 
 The parser knows every use of a table (`Config.table_uses`); these checks ask
 the table layer whether each backend exists and can serve the service a
-statement needs, and load the local ones (file, db) as the daemon will --
-through the daemon's own `make_table` and `verify` -- so a missing file or a
-malformed value is found by `check`, not at start.  Servers (SQL, LDAP...)
-are not contacted.
+statement needs, and load the local ones (file, db, sqlite) as the daemon
+will -- through the daemon's own `make_table` and `verify` -- so a missing
+file or a malformed value is found by `check`, not at start, and every one
+of them is named in one run.  Then `preflight` runs the daemon's own
+`prepare` (options not implemented yet, tables, certificates, AUTH tables):
+whatever the configuration makes `postillion run` refuse, `check` refuses
+too.  Servers (SQL, LDAP...) are not contacted; the spool and the ports are
+the machine's, not the configuration's, and are left to `run`.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from pathlib import Path
+
 from postillion.config.model import Config, Position
-from postillion.daemon import make_table
+from postillion.daemon import Daemon, StartupError, close_tables, make_table
 from postillion.table.errors import TableError
 from postillion.table.registry import backend_class
 from postillion.table.services import Service
 
 Problem = tuple[Position, str]
 
-#: Every backend SPEC §2 names; one the table layer lacks yet is a warning.
-SPEC_BACKENDS = frozenset({"static", "file", "db", "getpwnam", "sqlite", "postgres", "mysql",
-                           "redis", "ldap", "socketmap", "proc"})
+#: Every backend the documentation names; one the table layer lacks yet is
+#: refused by the daemon, and so by check, with this word.
+KNOWN_BACKENDS = frozenset({"static", "file", "db", "getpwnam", "sqlite", "postgres", "mysql",
+                            "redis", "ldap", "socketmap", "proc"})
 
 #: Backends whose tables are local files: `check` loads them as the daemon will.
-LOCAL_BACKENDS = frozenset({"file", "db"})
+LOCAL_BACKENDS = frozenset({"file", "db", "sqlite"})
 
 
-def table_problems(config: Config) -> tuple[list[Problem], list[Problem]]:
-    """(errors, warnings) about the config's tables; a backend SPEC names but
-    the runtime lacks is a warning (the daemon refuses it at start)."""
+def table_problems(config: Config) -> list[Problem]:
+    """Every problem with the config's tables, each at the line to change."""
     problems: list[Problem] = []
-    later: list[Problem] = []
     for decl in config.tables.values():
         try:
             backend_class(decl.name, decl.backend, decl.config)
         except TableError as e:
-            if decl.backend in SPEC_BACKENDS:
-                later.append((decl.pos, f'table backend "{decl.backend}" is not implemented '
-                                        "by the runtime yet"))
+            if decl.backend in KNOWN_BACKENDS:
+                problems.append((decl.pos, f'table backend "{decl.backend}" is not implemented '
+                                           "by the runtime yet"))
             else:
                 problems.append((decl.pos, str(e)))
     for use in config.table_uses:
@@ -53,7 +58,23 @@ def table_problems(config: Config) -> tuple[list[Problem], list[Problem]]:
             problems.append((use.pos, f"{shown} (backend {decl.backend}) cannot serve the "
                                       f"{use.service} service this statement needs"))
     problems += asyncio.run(_local_table_problems(config))
-    return sorted(set(problems), key=lambda p: p[0]), later
+    return sorted(set(problems), key=lambda p: p[0])
+
+
+def preflight(config: Config) -> str | None:
+    """Why `postillion run` would refuse this configuration, or None.
+
+    The daemon's own `prepare`, on a spool it never opens."""
+    async def dry() -> str | None:
+        daemon = Daemon(config, Path("/nonexistent"))
+        try:
+            await daemon.prepare()
+        except StartupError as e:
+            return str(e)
+        finally:
+            await close_tables(daemon.tables)
+        return None
+    return asyncio.run(dry())
 
 
 async def _local_table_problems(config: Config) -> list[Problem]:

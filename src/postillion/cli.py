@@ -29,12 +29,18 @@ def parse_defines(values: list[str]) -> dict[str, str]:
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[Path, Path]:
-    """The config and spool to use: -f/-s, or the demo under ./var."""
-    if args.file is not None:
-        return Path(args.file), Path(args.spool or DEFAULT_SPOOL)
-    from postillion.demo import ensure_demo
-    demo = ensure_demo(Path(DEMO_ROOT))
-    return demo.config, Path(args.spool) if args.spool else demo.spool
+    """The config and spool to use: -f/-s, the installed defaults, or --demo.
+
+    The demo is written only when asked for (`make run` asks): a daemon
+    started by an init system from `/` must read /etc/postillion, never
+    create a demo in /var."""
+    if args.demo:
+        if args.file is not None:
+            raise SystemExit("postillion: --demo runs the demo configuration; it takes no -f")
+        from postillion.demo import ensure_demo
+        demo = ensure_demo(Path(DEMO_ROOT))
+        return demo.config, Path(args.spool) if args.spool else demo.spool
+    return Path(args.file or DEFAULT_CONFIG), Path(args.spool or DEFAULT_SPOOL)
 
 
 def load_config(path: Path, defines: list[str]):  # type: ignore[no-untyped-def]
@@ -51,21 +57,20 @@ def load_config(path: Path, defines: list[str]):  # type: ignore[no-untyped-def]
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a config (either grammar); -v prints the normalised model,
-    --convert prints it in the modern grammar.  Options the runtime does
-    not implement yet are warnings here (the daemon refuses them)."""
+    --convert prints it in the modern grammar.  Exit 1 whenever
+    `postillion run` would refuse the configuration (options not
+    implemented yet included), naming file:line:column."""
     import json
 
     from postillion.config.normal import ConvertError, normalise, to_modern
     from postillion.config.support import unsupported
-    from postillion.checks import table_problems
+    from postillion.checks import preflight, table_problems
     path = Path(args.file) if args.file else Path(DEFAULT_CONFIG)
     config = load_config(path, args.define)
     if config is None:
         return 1
-    problems, later = table_problems(config)
-    if problems:
-        print("\n".join(f"{pos}: {message}" for pos, message in problems), file=sys.stderr)
-        return 1
+    # -v and --convert are about the grammar: they print whatever the
+    # runtime thinks of the configuration; the exit status says that.
     if args.verbose:
         print(json.dumps(normalise(config), indent=2))
     if args.convert:
@@ -74,9 +79,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ConvertError as e:
             print(e, file=sys.stderr)
             return 1
-    for pos, message in sorted([*unsupported(config), *later], key=lambda p: p[0]):
-        print(f"{pos}: warning: {message}; postillion run will refuse this configuration",
-              file=sys.stderr)
+    problems = sorted({*table_problems(config), *unsupported(config)}, key=lambda p: p[0])
+    if problems:
+        print("\n".join(f"{pos}: {message}" for pos, message in problems), file=sys.stderr)
+        return 1
+    if (refusal := preflight(config)) is not None:
+        print(refusal, file=sys.stderr)
+        return 1
     print("configuration OK", file=sys.stderr)
     return 0
 
@@ -88,6 +97,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     path, spool = resolve_config(args)
     config = load_config(path, args.define)
     if config is None:
+        if args.file is None and not args.demo and not path.exists():
+            print("postillion: give a configuration with -f FILE, or run the demo "
+                  "under ./var with --demo (make run)", file=sys.stderr)
         return 1
     log.setup(foreground=args.debug, verbose=args.verbose)
     try:
@@ -112,9 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser("run", help="run the daemon in the foreground",
-                         description="Run the daemon.  Without -f, runs the demo configuration "
-                                     "under ./var (written there if missing).")
-    run.add_argument("-f", "--file", help="configuration file (default: the demo under ./var)")
+                         description=f"Run the daemon on a configuration (default: "
+                                     f"{DEFAULT_CONFIG}), or on the demo under ./var with --demo.")
+    run.add_argument("-f", "--file", help=f"configuration file (default: {DEFAULT_CONFIG})")
+    run.add_argument("--demo", action="store_true",
+                     help="run the demo configuration under ./var, writing what is missing "
+                          "(what `make run` does)")
     run.add_argument("-s", "--spool", help=f"queue directory (default: {DEFAULT_SPOOL}, "
                                            "or ./var/spool for the demo)")
     run.add_argument("-d", "--debug", action="store_true", help="log to stderr instead of syslog")

@@ -1,9 +1,10 @@
 """The daemon: builds every part from one Config and runs them.
 
-The only module that knows every part (DESIGN.md): it opens the tables,
-recovers the queue (scheduling what was committed before a crash), starts
-the scheduler with the local delivery agent, and opens the listeners -- in
-that order, so no client is answered before the queue is sound.  It owns the
+The only module that knows every part (docs/architecture.md): it locks the
+spool, opens the tables, recovers the queue (scheduling what was committed
+before a crash), opens the listeners, and only then starts the scheduler
+with the local delivery agent -- so no client is answered before the queue
+is sound, and a daemon that cannot bind its ports delivers nothing.  It owns the
 signals: SIGTERM/SIGINT stop, SIGHUP updates the tables.
 """
 
@@ -11,18 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from pathlib import Path
 
 from postillion import log
 from postillion.config import support as config_support
-from postillion.config.model import ActionDecl, Config, TableDecl
+from postillion.config.model import ActionDecl, Config, ListenDecl, TableDecl
 from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.fsutil import SYNCFS
 from postillion.lookup.expand import Expander, userinfo
 from postillion.mda.agent import MdaAgent, MdaJob
 from postillion.queue.envelope import Envelope
+from postillion.queue.lock import SpoolBusy, SpoolLock
 from postillion.queue.scheduler import Scheduler
 from postillion.queue.store import QueueStore
 from postillion.rules import Ruleset, SessionFacts
@@ -92,6 +95,7 @@ class Daemon:
         self.paused = paused
         self.spool = spool
         self.tables: dict[str, Table] = {}
+        self.lock = SpoolLock(spool)
         self.store = QueueStore(spool, syncfs=SYNCFS)  # group commit: 2 flushes a batch
         self.scheduler: Scheduler | None = None
         self.listeners: list[Listener] = []
@@ -100,9 +104,29 @@ class Daemon:
         self._scheduler_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        try:
+            self.lock.acquire()       # before anything touches the queue or a port
+        except SpoolBusy as e:
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            raise StartupError(f"queue {self.spool}: {e.strerror or e}") from None
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def prepare(self) -> list[tuple[ListenDecl, SessionContext]]:
+        """Everything the configuration decides and nothing the machine does:
+        refuse options not implemented yet, open and verify every table,
+        build each listener's context (certificates, AUTH, senders).
+
+        `postillion check` runs exactly this, so check refuses what run
+        refuses; what is left to `start` is the spool and the ports.
+        Raises StartupError naming file:line:column.
+        """
         if (refusal := config_support.refusal(self.config)) is not None:
-            raise StartupError(refusal)  # SPEC §4: an option not implemented yet is never ignored
-        self.mda.start()
+            raise StartupError(refusal)  # an option not implemented yet is never ignored
         self.tables = await open_tables(self.config)
         ruleset = Ruleset(self.config, self.tables)
 
@@ -110,10 +134,20 @@ class Daemon:
             return await ruleset.match(INTERNAL, "", address)
 
         expander = Expander(self.tables, self.config.limits, route)
+        ctx = SessionContext(hostname=self.config.hostname, limits=self.config.limits,
+                             ruleset=ruleset, expander=expander, store=self.store)
+        try:
+            return [(decl, listener_context(ctx, decl, self.config, self.tables))
+                    for decl in self.config.listeners]
+        except ListenerError as e:
+            raise StartupError(str(e)) from None
+
+    async def _start(self) -> None:
+        contexts = await self.prepare()
+        self.mda.start()
         try:
             envelopes = await self.store.open()
         except OSError as e:
-            await close_tables(self.tables)
             raise StartupError(f"queue {self.spool}: {e.strerror or e}"
                                f"{f': {e.filename}' if e.filename else ''}") from None
         self.scheduler = Scheduler(self.store, self.dispatch)
@@ -122,22 +156,20 @@ class Daemon:
         self.store.on_commit = self.scheduler.schedule
         for env in envelopes:
             self.scheduler.schedule(env)
+        for decl, ctx in contexts:
+            listener = Listener(decl, ctx)
+            try:
+                await listener.start()
+            except OSError as e:
+                # asyncio's bind error has an errno but no strerror.
+                reason = os.strerror(e.errno) if e.errno else str(e)
+                raise StartupError(f"{decl.pos}: cannot listen on {decl.address} port "
+                                   f"{decl.effective_port}: {reason}") from None
+            self.listeners.append(listener)
+        # Deliveries start only once every listener is bound: a daemon that
+        # fails to start has delivered nothing.
         if "mda" not in self.paused:
             self._scheduler_task = asyncio.create_task(self.scheduler.run())
-        ctx = SessionContext(hostname=self.config.hostname, limits=self.config.limits,
-                             ruleset=ruleset, expander=expander, store=self.store)
-        try:
-            for decl in self.config.listeners:
-                listener = Listener(decl, listener_context(ctx, decl, self.config, self.tables))
-                await listener.start()
-                self.listeners.append(listener)
-        except ListenerError as e:
-            await self.stop()
-            raise StartupError(str(e)) from None
-        except OSError as e:
-            await self.stop()
-            raise StartupError(f"{decl.pos}: cannot listen on {decl.address} port {decl.effective_port}: "
-                               f"{e.strerror or e}") from None
         logger.info("postillion ready: %d envelope(s) in queue", len(envelopes))
 
     async def dispatch(self, env: Envelope) -> None:
@@ -184,6 +216,7 @@ class Daemon:
         await self.store.close()
         await self.mda.stop()
         await close_tables(self.tables)
+        self.lock.release()
 
     async def serve(self) -> None:
         """Run until SIGTERM or SIGINT; SIGHUP updates the tables."""

@@ -36,19 +36,19 @@ def test_verbose_prints_the_normalised_model(tmp_path: Path) -> None:
 def test_convert_prints_modern_grammar_that_parses_back() -> None:
     path = EXAMPLES / "B-2012-virtual.conf"
     result = postillion("check", "--convert", "-f", str(path))
-    assert result.returncode == 0, result.stderr
+    # Converted all the same; the status says run would refuse it (relay).
+    assert result.returncode == 1 and '"action relay" is not implemented' in result.stderr
     assert "\naccept" not in result.stdout and "\nmatch from local for any action" in result.stdout
     again = parse(result.stdout, str(path.with_suffix(".converted")))
     assert normalise(again) == normalise(load(path))
 
 
-def test_unimplemented_options_are_warnings_not_errors() -> None:
+def test_unimplemented_options_are_errors_as_run_refuses_them() -> None:
     path = EXAMPLES / "C-modern-virtual.conf"
     result = postillion("check", "-f", str(path))
-    assert result.returncode == 0
-    expected = [f"{pos}: warning: {message}; postillion run will refuse this configuration"
-                for pos, message in unsupported(load(path))]
-    assert result.stderr.splitlines() == [*expected, "configuration OK"]
+    assert result.returncode == 1
+    expected = [f"{pos}: {message}" for pos, message in unsupported(load(path))]
+    assert expected and result.stderr.splitlines() == expected
 
 
 def test_convert_refuses_what_has_no_modern_spelling(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from postillion.queue.lock import PID_FILE
+
 DOMAIN = "example.test"
 HOSTNAME = "mx.example.test"
 
@@ -141,8 +143,9 @@ class Daemon:
         raise AssertionError(f"{user}: {len(self.delivered(user))} of {count} delivered\n{self.log()}")
 
     def queued_files(self) -> list[Path]:
-        """Every file in the queue (committed or not), for 'nothing queued' checks."""
-        return sorted(p for p in self.spool.rglob("*") if p.is_file())
+        """Every file in the queue (committed or not), for 'nothing queued' checks;
+        the spool's lock file is no mail."""
+        return sorted(p for p in self.spool.rglob("*") if p.is_file() and p.name != PID_FILE)
 
 
 CONFIG = """\
