@@ -232,5 +232,24 @@ def test_default_hostname_reads_mailname(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setattr("builtins.open", fake_open)
     assert files_module.default_hostname() == "mail.example.test"
     mailname.write_text("\n")
-    monkeypatch.setattr(files_module.socket, "getfqdn", lambda: "fqdn.test")
+    monkeypatch.setattr(files_module.socket, "gethostname", lambda: "fqdn.test")
     assert files_module.default_hostname() == "fqdn.test"
+
+
+def test_default_hostname_is_the_machines_name_never_localhost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where /etc/hosts maps the host name to 127.0.0.1 after `localhost`
+    (this machine, and many), getfqdn() says "localhost"; the banner must
+    carry the machine's name."""
+    monkeypatch.undo()
+    monkeypatch.setattr(files_module.socket, "gethostname", lambda: "vm-test")
+    monkeypatch.setattr(files_module.socket, "getaddrinfo",
+                        lambda *a, **k: [(2, 1, 6, "localhost", ("127.0.0.1", 0))])
+    monkeypatch.setattr(files_module, "open", lambda *a, **k: (_ for _ in ()).throw(OSError()),
+                        raising=False)
+    assert files_module.default_hostname() == "vm-test"
+    monkeypatch.setattr(files_module.socket, "getaddrinfo",
+                        lambda *a, **k: [(2, 1, 6, "vm-test.example.org", ("192.0.2.1", 0))])
+    assert files_module.default_hostname() == "vm-test.example.org"
+    monkeypatch.undo()
+    if not os.path.exists("/etc/mailname"):
+        assert files_module.default_hostname() not in ("localhost", "localhost.localdomain")

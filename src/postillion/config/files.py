@@ -18,7 +18,15 @@ MAX_CONFIG_BYTES = 16 * 1024 * 1024   # one file; a bigger one is a mistake
 
 
 def default_hostname() -> str:
-    """The name used when smtpd.conf has no `hostname`: /etc/mailname, else FQDN."""
+    """The name used when smtpd.conf has no `hostname`: /etc/mailname, else
+    the machine's fully qualified name, as OpenSMTPD's getmailname().
+
+    The FQDN is the canonical name of gethostname() (AI_CANONNAME), not
+    socket.getfqdn(): getfqdn goes through the address's reverse name, which
+    on a machine whose /etc/hosts maps its name to 127.0.0.1 after
+    `localhost` is "localhost" -- a banner no peer can tell from any other.
+    A canonical name of localhost is never taken; the short name is then.
+    """
     try:
         with open("/etc/mailname", "rb") as f:
             first = f.read(256).decode("utf-8", "replace").splitlines()
@@ -27,7 +35,17 @@ def default_hostname() -> str:
             return name
     except OSError:
         pass
-    return socket.getfqdn()
+    host = socket.gethostname()
+    if "." in host:
+        return host
+    try:
+        infos = socket.getaddrinfo(host, None, flags=socket.AI_CANONNAME)
+    except (OSError, UnicodeError):
+        infos = []
+    for *_, canonical, _addr in infos:
+        if canonical and not canonical.lower().startswith("localhost"):
+            return str(canonical)
+    return host
 
 
 def read_text(file: str, at: Position, errors: list[tuple[Position, str]]) -> str | None:
