@@ -1,4 +1,4 @@
-"""The mail log: one line per event, in OpenSMTPD 6.8's layout (SPEC.md §9).
+"""The mail log: one line per event, in OpenSMTPD 6.8's layout (docs/logs.md).
 
 `SESSIONID SUBSYSTEM EVENT key=value ...` -- fail2ban filters and log parsers
 written for OpenSMTPD keep working.  Every mail-log line is written by one
@@ -12,6 +12,7 @@ A leaf module: anyone may import it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
 
@@ -120,20 +121,52 @@ def mda_delivery(sid: str, evpid: int, sender: str, dest: str, rcpt: str, user: 
           result=result, stat=stat)
 
 
-def setup(foreground: bool, verbose: bool = False) -> None:
-    """Log to stderr in the foreground (`-d`), else to syslog's mail facility."""
+#: Where syslog listens on every Linux system that runs one.
+SYSLOG_SOCKET = "/dev/log"
+
+
+def _probe_syslog(path: str) -> None:
+    """Raise OSError unless a syslog daemon accepts connections at `path`."""
+    import socket
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(path)
+                return
+            except OSError as e:
+                if e.errno != errno.EPROTOTYPE:
+                    raise
+    raise OSError(errno.EPROTOTYPE, "not a syslog socket")
+
+
+def setup(foreground: bool, verbose: bool = False, syslog_socket: str = SYSLOG_SOCKET) -> str:
+    """Log to stderr in the foreground (`-d`), else to syslog's mail facility.
+
+    Without a syslog socket that accepts a connection, the lines go to
+    stderr and one line there says why -- never silently to UDP port 514,
+    where nothing may be listening.  Returns where the log goes: "stderr" or
+    "syslog".
+    """
+    import sys
     root = logging.getLogger("postillion")
     root.handlers.clear()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    handler: logging.Handler
-    if foreground:
+    root.propagate = False
+    handler: logging.Handler | None = None
+    if not foreground:
+        from logging.handlers import SysLogHandler
+        try:
+            _probe_syslog(syslog_socket)   # SysLogHandler ignores a failed connect
+            handler = SysLogHandler(address=syslog_socket, facility=SysLogHandler.LOG_MAIL)
+            handler.setFormatter(logging.Formatter("postillion[%(process)d]: %(message)s"))
+        except OSError as e:
+            print(f"postillion: no syslog at {syslog_socket} ({e.strerror or e}); "
+                  "logging to stderr", file=sys.stderr)
+            handler = None
+    where = "syslog"
+    if handler is None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%b %d %H:%M:%S"))
-    else:
-        from logging.handlers import SysLogHandler
-        import os
-        address = "/dev/log" if os.path.exists("/dev/log") else ("127.0.0.1", 514)
-        handler = SysLogHandler(address=address, facility=SysLogHandler.LOG_MAIL)
-        handler.setFormatter(logging.Formatter("postillion[%(process)d]: %(message)s"))
+        where = "stderr"
     root.addHandler(handler)
-    root.propagate = False
+    return where

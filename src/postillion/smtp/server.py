@@ -71,6 +71,12 @@ def listener_context(base: SessionContext, decl: ListenDecl, config: Config,
                                authenticator=authenticator, senders=senders, hostnames=hostnames)
 
 
+def format_sockaddr(address: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    """`127.0.0.1:2525` or `[::1]:2525`, as administrators write them."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Listener:
     """One `listen on` statement bound to a socket."""
 
@@ -97,7 +103,7 @@ class Listener:
             limit=self.ctx.limits.max_data_line * 2, ssl=tls,
             ssl_handshake_timeout=self.ctx.limits.tls_timeout if tls is not None else None)
         for sock in self.server.sockets:
-            logger.info("listening on %s", sock.getsockname()[:2])
+            logger.info("listening on %s", format_sockaddr(sock.getsockname()))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
