@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 ## make run: start the daemon in the foreground on the embedded demo config (./var)
+##   make run PORT=2526        another port
+##   make run ARGS="-v"        more options for `postillion run`
+PORT ?= 2525
+ARGS ?=
 run: $(STAMP)
-	$(BIN)/postillion run -d
+	$(BIN)/postillion run --demo -d -D port=$(PORT) $(ARGS)
 
 ## make test: install what the tests need (Debian packages included) and run them all
 test: $(STAMP) test-deps

@@ -1,6 +1,7 @@
 """The embedded default: a demo virtual domain under ./var for `make run`.
 
-Written only where absent, so an edited demo is never overwritten:
+Written only when asked for (`postillion run --demo`, which `make run`
+runs), and only where absent, so an edited demo is never overwritten:
 `var/postillion.conf`, `var/sqlite.conf` (the SQLite backend config) and
 `var/tables.sqlite` holding the domain `example.test`, the users `alice` and
 `bob` (virtual: no system account) and the alias `postmaster -> alice`.
@@ -8,7 +9,10 @@ Written only where absent, so an edited demo is never overwritten:
 Whose uid the demo users get: whoever runs it, so the delivered files are
 theirs.  Deliveries never run as root (a project rule), so when root runs it
 we take the invoking user of sudo (`SUDO_UID`), else the owner of the current
-directory, else `nobody` -- and chown the mail directory to that uid.
+directory, else `nobody` -- and chown the mail directory to that uid.  The
+checkout may sit in root's 0700 home: the delivery agent opens the
+root-owned part of a Maildir's path itself and hands it to the worker (see
+mda/worker.py), so `nobody` needs no way through /root.
 """
 
 from __future__ import annotations
@@ -68,10 +72,10 @@ def delivery_owner() -> tuple[int, int]:
 
 
 CONFIG = """\
-# Postillion demo configuration, written by `postillion run` (make run).
+# Postillion demo configuration, written by `postillion run --demo` (make run).
 # Every user, domain and alias lives in {db}, described by
 # {backend}; edit either freely, they are not overwritten.
-# Another port for one run: postillion run -D port=2526
+# Another port for one run: make run PORT=2526 (postillion run --demo -D port=2526)
 port = "{port}"
 
 table domains  sqlite:{backend}
@@ -87,7 +91,7 @@ match from local for local action "local_mail"
 """
 
 BACKEND = """\
-# SQLite backend of the demo tables (SPEC.md §2.3): one query per service.
+# SQLite backend of the demo tables (docs/tables.md, sqlite): one query per service.
 dbpath            {db}
 query_domain      SELECT name FROM domains WHERE name = ?
 query_alias       SELECT target FROM virtuals WHERE address = ?
