@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from postillion.config import load, parse
+from postillion.config import ConfigError, load, parse
 from postillion.config import files as files_module
 from postillion.config.model import (
     ActionDecl,
@@ -23,6 +23,8 @@ from postillion.config.model import (
     Position,
     TableDecl,
 )
+from postillion.config.normal import to_modern
+from postillion.config.support import unsupported
 
 DEMO = """\
 # Postillion demo configuration
@@ -185,6 +187,27 @@ def test_globals_and_limits() -> None:
                                    max_sessions=10, max_sessions_per_ip=2, sub_addr_delim="-")
     assert parse("smtp max-message-size 2k\n", "x").limits.max_message_size == 2048
     assert parse("smtp max-message-size 1G\n", "x").limits.max_message_size == 1024**3
+
+
+def test_queue_min_free_is_a_limit() -> None:
+    """`queue min-free S`: the spool space MAIL requires (452 4.3.1 below it)."""
+    assert Limits().queue_min_free == 100 * 1024 * 1024
+    config = parse("queue min-free 64k\n", "smtpd.conf")
+    assert config.limits == Limits(queue_min_free=65536)
+    assert unsupported(config) == []
+    assert "queue min-free 65536" in to_modern(config).splitlines()
+    assert parse(to_modern(config), "again.conf").limits == config.limits
+    assert "min-free" not in to_modern(parse("", "x"))
+    with pytest.raises(ConfigError) as info:
+        parse("queue min-free 0\nqueue min-free 1x\nqueue min-free\n"
+              "queue min-free 1M\nqueue min-free 2M\nqueue minfree 1M\n", "smtpd.conf")
+    assert str(info.value).splitlines() == [
+        "smtpd.conf:1:16: queue min-free must be at least 1, got 0",
+        'smtpd.conf:2:16: expected a size such as 35M for queue min-free, got "1x"',
+        'smtpd.conf:3:15: expected a size after "min-free", got end of line',
+        'smtpd.conf:5:7: "min-free" already set at smtpd.conf:4:7',
+        'smtpd.conf:6:7: unknown queue option "minfree"; did you mean "min-free"?',
+    ]
 
 
 def test_macros_and_defines() -> None:

@@ -10,6 +10,7 @@ channel), 451 4.2.4 / 550 5.2.4 (mailing-list expansion: lookup/), 534
 from __future__ import annotations
 
 import base64
+import errno
 import socket
 import sqlite3
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ ROWS = [
     Row("421 4.7.0 rejected rcpt", ["plain", EHLO, MAIL, ("RCPT TO:<nobody@example.test>", "550 5.1.1"),
                                      ("RCPT TO:<x@example.test>", "550 5.1.1"), ("", "421 4.7.0 Too many rejected")],
         {"max_rejected_rcpt": 2}),
+    Row("452 4.3.1", ["plain", EHLO, ("MAIL FROM:<bob@example.net>", "452 4.3.1 Insufficient system storage"),
+                      ("NOOP", "250 2.0.0 Ok")], {"queue_min_free": 1 << 62}),
     Row("452 4.5.3 rcpt", ["plain", EHLO, MAIL, RCPT, ("RCPT TO:<bob@example.test>", "452 4.5.3 Too many recipients")],
         {"max_rcpt": 1}),
     Row("452 4.5.3 mails", ["plain", EHLO, MAIL, RCPT, DATA, ("x\r\n.", "250 2.0.0"),
@@ -135,10 +138,23 @@ def test_reply_421_4_3_0_queue_write_failed(secure_uvloop):
     proc = secure_uvloop
 
     async def broken():
-        raise OSError(28, "No space left on device")
+        raise OSError(errno.EIO, "Input/output error")
 
     proc.daemon.store.create = broken
     converse(proc, ["plain", EHLO, MAIL, RCPT, ("DATA", "421 4.3.0 Temporary Error")])
+
+
+def test_reply_452_4_3_1_queue_full_at_data_keeps_the_session(secure_uvloop):
+    proc = secure_uvloop
+
+    async def full():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    proc.daemon.store.create = full
+    converse(proc, ["plain", EHLO, MAIL, RCPT,
+                    ("DATA", "452 4.3.1 Insufficient system storage"),
+                    ("BDAT 3 LAST\r\nx", "452 4.3.1 Insufficient system storage"),
+                    ("RSET", "250 2.0.0 Reset state"), ("NOOP", "250 2.0.0 Ok")])
 
 
 def test_reply_451_4_3_0_table_error(secure_uvloop):

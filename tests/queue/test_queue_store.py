@@ -15,7 +15,7 @@ import pytest
 from postillion.errors import TempFail
 from postillion.fsutil import SYNCFS
 from postillion.queue.envelope import Envelope, format_evpid, format_msgid
-from postillion.queue.store import Incoming, QueueStore
+from postillion.queue.store import Incoming, QueueStore, storage_reply
 
 BODY = b"From: a@example.net\r\nSubject: hi\r\n\r\n" + b"x" * 70000 + b"\r\n"
 
@@ -51,10 +51,11 @@ async def reopened(root: Path) -> list[Envelope]:
 
 
 class FailAt:
-    """A seam: the wrapped call fails with EIO on its n-th use (0-based) once armed."""
+    """A seam: the wrapped call fails (EIO, or `code`) on its n-th use (0-based) once armed."""
 
-    def __init__(self, real, n: int) -> None:
+    def __init__(self, real, n: int, code: int = errno.EIO) -> None:
         self.real, self.n, self.calls, self.armed, self.failed = real, n, 0, False, False
+        self.code = code
         self.lock = threading.Lock()
 
     def __call__(self, *args):
@@ -63,7 +64,7 @@ class FailAt:
                 index, self.calls = self.calls, self.calls + 1
                 if index == self.n:
                     self.failed = True
-                    raise OSError(errno.EIO, "injected failure")
+                    raise OSError(self.code, os.strerror(self.code))
         return self.real(*args)
 
 
@@ -135,20 +136,46 @@ async def test_commit_refuses_foreign_or_no_envelopes(tmp_path):
     assert queued_files(tmp_path) == [] and store.msgids() == []
 
 
-async def test_write_error_is_reported_at_commit(tmp_path):
+FULL = (452, "4.3.1", "Insufficient system storage")
+BROKEN = (421, "4.3.0", "Temporary Error")
+#: errno -> the reply a client sees: a full spool keeps the session, the rest ends it.
+STORAGE_ERRORS = [(errno.ENOSPC, FULL), (errno.EDQUOT, FULL), (errno.EIO, BROKEN),
+                  (errno.EROFS, BROKEN)]
+
+
+def triple(reply) -> tuple[int, str, str]:
+    return (reply.code, reply.enhanced, reply.text)
+
+
+@pytest.mark.parametrize(("code", "reply"), STORAGE_ERRORS,
+                         ids=[errno.errorcode[c] for c, _ in STORAGE_ERRORS])
+def test_storage_reply_maps_only_lack_of_space_to_452(code, reply):
+    assert triple(storage_reply(OSError(code, os.strerror(code)))) == reply
+
+
+@pytest.mark.parametrize(("code", "reply"), STORAGE_ERRORS,
+                         ids=[errno.errorcode[c] for c, _ in STORAGE_ERRORS])
+async def test_write_error_is_reported_at_commit(tmp_path, code, reply):
     store = await opened(tmp_path)
     incoming, envelopes = await received(store)
 
-    def full(data):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def failing(data):
+        raise OSError(code, os.strerror(code))
 
-    incoming._file.write = full
+    incoming._file.write = failing
     incoming.write(b"more")  # does not raise: one failure path, at commit
-    assert incoming.error is not None
+    assert incoming.error is not None and incoming.error.errno == code
     with pytest.raises(TempFail) as info:
         await store.commit(incoming, envelopes)
-    assert (info.value.reply.code, info.value.reply.enhanced) == (421, "4.3.0")
-    assert queued_files(tmp_path) == []
+    assert triple(info.value.reply) == reply
+    assert_nothing_queued(tmp_path, store)
+
+
+async def test_free_space_is_what_an_unprivileged_writer_may_use(tmp_path):
+    store = await opened(tmp_path)
+    st = os.statvfs(tmp_path)
+    assert abs(store.free_space() - st.f_bavail * st.f_frsize) < 64 * 1024 * 1024
+    assert store.free_space() > 0
 
 
 async def test_discard_drops_the_message(tmp_path):
@@ -210,6 +237,37 @@ async def test_failing_fsync_at_each_step_leaves_nothing_queued(tmp_path):
         pytest.fail("commit never succeeded")
     # message, 2 envelopes, message dir, queue/ (new bucket), queue/XX, incoming/
     assert steps == 7
+
+
+@pytest.mark.parametrize("syncfs", [None, SYNCFS], ids=["fsync", "syncfs"])
+async def test_no_space_at_each_commit_step_is_452_and_leaves_nothing_queued(tmp_path, syncfs):
+    """ENOSPC (or EDQUOT) from the flush -- delayed allocation, metadata --
+    fails the message with 452 4.3.1 at whichever step it comes."""
+    steps = 0
+    for n in range(50):
+        root = tmp_path / f"run{n}"
+        sync = FailAt(SYNCFS if syncfs else os.fsync, n, errno.ENOSPC)
+        store = await opened(root, **({"syncfs": sync} if syncfs else {"fsync": sync}))
+        sync.armed = True
+        incoming, envelopes = await received(store, nrcpt=2)
+        try:
+            await store.commit(incoming, envelopes)
+        except TempFail as e:
+            assert triple(e.reply) == FULL
+            assert_nothing_queued(root, store)
+            steps += 1
+            continue
+        assert not sync.failed
+        break
+    assert steps == (2 if syncfs else 7)
+    rename = FailAt(os.rename, 0, errno.EDQUOT)
+    store = await opened(tmp_path / "rename", rename=rename)
+    rename.armed = True
+    incoming, envelopes = await received(store)
+    with pytest.raises(TempFail) as info:
+        await store.commit(incoming, envelopes)
+    assert triple(info.value.reply) == FULL
+    assert_nothing_queued(tmp_path / "rename", store)
 
 
 async def test_failing_rename_leaves_nothing_queued(tmp_path):

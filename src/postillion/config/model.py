@@ -37,6 +37,12 @@ class Limits:
     """
 
     max_message_size: int = 35 * MIB      # smtp max-message-size: octets after unstuffing
+    # Free space is statvfs f_bavail (what an unprivileged writer may use);
+    # below the reserve, or below it plus MAIL's SIZE=, MAIL gets 452 4.3.1.
+    # 100M is about three messages of the default max-message-size: the mail
+    # already accepted can still be updated and bounced when the disk fills
+    # (Postfix's queue_minfree is 0, floored at 1.5 x its message size limit).
+    queue_min_free: int = 100 * MIB       # queue min-free: octets the spool keeps free
     max_rcpt: int = 1000                  # smtp limit max-rcpt: per transaction
     max_mails: int = 100                  # smtp limit max-mails: per session
     max_sessions: int = 1000              # smtp limit max-sessions

@@ -221,6 +221,8 @@ class _Writer:
             self.lines.append(f"queue ttl {duration_text(c.queue.ttl)}")
         if c.queue.compression:
             self.lines.append("queue compression")
+        if lim.queue_min_free != d.queue_min_free:
+            self.lines.append(f"queue min-free {lim.queue_min_free}")
         if c.bounce != BounceOptions():
             self.lines.append("bounce warn-interval "
                               + ",".join(duration_text(x) for x in c.bounce.warn_interval))

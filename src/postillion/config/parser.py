@@ -10,7 +10,7 @@ Statements (SPEC.md §4.2, §4.3, §1.1):
     match [[!]OPTION ...] (action NAME | reject)
     hostname NAME
     smtp max-message-size S | limit ... | sub-addr-delim C | ciphers S
-    queue ttl D | queue compression
+    queue ttl D | queue compression | queue min-free S
     bounce warn-interval D[,D...]
     mta max-deferred N | mta limit [for domain D] KEY N ...
     mda limit max-session N ... | mda wrapper NAME "CMD"
@@ -46,6 +46,8 @@ conformance`, which lists where OpenSMTPD 6.8's checker disagrees):
   without rules (every recipient refused; tables-only configs serve
   `postillion table lookup`), a bare punctuation `sub-addr-delim`.
 - Relative `pki`/`ca` files resolve against the declaring file, as tables.
+- `queue min-free S` is ours, not OpenSMTPD's (Postfix's `queue_minfree`):
+  the spool space MAIL requires, so 6.8's checker refuses it.
 - 2012 `certificate NAME` declares pki NAME (/etc/mail/certs/NAME.crt and
   .key) unless a `pki NAME` exists; `ssl` is two listeners (465 SMTPS, 25
   STARTTLS).  See legacy.py for how rules compile.
@@ -934,12 +936,15 @@ class Parser:
         self.st.options[key] = (value, at.pos)
 
     def _queue(self, s: Stream, kw: Token) -> None:
-        opt = self._sub_option(s, "queue", ["ttl", "compression", "encryption"])
+        opt = self._sub_option(s, "queue", ["ttl", "compression", "min-free", "encryption"])
         if opt.text == "encryption":
             raise Syntax(opt.pos, '"queue encryption" is not supported yet')
         if opt.text == "ttl":
             self._set("queue", "ttl", values.duration(s.expect_value('a delay after "ttl"'),
                                                       "queue ttl"), opt)
+        elif opt.text == "min-free":  # in Limits: the SMTP session enforces it at MAIL
+            tok = s.expect_value('a size after "min-free"')
+            self._set_limit("queue_min_free", values.size(tok, "queue min-free"), opt)
         else:
             self._set("queue", "compression", True, opt)
         s.expect_end(f"queue {opt.text}")

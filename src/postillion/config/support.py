@@ -32,6 +32,7 @@ IMPLEMENTED: frozenset[str] = frozenset({
     "hostname", "smtp max-message-size", "smtp sub-addr-delim",
     "smtp limit max-rcpt", "smtp limit max-mails",
     "smtp limit max-sessions", "smtp limit max-sessions-per-ip",
+    "queue min-free",
     # TLS, AUTH and listener options (smtp/, tls.py, lookup/auth.py)
     "pki", "ca", "smtp ciphers", "listen tls", "listen tls-require", "listen smtps", "listen verify",
     "listen pki", "listen ca", "listen auth", "listen auth-optional", "listen insecure-auth",

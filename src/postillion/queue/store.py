@@ -17,12 +17,17 @@ it, each file is fsynced and each directory once per batch.
 The blocking file system work runs in a thread executor, never on the event
 loop.  `fsync`, `syncfs` and `rename` are injectable so tests can make each
 step fail.
+
+Every disk error reaches the client through one mapping, `storage_reply`: a
+full spool (ENOSPC, EDQUOT) is `452 4.3.1`, and the session goes on; any
+other error is `421 4.3.0`, and the session ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -43,6 +48,27 @@ log = logging.getLogger("postillion.queue")
 
 TEMP_ERROR: Final = Reply(421, "4.3.0", "Temporary Error")
 """What the client sees when the queue cannot make its message durable."""
+NO_SPACE: Final = Reply(452, "4.3.1", "Insufficient system storage")
+"""What the client sees when the spool is full: this message failed, the
+session did not (RFC 3463 X.3.1, mail system full)."""
+_NO_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def storage_reply(error: OSError) -> Reply:
+    """The one mapping of a spool I/O error to what the client sees.
+
+    Out of space or quota is a state of the disk, not of the connection:
+    nothing half-written stays queued, so the client may RSET and try again
+    (a smaller message, or later) in the same session -- 452 4.3.1.  Any
+    other error (EIO, EROFS...) says the spool cannot be trusted now: 421
+    4.3.0, and the session closes.
+    """
+    return NO_SPACE if error.errno in _NO_SPACE_ERRNOS else TEMP_ERROR
+
+
+def _tempfail(what: str, error: OSError) -> TempFail:
+    return TempFail(storage_reply(error), f"{what}: {error}")
+
 
 _WRITE_BUFFER: Final = 256 * 1024
 _T = TypeVar("_T")
@@ -52,9 +78,10 @@ class Incoming:
     """A message being received: DATA is streamed to `incoming/<msgid>/message`.
 
     `write()` is a plain buffered write, cheap enough to call from the event
-    loop for each chunk.  A write error does not raise: it is remembered,
-    later chunks are dropped, and `commit()` answers TempFail (421 4.3.0), so
-    the session has one failure path, at the end of DATA.
+    loop for each chunk.  A write error does not raise: it is remembered in
+    `error`, later chunks are dropped, and `commit()` refuses with the
+    TempFail `storage_reply` maps it to.  The session may look at `error`
+    sooner, to discard the message (and free its space) at once.
     """
 
     __slots__ = ("msgid", "path", "size", "_file", "_error", "_evpids", "_state")
@@ -165,18 +192,32 @@ class QueueStore:
 
     # -- receiving ---------------------------------------------------------
 
+    def free_space(self) -> int:
+        """Octets the spool's file system still lets an unprivileged writer
+        use (statvfs: f_bavail * f_frsize, without the blocks kept for root),
+        for the session's `queue min-free` check at MAIL.  Raises OSError.
+
+        Called on the event loop, not in the executor: on a local file
+        system statvfs reads counters the kernel keeps in memory, with no
+        disk I/O, in about a microsecond -- less than a hop to the executor,
+        where it would also wait behind group-commit flushes.  (On a network
+        file system it is a round trip; a spool there is not supported.)
+        """
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
     async def create(self) -> Incoming:
         """Start a message: a fresh msgid, unique among incoming and queued
         ones, and `incoming/<msgid>/message` open for writing.
 
-        Raises TempFail (421 4.3.0) when the spool cannot be written.
+        Raises TempFail (`storage_reply`) when the spool cannot be written.
         """
         self._check_open()
         try:
             return await self._run(self._create_sync)
         except OSError as e:
             log.error("queue create-failed reason=%r", str(e))
-            raise TempFail(TEMP_ERROR, f"queue create: {e}") from e
+            raise _tempfail("queue create", e) from e
 
     def _create_sync(self) -> Incoming:
         while True:
@@ -224,20 +265,21 @@ class QueueStore:
         Only after this returns may the session send 250.  It may wait for a
         flush already running and share the next one with other sessions.
         On any failure the message's files are removed, nothing stays queued,
-        and TempFail(421 4.3.0) is raised; a write error seen by
-        `Incoming.write` and envelopes not of this message (a bug, logged)
-        fail the same way.  If the caller is cancelled before the flush
-        starts, the message is dropped; after, it stays queued and is handed
-        to `on_commit` (a crash-like duplicate at worst, never a loss).
+        and TempFail is raised: 452 4.3.1 for a full spool, else 421 4.3.0
+        (`storage_reply`); a write error seen by `Incoming.write` and
+        envelopes not of this message (a bug, logged) fail the same way.
+        If the caller is cancelled before the flush starts, the message is
+        dropped; after, it stays queued and is handed to `on_commit` (a
+        crash-like duplicate at worst, never a loss).
         """
         self._check_open()
         if incoming._state != "open":
             raise RuntimeError(f"message {format_msgid(incoming.msgid)} is {incoming._state}")
-        reason = _refusal(incoming, envelopes)
-        if reason is not None:
-            log.error("queue commit-refused msgid=%08x reason=%r", incoming.msgid, reason)
+        refusal = _refusal(incoming, envelopes)
+        if refusal is not None:
+            log.error("queue commit-refused msgid=%08x reason=%r", incoming.msgid, refusal.reason)
             await self.discard(incoming)
-            raise TempFail(TEMP_ERROR, reason)
+            raise refusal
         incoming._state = "committing"
         loop = asyncio.get_running_loop()
         txn = _Txn(incoming, tuple(envelopes), tuple(e.to_bytes() for e in envelopes), loop.create_future())
@@ -262,7 +304,7 @@ class QueueStore:
                     errors = await self._run(self._flush_batch, live, dropped)
                 except Exception as e:  # a bug: answer every waiter, keep going
                     log.exception("queue flush-failed")
-                    errors = [f"flush: {e!r}"] * len(live)
+                    errors = [TempFail(TEMP_ERROR, f"flush: {e!r}") for _ in live]
                 for txn, error in zip(live, errors):
                     self._finish(txn, error)
                 batch = []
@@ -275,13 +317,13 @@ class QueueStore:
         finally:
             self._flusher = None
 
-    def _finish(self, txn: _Txn, error: str | None) -> None:
+    def _finish(self, txn: _Txn, error: TempFail | None) -> None:
         msgid = txn.incoming.msgid
         if error is not None:
             txn.incoming._state = "closed"
-            log.error("queue commit-failed msgid=%08x reason=%r", msgid, error)
+            log.error("queue commit-failed msgid=%08x reason=%r", msgid, error.reason)
             if not txn.future.done():
-                txn.future.set_exception(TempFail(TEMP_ERROR, error))
+                txn.future.set_exception(error)
             return
         txn.incoming._state = "committed"
         self._index[msgid] = {e.id for e in txn.envelopes}
@@ -295,8 +337,8 @@ class QueueStore:
         if not txn.future.done():
             txn.future.set_result(None)
 
-    def _flush_batch(self, txns: list[_Txn], dropped: list[_Txn]) -> list[str | None]:
-        """The executor job of one batch; returns a failure reason per txn.
+    def _flush_batch(self, txns: list[_Txn], dropped: list[_Txn]) -> list[TempFail | None]:
+        """The executor job of one batch; returns a failure per txn (or None).
 
         Write every txn's files, make them durable, move each message into
         queue/, make the moves durable -- per file and directory with fsync,
@@ -304,13 +346,13 @@ class QueueStore:
         """
         for txn in dropped:
             self._discard_sync(txn.incoming)
-        errors: list[str | None] = [None] * len(txns)
+        errors: list[TempFail | None] = [None] * len(txns)
         whole_fs = self._syncfs is not None
         for i, txn in enumerate(txns):
             try:
                 self._write_txn(txn, sync=not whole_fs)
             except OSError as e:
-                errors[i] = f"write {txn.incoming.path}: {e}"
+                errors[i] = _tempfail(f"write {txn.incoming.path}", e)
         if whole_fs:
             self._sync_fs_for([i for i, e in enumerate(errors) if e is None], errors)
         new_buckets: set[str] = set()
@@ -330,7 +372,7 @@ class QueueStore:
                 txn.final = final
                 by_bucket.setdefault(bucket, []).append(i)
             except OSError as e:
-                errors[i] = f"rename {txn.incoming.path}: {e}"
+                errors[i] = _tempfail(f"rename {txn.incoming.path}", e)
         moved = [i for i, t in enumerate(txns) if t.final is not None]
         if whole_fs:
             if moved and self._sync_fs_for(moved, errors):
@@ -367,18 +409,18 @@ class QueueStore:
         if sync:
             self._fsync_dir(txn.incoming.path)
 
-    def _sync_fs_for(self, indexes: list[int], errors: list[str | None]) -> bool:
+    def _sync_fs_for(self, indexes: list[int], errors: list[TempFail | None]) -> bool:
         """One syncfs for every txn of the batch; on failure fail them all."""
         if not indexes:
             return True
         return self._sync_for(indexes, errors, f"syncfs {self.root}", self._syncfs_root)
 
-    def _sync_dir_for(self, path: Path, indexes: list[int], errors: list[str | None]) -> bool:
+    def _sync_dir_for(self, path: Path, indexes: list[int], errors: list[TempFail | None]) -> bool:
         """fsync one directory shared by several txns; on failure fail them all."""
         return self._sync_for(indexes, errors, f"fsync {path}", lambda: self._fsync_dir(path))
 
     @staticmethod
-    def _sync_for(indexes: list[int], errors: list[str | None], what: str,
+    def _sync_for(indexes: list[int], errors: list[TempFail | None], what: str,
                   sync: Callable[[], None]) -> bool:
         """Run one flush shared by the txns at `indexes`; a failure fails each."""
         try:
@@ -387,7 +429,7 @@ class QueueStore:
         except OSError as e:
             for i in indexes:
                 if errors[i] is None:
-                    errors[i] = f"{what}: {e}"
+                    errors[i] = _tempfail(what, e)
             return False
 
     def _syncfs_root(self) -> None:
@@ -417,7 +459,7 @@ class QueueStore:
             await self._run(self._update_sync, envelope, envelope.to_bytes())
         except OSError as e:
             log.error("queue update-failed evpid=%016x reason=%r", envelope.id, str(e))
-            raise TempFail(TEMP_ERROR, f"update {format_evpid(envelope.id)}: {e}") from e
+            raise _tempfail(f"update {format_evpid(envelope.id)}", e) from e
 
     def _update_sync(self, envelope: Envelope, payload: bytes) -> None:
         directory = self._message_dir(envelope.msgid)
@@ -452,7 +494,7 @@ class QueueStore:
             await self._run(self._remove_sync, envelope, last)
         except OSError as e:
             log.error("queue remove-failed evpid=%016x reason=%r", envelope.id, str(e))
-            raise TempFail(TEMP_ERROR, f"remove {format_evpid(envelope.id)}: {e}") from e
+            raise _tempfail(f"remove {format_evpid(envelope.id)}", e) from e
 
     def _remove_sync(self, envelope: Envelope, last: bool) -> None:
         directory = self._message_dir(envelope.msgid)
@@ -518,15 +560,15 @@ class QueueStore:
         fsync_dir(path, self._fsync)
 
 
-def _refusal(incoming: Incoming, envelopes: Sequence[Envelope]) -> str | None:
+def _refusal(incoming: Incoming, envelopes: Sequence[Envelope]) -> TempFail | None:
     """Why a commit cannot proceed, or None."""
     if incoming.error is not None:
-        return f"write {incoming.path}: {incoming.error}"
+        return _tempfail(f"write {incoming.path}", incoming.error)
     if not envelopes:
-        return "no envelope"
+        return TempFail(TEMP_ERROR, "no envelope")
     if any(e.msgid != incoming.msgid for e in envelopes):
-        return "envelope of another message"
+        return TempFail(TEMP_ERROR, "envelope of another message")
     if len({e.id for e in envelopes}) != len(envelopes):
-        return "duplicate evpid"
+        return TempFail(TEMP_ERROR, "duplicate evpid")
     return None
 

@@ -4,7 +4,10 @@ The protocol machine (`protocol.py`) parses and sequences; this module makes
 the decisions that need the world: which rule a recipient matches, whether
 it expands to real users (at RCPT time, so unknown users get `550 5.1.1`
 before any data), AUTH against the listener's credentials, the TLS
-handshake, and the durable queue write that must finish before `250`.
+handshake, and the durable queue write that must finish before `250`.  A
+full spool is a `452 4.3.1` that ends the transaction, not the session: at
+MAIL below `Limits.queue_min_free`, and when a write or the commit runs out
+of space.
 
 It also owns the clock (SPEC §6.3): a command or data line must complete
 within `Limits.command_timeout` of its first byte (a deadline that trickled
@@ -32,7 +35,7 @@ from postillion.errors import LookupUnavailable, MailError, Reply
 from postillion.lookup.auth import Authenticator, AuthResult
 from postillion.lookup.expand import Delivery, Expander
 from postillion.queue.envelope import Envelope
-from postillion.queue.store import Incoming, QueueStore
+from postillion.queue.store import NO_SPACE, Incoming, QueueStore, storage_reply
 from postillion.rules import Ruleset, SessionFacts, is_local_address
 from postillion.smtp import protocol as p
 from postillion.smtp.headers import (HeaderScan, clean, masquerade_from, missing_headers,
@@ -49,7 +52,6 @@ REPLY_RCPT_OK = Reply(250, "2.1.5", "Destination address valid: Recipient ok")
 REPLY_MAIL_OK = Reply(250, "2.0.0", "Ok")
 REPLY_DATA = Reply(354, "", 'Enter mail, end with "." on a line by itself')
 REPLY_TOO_BIG = Reply(552, "5.3.4", "Message too big for system")
-REPLY_QUEUE_ERROR = Reply(421, "4.3.0", "Temporary Error")
 REPLY_TIMEOUT = Reply(421, "4.4.2", "Timeout")
 REPLY_AUTH_FAILED = Reply(535, "5.7.8", "Authentication failed")
 REPLY_AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
@@ -100,7 +102,8 @@ class Transaction:
     params: Mapping[str, str] = field(default_factory=dict)
     recipients: list[tuple[str, list[Delivery], Mapping[str, str]]] = field(default_factory=list)
     incoming: Incoming | None = None
-    failed: bool = False               # the queue file could not be created (BDAT)
+    failed: Reply | None = None        # the queue file could not be created or written:
+                                       # owed at the end of the data
     headers: HeaderScan | None = None
     held: bytearray | None = None      # header held back for `masquerade`
 
@@ -112,6 +115,12 @@ def protocol_limits(limits: Limits) -> p.ProtocolLimits:
         max_mails=limits.max_mails, max_failed_commands=limits.max_failed_commands,
         max_auth_line=limits.max_auth_line, max_failed_auth=limits.max_failed_auth,
         max_rejected_rcpt=limits.max_rejected_rcpt)
+
+
+def _queue_reply(error: OSError | MailError) -> Reply:
+    """What the client sees when the queue failed: a TempFail says; a bare
+    OSError goes through the queue's one mapping (452 4.3.1 when full)."""
+    return error.reply if isinstance(error, MailError) else storage_reply(error)
 
 
 UNKNOWN_HOST = "<unknown>"
@@ -333,12 +342,9 @@ class Session:
         elif isinstance(event, p.DataEnd):
             return await self._end(event.too_big, "DATA")
         elif isinstance(event, p.BdatEnd):
-            if event.too_big or event.last:
+            failed = self.tx is not None and self.tx.failed is not None
+            if event.too_big or event.last or failed:
                 return await self._end(event.too_big, f"BDAT {event.chunk}")
-            tx = self.tx
-            if tx is not None and tx.failed:
-                proto.send(REPLY_QUEUE_ERROR)
-                return False
             proto.send(Reply(250, "2.0.0", f"{event.chunk} octets received"))
         elif isinstance(event, p.Reset):
             await self._abort_transaction()
@@ -390,6 +396,10 @@ class Session:
     async def _mail(self, event: p.MailFrom) -> None:
         await self._abort_transaction()
         sender = self._address(event.sender) if event.sender else ""
+        if self._spool_full(int(event.params.get("SIZE") or 0)):
+            log.smtp_failed_command(self.sid, f"MAIL FROM:<{sender}>", NO_SPACE)
+            self.proto.send(NO_SPACE)
+            return
         if self.username is not None and self.ctx.senders is not None:
             reply = await self._check_sender(sender)
             if reply is not None:
@@ -400,6 +410,27 @@ class Session:
                               headers=HeaderScan(self.ctx.tuning.header_scan_limit),
                               held=bytearray() if self._masquerades(sender) else None)
         self.proto.send(REPLY_MAIL_OK)
+
+    def _spool_full(self, size: int) -> bool:
+        """`queue min-free`: refuse a transaction the spool has no room for,
+        before the client sends it -- free space below the reserve, or below
+        the reserve plus the SIZE= declared.  The reserve keeps room for the
+        mail already accepted (envelope updates, bounces).
+
+        A statvfs that fails is logged and lets MAIL through: the check only
+        spares the client a doomed transfer; the write path still refuses
+        what does not fit.
+        """
+        try:
+            free = self.ctx.store.free_space()
+        except OSError as e:
+            log.event(self.sid, "smtp", "queue-error", reason=f"statvfs: {e}")
+            return False
+        need = self.ctx.limits.queue_min_free + size
+        if free >= need:
+            return False
+        log.event(self.sid, "smtp", "queue-full", free=free, needed=need)
+        return True
 
     async def _check_sender(self, sender: str) -> Reply | None:
         """`senders <t>`: the AUTH user's mailaddrmap must allow MAIL FROM.
@@ -440,10 +471,9 @@ class Session:
             log.smtp_failed_command(self.sid, f"RCPT TO:<{rcpt}>", reply)
         self.proto.send(reply)
 
-    async def _open_message(self) -> bool:
-        """Create the queue file and write our Received: header first."""
-        tx = self.tx
-        assert tx is not None
+    async def _open_message(self, tx: Transaction) -> Reply | None:
+        """Create the queue file and write our Received: header first;
+        the reply owed if that failed."""
         try:
             tx.incoming = incoming = await self.ctx.store.create()
             rcpts = [rcpt for rcpt, _, _ in tx.recipients]
@@ -455,23 +485,26 @@ class Session:
                 smtputf8=self.proto.smtputf8, mask_src=listen is not None and listen.mask_src))
         except (OSError, MailError) as e:
             log.event(self.sid, "smtp", "queue-error", reason=str(e))
-            tx.failed = True
-            return False
-        return True
+            return _queue_reply(e)
+        return None
 
     async def _data_start(self) -> bool:
-        if not await self._open_message():
-            self.proto.send(REPLY_QUEUE_ERROR)  # in order, after queued replies
-            return False
+        assert self.tx is not None
+        refusal = await self._open_message(self.tx)
+        if refusal is not None:
+            self.proto.send(refusal)  # in order, after queued replies
+            return refusal.code != 421
         self.proto.send(REPLY_DATA)
         return True
 
     async def _chunk(self, data: bytes) -> bool:
         tx = self.tx
-        if tx is None or tx.failed:
+        if tx is None or tx.failed is not None:
             return True
-        if tx.incoming is None and not await self._open_message():
-            return True  # BDAT: the chunk's reply says so
+        if tx.incoming is None:
+            tx.failed = await self._open_message(tx)
+            if tx.failed is not None:
+                return True  # BDAT: the chunk's reply says so
         assert tx.incoming is not None and tx.headers is not None
         end = tx.headers.feed(data)
         if tx.held is not None:
@@ -489,6 +522,12 @@ class Session:
         if end is not None and self._completes_headers():
             data = data[:end] + missing_headers(tx.headers, self.hostname) + data[end:]
         tx.incoming.write(data)
+        if tx.incoming.error is not None:
+            # The rest is read and dropped; the partial message goes now,
+            # freeing its space, and the end of the data gets the reply.
+            log.event(self.sid, "smtp", "queue-error", reason=str(tx.incoming.error))
+            tx.failed = storage_reply(tx.incoming.error)
+            await self.ctx.store.discard(tx.incoming)
         return True
 
     def _masquerades(self, sender: str) -> bool:
@@ -506,16 +545,14 @@ class Session:
         """End of DATA or the LAST chunk (or a chunk too big): refuse or queue."""
         tx, self.tx = self.tx, None
         assert tx is not None
-        if not too_big and not tx.failed and tx.incoming is None:
-            self.tx = tx
-            ok = await self._open_message()   # BDAT 0 LAST: no chunk came
-            self.tx = None
-            if not ok:
-                self.proto.send(REPLY_QUEUE_ERROR)
-                return False
-        if tx.failed:
-            self.proto.send(REPLY_QUEUE_ERROR)
-            return False
+        if not too_big and tx.failed is None and tx.incoming is None:
+            tx.failed = await self._open_message(tx)   # BDAT 0 LAST: no chunk came
+        if tx.failed is not None:
+            if tx.incoming is not None:
+                await self.ctx.store.discard(tx.incoming)
+            log.smtp_failed_command(self.sid, command, tx.failed)
+            self.proto.send(tx.failed)
+            return tx.failed.code != 421
         if tx.held and tx.incoming is not None:
             tx.incoming.write(bytes(tx.held))  # a message that is all header: as sent
         headers = tx.headers
@@ -539,8 +576,10 @@ class Session:
             await self.ctx.store.commit(incoming, envelopes)
         except (OSError, MailError) as e:
             log.event(self.sid, "smtp", "queue-error", reason=str(e))
-            self.proto.send(REPLY_QUEUE_ERROR)  # in order, after queued replies
-            return False
+            reply = _queue_reply(e)
+            log.smtp_failed_command(self.sid, command, reply)
+            self.proto.send(reply)  # in order, after queued replies
+            return reply.code != 421
         for env in envelopes:
             log.smtp_envelope(self.sid, env.id, env.sender, env.dest)
         log.smtp_message(self.sid, incoming.msgid, incoming.size, len(envelopes), self._proto_name())
