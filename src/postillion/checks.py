@@ -20,7 +20,7 @@ from postillion.table.services import Service
 
 Problem = tuple[Position, str]
 
-#: Every backend SPEC §2 names; one the table layer lacks yet is a warning.
+#: Every backend planned (docs/tables.md); one the table layer lacks yet is a warning.
 SPEC_BACKENDS = frozenset({"static", "file", "db", "getpwnam", "sqlite", "postgres", "mysql",
                            "redis", "ldap", "socketmap", "proc"})
 
@@ -29,7 +29,7 @@ LOCAL_BACKENDS = frozenset({"file", "db"})
 
 
 def table_problems(config: Config) -> tuple[list[Problem], list[Problem]]:
-    """(errors, warnings) about the config's tables; a backend SPEC names but
+    """(errors, warnings) about the config's tables; a backend planned but
     the runtime lacks is a warning (the daemon refuses it at start)."""
     problems: list[Problem] = []
     later: list[Problem] = []

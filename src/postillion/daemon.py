@@ -1,6 +1,6 @@
 """The daemon: builds every part from one Config and runs them.
 
-The only module that knows every part (DESIGN.md): it opens the tables,
+The only module that knows every part (docs/architecture.md): it opens the tables,
 recovers the queue (scheduling what was committed before a crash), starts
 the scheduler with the local delivery agent, and opens the listeners -- in
 that order, so no client is answered before the queue is sound.  It owns the
@@ -35,7 +35,7 @@ logger = logging.getLogger("postillion.daemon")
 
 STOP_GRACE = 5.0  # seconds in-flight deliveries get to finish on SIGTERM
 
-#: Expanded addresses are `internal`: the rules see them as `from local` (SPEC §3).
+#: Expanded addresses are `internal`: the rules see them as `from local` (docs/tables.md).
 INTERNAL = SessionFacts(address="local", is_local=True)
 
 
@@ -101,7 +101,7 @@ class Daemon:
 
     async def start(self) -> None:
         if (refusal := config_support.refusal(self.config)) is not None:
-            raise StartupError(refusal)  # SPEC §4: an option not implemented yet is never ignored
+            raise StartupError(refusal)  # an option not implemented yet is never ignored
         self.mda.start()
         self.tables = await open_tables(self.config)
         ruleset = Ruleset(self.config, self.tables)

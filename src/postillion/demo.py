@@ -87,7 +87,7 @@ match from local for local action "local_mail"
 """
 
 BACKEND = """\
-# SQLite backend of the demo tables (SPEC.md §2.3): one query per service.
+# SQLite backend of the demo tables (docs/tables.md, sqlite): one query per service.
 dbpath            {db}
 query_domain      SELECT name FROM domains WHERE name = ?
 query_alias       SELECT target FROM virtuals WHERE address = ?

@@ -1,4 +1,4 @@
-"""The mail log: one line per event, in OpenSMTPD 6.8's layout (SPEC.md §9).
+"""The mail log: one line per event, in OpenSMTPD 6.8's layout (docs/logs.md).
 
 `SESSIONID SUBSYSTEM EVENT key=value ...` -- fail2ban filters and log parsers
 written for OpenSMTPD keep working.  Every mail-log line is written by one
