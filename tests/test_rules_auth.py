@@ -1,4 +1,4 @@
-"""`match auth [<t>]`, `match from auth` and `match tls` (SPEC §4.2)."""
+"""`match auth [<t>]`, `match from auth` and `match tls` (docs/configuration.md, match)."""
 
 from __future__ import annotations
 

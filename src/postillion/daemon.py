@@ -38,7 +38,7 @@ logger = logging.getLogger("postillion.daemon")
 
 STOP_GRACE = 5.0  # seconds in-flight deliveries get to finish on SIGTERM
 
-#: Expanded addresses are `internal`: the rules see them as `from local` (SPEC §3).
+#: Expanded addresses are `internal`: the rules see them as `from local` (docs/tables.md).
 INTERNAL = SessionFacts(address="local", is_local=True)
 
 

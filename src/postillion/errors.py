@@ -6,7 +6,7 @@ or a bounce will see; `reason` is for the log only (maddy's habit: generic
 text to the peer, detail to the administrator).
 
 This module is a leaf: it imports nothing of ours, so the sans-IO protocol
-machine, the tables and the agents can all share it (see DESIGN.md).
+machine, the tables and the agents can all share it (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Match evaluation: which action (or reject) a (session, sender, recipient) gets.
 
-SPEC.md §4.2: rules are tried in order and the first match wins; `reject` or
+docs/configuration.md, match: rules are tried in order and the first match wins; `reject` or
 no match at all refuses the recipient (`550 5.7.1`, relay denied), which is
 what keeps Postillion from ever being an open relay: a recipient is accepted
 only when a rule the administrator wrote says so.  A table that cannot answer
@@ -25,7 +25,7 @@ class SessionFacts:
 
     `address` is the client IP as text ("local" for a local socket);
     `is_local` is true when the connection comes from this host (the `from
-    local` of SPEC §4.2: loopback, or the client's address is the address it
+    local` of docs/configuration.md: loopback, or the client's address is the address it
     reached us on).  `authenticated` and `user` say whether and as whom the
     client passed AUTH; `tls` whether the session is encrypted (`match tls`).
     """
@@ -99,7 +99,7 @@ class Ruleset:
         if kind == "from-any":
             return True
         if kind == "from-local":
-            # AUTH sessions are not `local` (SPEC §4.2): write `match auth ...`.
+            # AUTH sessions are not `local` (docs/configuration.md): write `match auth ...`.
             return facts.is_local and not facts.authenticated
         if kind == "from-src":
             return await self._table(c).check(Service.NETADDR, facts.address)
@@ -112,7 +112,7 @@ class Ruleset:
         if kind in ("auth", "from-auth"):
             # `auth [<t>]`: an authenticated session, whose user (if a table
             # is given) is in it -- as a regex, a mailaddr when it has an @,
-            # else a plain string (SPEC §1.3).
+            # else a plain string (docs/tables.md).
             if not facts.authenticated:
                 return False
             if c.table is None:

@@ -1,4 +1,4 @@
-"""TLS server contexts for listeners, from `pki` and `ca` (SPEC §4.2, §6.4).
+"""TLS server contexts for listeners, from `pki` and `ca` (docs/configuration.md).
 
 A listener with `tls`, `tls-require` or `smtps` presents the certificate of
 its `pki` names (default: the listener's hostname).  With several `pki`

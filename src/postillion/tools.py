@@ -1,4 +1,4 @@
-"""The table tools of the `postillion` command (SPEC §9).
+"""The table tools of the `postillion` command (docs/commands.md).
 
 * `postillion table lookup [-f CONF] TABLE SERVICE KEY`: one lookup through
   the real backend, as the daemon would make it, like `postmap -q`: prints

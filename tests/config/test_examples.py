@@ -1,4 +1,5 @@
-"""SPEC.md §4.7's example configs: they parse, B and C mean the same, --convert round-trips.
+"""The example configs (tests/config/examples): they parse, B and C mean the same,
+--convert round-trips.
 
 What "equal models" means for B (2012 grammar) and C (modern): the models
 cannot be equal as objects -- B's actions are named `legacy-<hash>`, C's
@@ -7,8 +8,8 @@ cannot be equal as objects -- B's actions are named `legacy-<hash>`, C's
 tables inlined, each match carrying its action's content instead of its
 name, 2012 userinfo values rewritten to the three-field form they mean.
 
-One real difference remains, and SPEC's C has it, not the compiler: a 2012
-`from local` is "local **or authenticated**" (SPEC §4.6), so B's three
+One real difference remains, and the example C has it, not the compiler: a 2012
+`from local` is "local **or authenticated**" (docs/configuration.md), so B's three
 `accept for domain ...` rules also take mail from an authenticated client
 for the local domains; C writes `match for domain ...` (local only), so in
 C an authenticated client's mail for example.org falls through to `match

@@ -1,6 +1,6 @@
 """Property: parse() on any text returns a Config or raises ConfigError.
 
-Any other exception, or a hang, is a bug (DESIGN.md: "never a traceback").
+Any other exception, or a hang, is a bug (docs/architecture.md: "never a traceback").
 Two generators: arbitrary text, and text built from the grammar's own
 words and punctuation, which reaches much deeper into the parser.
 """
@@ -41,7 +41,7 @@ FRAGMENTS = [
     "certificate", "expire", "ssl", "tls+auth://l@h", "bounce-warn",
 ]
 
-# Words of the real configs (good corpus, SPEC examples), recombined: reaches
+# Words of the real configs (good corpus, examples), recombined: reaches
 # every statement's deeper states, which random words seldom do.
 _HERE = Path(__file__).parent
 CORPUS_LINES = sorted({line for path in [*_HERE.glob("good/*.conf"), *_HERE.glob("examples/*.conf")]

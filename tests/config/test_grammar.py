@@ -1,6 +1,6 @@
 """The whole grammar into the model: each good config's declarations, field by field.
 
-tests/config/good/ holds one config per part of SPEC §4 (also run through
+tests/config/good/ holds one config per part of docs/configuration.md (also run through
 OpenSMTPD's checker by `make conformance`); these tests pin what each line
 becomes, so the layers reading the model (smtp, mda, mta) can rely on it.
 """

@@ -1,4 +1,4 @@
-"""The lexer: positions, quoting, comments, continuation, macros (SPEC.md §4.1)."""
+"""The lexer: positions, quoting, comments, continuation, macros (docs/configuration.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §6.3 limits and the hostile-input defences, against the real daemon.
+"""The limits of docs/smtp.md and the hostile-input defences, against the real daemon.
 
 Each test talks raw SMTP over a socket to the plain listener (or uses a real
 client) and checks what the client sees, what is delivered and that nothing

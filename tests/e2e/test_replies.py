@@ -1,4 +1,4 @@
-"""One dialogue per row of SPEC.md §6.2's reply table, against the running daemon.
+"""One dialogue per row of the reply table (docs/smtp.md, Replies), against the running daemon.
 
 Each row is data: the listener, then steps of (line sent, reply expected as
 a prefix of the last reply line).  `TLS` upgrades the connection, `LOGIN`

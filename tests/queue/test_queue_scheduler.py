@@ -66,7 +66,7 @@ def test_backoff_matches_spec_remote_sequence():
         retry += 1
         now = next_attempt(ctime, retry, 400.0, now)
         dues.append(now - ctime)
-    # ~6.7 min, 27 min, 1 h, 1.8 h, 2.8 h, 4 h after arrival (SPEC §7.3)
+    # ~6.7 min, 27 min, 1 h, 1.8 h, 2.8 h, 4 h after arrival (base 400 s: remote envelopes)
     assert dues == [400.0, 1600.0, 3600.0, 6400.0, 10000.0, 14400.0]
 
 

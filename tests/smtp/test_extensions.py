@@ -1,4 +1,4 @@
-"""STARTTLS, AUTH, BDAT, DSN and SMTPUTF8 in the protocol machine (SPEC §6.2-6.5).
+"""STARTTLS, AUTH, BDAT, DSN and SMTPUTF8 in the protocol machine (docs/smtp.md).
 
 Each case is fed whole, byte by byte and in random splits; the driver stands
 in for the TLS handshake (`tls_started`) and accepts user gilles / s3cret.

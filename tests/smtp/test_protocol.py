@@ -165,7 +165,7 @@ CASES: list[Case] = [
          ["421 4.7.0 Too many failed commands, closing connection"]),
     Case("a good command resets the failure count", b"FOO\r\n" * 9 + b"NOOP\r\n" + b"FOO\r\n" * 9,
          [UNRECOGNIZED] * 9 + [OK] + [UNRECOGNIZED] * 9),
-    # -- senders (SPEC §6.3) ---------------------------------------------------------
+    # -- senders (docs/smtp.md, Addresses and parameters) ---------------------------
     sender(b"<>", OK),
     sender(b" <alice@example.com>", OK),
     sender(b"<@relay.example,@other.example:alice@example.com>", OK),
@@ -318,7 +318,7 @@ def test_one_write_four_replies_in_order() -> None:
 
 def test_content_waits_for_354() -> None:
     """Bytes after DATA are not content until 354 is sent; if DATA is refused
-    they are read as commands (SPEC §6.5)."""
+    they are read as commands (docs/smtp.md)."""
     refused = drive([message(b"NOOP\r\n.\r\n")],
                     answer=lambda p, e: Reply(451, "4.3.0", "Temporary failure")
                     if isinstance(e, DataStart) else accept_all(p, e))
@@ -346,7 +346,7 @@ def test_session_421_closes() -> None:
     assert run.events[-1] == ConnectionClosed("server sent 421")
 
 
-# -- smuggling and content (SPEC §6.5) ----------------------------------------------------------
+# -- smuggling and content (docs/smtp.md) ------------------------------------------------------
 
 SMUGGLING = [
     # (content after DATA\r\n, stored message, bytes read as commands after it)

@@ -209,7 +209,7 @@ async def builder(request, tmp_path) -> AsyncIterator[Builder]:
 
 @pytest.fixture(params=["static", "file", "db"])
 async def list_builder(request, tmp_path) -> AsyncIterator[Builder]:
-    """Backends whose lists the table matches itself (SPEC §1.4)."""
+    """Backends whose lists the table matches itself (docs/tables.md, Lists and maps)."""
     b = BUILDERS[request.param](tmp_path)
     yield b
     await b.aclose()

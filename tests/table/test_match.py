@@ -1,4 +1,4 @@
-"""List matching rules of SPEC §1.4, as pure functions."""
+"""List matching rules (docs/tables.md, Lists and maps), as pure functions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §2.1 text format, for file tables and backend-config files."""
+"""The text format (docs/tables.md), for file tables and backend-config files."""
 
 from __future__ import annotations
 

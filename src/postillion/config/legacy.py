@@ -1,4 +1,4 @@
-"""The 2012 `accept`/`reject` rules (SPEC §4.6), compiled into the modern model.
+"""The 2012 `accept`/`reject` rules, compiled into the modern model.
 
     accept [tagged [!]TAG] [from any|local|<t>|NET] [sender <t>]
            for any|local|domain NAME|domain <t>
@@ -18,7 +18,8 @@ Options may come in any order (the 2012 parser was not strict either, and
 Each `accept` becomes an action named `legacy-<8 hex of SHA-256 of the
 statement>` (the statement's tokens joined by one blank, quoted strings
 re-quoted: stable under reordering and re-indentation, so queued envelopes
-keep finding their action) plus match rules, by the table of SPEC §4.6.
+keep finding their action) plus match rules, by the table of docs/configuration.md
+(The 2012 grammar).
 `from local` meant "local or authenticated" in 2012: it becomes two
 consecutive rules, `from local ...` and `auth from any ...`, with the same
 action -- under first-match-wins exactly the same decision, and expressible
@@ -54,7 +55,7 @@ RELAY_2012 = ("backup", "via", "certificate", "pki", "auth", "as", "source", "he
 
 
 def action_name(tokens: list[Token]) -> str:
-    """`legacy-` + 8 hex of SHA-256 of the statement as tokens (SPEC §4.6)."""
+    """`legacy-` + 8 hex of SHA-256 of the statement as tokens."""
     words = []
     for tok in tokens:
         if tok.kind is Kind.STRING:
@@ -172,7 +173,7 @@ def rule(p: Parser, s: Stream, kw: Token) -> None:
     others = [c for k, c in crit.items() if k not in ("from", "for")] + extra
     p.st.matches.append(MatchDecl((frm, crit["for"], *others), kw.pos, name))
     if frm.kind == "from-local":
-        # 2012 `from local` = local or authenticated (SPEC §4.6).
+        # 2012 `from local` = local or authenticated (docs/configuration.md).
         p.use("match auth", frm.pos)
         auth = (Criterion("from-any", frm.pos), crit["for"], Criterion("auth", frm.pos), *others)
         p.st.matches.append(MatchDecl(auth, kw.pos, name))

@@ -6,7 +6,7 @@ braces had been typed, so `$name` is replaced by the tokens of its value
 before the parser sees anything.  A definition (`name = "value"` alone on a
 line, outside braces) is consumed here and never reaches the parser.
 
-Lexical rules (SPEC.md §4.1):
+Lexical rules (docs/configuration.md, Files, lines and quoting):
 
 - Newlines end statements and come out as NEWLINE tokens; `\\` + newline
   outside quotes joins lines (nothing is inserted: `foo\\` + `bar` is
@@ -48,7 +48,7 @@ _PUNCT = "{},<>!"
 # Words that start a statement.  A line starting with one (unquoted) ends
 # any `{` left open: the lexer and the parser's recovery agree on this, so
 # one missing `}` is one error and the lines after it lex normally (keywords
-# used as values must be quoted anyway, SPEC.md §4.1).
+# used as values must be quoted anyway).
 STATEMENT_WORDS = frozenset({
     "table", "listen", "action", "match", "hostname", "smtp", "include",
     "pki", "ca", "queue", "bounce", "mta", "mda", "scheduler", "filter",

@@ -33,7 +33,7 @@ class Position:
 class Limits:
     """Every SMTP limit, named as its config keyword (`-` -> `_`), with unit.
 
-    Defaults are SPEC.md §4.3 and §6.3; this is the one place they live.
+    Defaults as docs/smtp.md (Limits) lists them; this is the one place they live.
     """
 
     max_message_size: int = 35 * MIB      # smtp max-message-size: octets after unstuffing
@@ -104,7 +104,7 @@ class CaDecl:
 
 @dataclass(frozen=True, slots=True)
 class ListenDecl:
-    """`listen on ADDRESS [OPTION ...]` (SPEC §4.2), one per statement.
+    """`listen on ADDRESS [OPTION ...]` (docs/configuration.md, listen on), one per statement.
 
     `port` is None when not written: 25, or 465 with `smtps`.  `tls` offers
     STARTTLS; `tls_require` demands it before MAIL; `verify` (after
@@ -144,7 +144,7 @@ class ListenDecl:
 
 @dataclass(frozen=True, slots=True)
 class RelayHost:
-    """A relay URL `[scheme://][label@]host[:port]` (SPEC §5.1), in modern meaning.
+    """A relay URL `[scheme://][label@]host[:port]` (docs/configuration.md), in modern meaning.
 
     `scheme` is what the URL means today, whatever grammar wrote it:
     "smtp" (STARTTLS if offered), "smtp+tls" (STARTTLS required, verified),
@@ -153,7 +153,7 @@ class RelayHost:
     has no modern spelling.  `host` keeps brackets for literals
     (`[192.0.2.1]`, `[IPv6:2001:db8::1]`).  `port` None = the scheme's
     default (25, 465 for smtps).  `label` is the key of the credentials
-    lookup in the action's `auth` table (SPEC §5.2).
+    lookup in the action's `auth` table (docs/configuration.md, Relay URLs).
     """
 
     scheme: str
@@ -178,7 +178,7 @@ class RelayHost:
         return f"{self.scheme}://{label}{self.host}{port}"
 
 
-#: Methods of SPEC §4.2; local ones take alias/virtual/userbase/user/wrapper.
+#: Methods of `action` (docs/configuration.md); local ones take alias/virtual/userbase/user/wrapper.
 LOCAL_METHODS = ("maildir", "mbox", "lmtp", "mda", "forward-only", "expand-only")
 METHODS = (*LOCAL_METHODS, "relay")
 
@@ -229,7 +229,7 @@ class ActionDecl:
     ca: str | None = None
 
 
-#: Criterion kinds of SPEC §4.2, as `match` spells them with `-` for blanks.
+#: Criterion kinds (docs/configuration.md, match), as `match` spells them with `-` for blanks.
 CRITERIA = (
     "from-any", "from-local", "from-socket", "from-src", "from-rdns", "from-auth",
     "from-mail-from", "for-any", "for-local", "for-domain", "for-rcpt-to",
@@ -239,7 +239,7 @@ CRITERIA = (
 
 @dataclass(frozen=True, slots=True)
 class Criterion:
-    """One `[!]OPTION` of a match rule (SPEC §4.2).
+    """One `[!]OPTION` of a match rule (docs/configuration.md, match).
 
     kind is one of CRITERIA.  `table` names the table for the value-taking
     kinds (an inline value such as `from src 10.0.0.0/8` becomes an anonymous
@@ -276,7 +276,7 @@ DAYS = 24 * HOURS
 
 @dataclass(frozen=True, slots=True)
 class QueueOptions:
-    """`queue ttl D` (2012: `expire D`) and `queue compression` (SPEC §4.3)."""
+    """`queue ttl D` (2012: `expire D`) and `queue compression` (docs/configuration.md)."""
 
     ttl: float = 4 * DAYS                 # queue ttl: envelope lifetime before bounce
     compression: bool = False             # queue compression: gzip message files
@@ -291,7 +291,7 @@ class BounceOptions:
 
 @dataclass(frozen=True, slots=True)
 class MtaLimit:
-    """`mta limit [for domain D] KEY VALUE` (SPEC §7.2); domain None = global."""
+    """`mta limit [for domain D] KEY VALUE` (docs/configuration.md); domain None = global."""
 
     key: str
     value: int
@@ -324,7 +324,7 @@ class SchedulerOptions:
 
 @dataclass(frozen=True, slots=True)
 class TableUse:
-    """A table used for a service (SPEC §1.3) at `pos`: `userbase <users>` = userinfo.
+    """A table used for a service (docs/tables.md) at `pos`: `userbase <users>` = userinfo.
 
     `service` is the service's config name ("alias", "userinfo", ...); the
     table layer checks that the table's backend can serve it.
@@ -369,5 +369,5 @@ class Config:
     #: Every option written, with its position, for `support.unsupported()`.
     #: Not part of equality: two configs saying the same thing are equal.
     features: tuple[Feature, ...] = field(default=(), compare=False)
-    #: Every table reference with the service it needs (SPEC §1.3).
+    #: Every table reference with the service it needs (docs/tables.md, Services and value formats).
     table_uses: tuple[TableUse, ...] = field(default=(), compare=False)

@@ -13,8 +13,8 @@ objects equal:
   carries its action's content instead; a 2012 `legacy-…` action and a
   hand-named modern one are then interchangeable) and with the 2012
   four-field userinfo values of inline userbase tables (`vuser:10:100:/home`)
-  rewritten to the three-field form they mean (SPEC §1.3).  SPEC §4.7 B and
-  C are compared this way.
+  rewritten to the three-field form they mean (docs/tables.md).  The example
+  configurations B and C (tests/config/examples) are compared this way.
 
 `to_modern(config)` prints any config, whichever grammar it was written in,
 in the modern grammar, every value quoted.  The one thing without a modern
@@ -128,7 +128,7 @@ def normalise(config: Config) -> dict[str, Any]:
 
 
 def _userinfo_3(key: str, value: str) -> str:
-    """`user:uid:gid:home` (2012) -> `uid:gid:home` when user is the key (SPEC §1.3)."""
+    """`user:uid:gid:home` (2012) -> `uid:gid:home` when user is the key."""
     parts = value.split(":")
     if len(parts) >= 4 and parts[0].lower() == key.lower() and parts[1].isdigit() \
             and parts[2].isdigit() and parts[3].startswith("/"):
@@ -155,7 +155,7 @@ def semantic(config: Config) -> dict[str, Any]:
 
 
 def q(text: str) -> str:
-    """A value in double quotes that the lexer reads back as exactly `text` (SPEC §4.1).
+    """A value in double quotes that the lexer reads back as exactly `text`.
 
     Inside quotes `\\` escapes the quote, a blank or a newline and is kept
     before anything else; so `"` is written `\\"`, and a backslash before a

@@ -1,6 +1,6 @@
-"""smtpd.conf -> Config: the modern OpenSMTPD 6.8 grammar, whole (SPEC.md §4).
+"""smtpd.conf -> Config: the modern OpenSMTPD 6.8 grammar, whole (docs/configuration.md).
 
-Statements (SPEC.md §4.2, §4.3, §1.1):
+Statements (docs/configuration.md):
 
     table NAME BACKEND:CONFIG | table NAME /abs/path | table NAME { ... }
     pki NAME cert FILE | pki NAME key FILE | pki NAME dhe none|legacy|auto
@@ -20,11 +20,11 @@ Statements (SPEC.md §4.2, §4.3, §1.1):
 The 2012 `accept`/`reject` rules are compiled by `legacy.py` into the same
 model; their global spellings (`expire`, `max-message-size`, `bounce-warn`)
 and listen options (`certificate`, `ssl`) are accepted in either grammar
-(SPEC §4.1), only the two kinds of *rules* may not be mixed.
+(docs/configuration.md, The 2012 grammar), only the two kinds of *rules* may not be mixed.
 
 Everything the grammar knows is parsed into the model, and each option is
 recorded as a `Feature` so the daemon can refuse what the runtime does not
-implement yet (support.py).  What SPEC §10 puts out of scope (`filter`,
+implement yet (support.py).  What is not supported yet (`filter`,
 `proc`, `srs`, `admd`, `queue encryption`, `proxy-v2`, `listen on socket`)
 is an error saying "not supported yet": never half understood in silence.
 
@@ -33,7 +33,7 @@ end of line) and raised together as one `ConfigError`; references (tables,
 actions, pki, ca, mda wrappers) are checked once everything is read, so
 declaration order does not matter.
 
-Choices where SPEC.md is silent (each one is also a case of `make
+Choices of our own (each one is also a case of `make
 conformance`, which lists where OpenSMTPD 6.8's checker disagrees):
 
 - Refused here rather than at delivery: unknown `%{...}` specifiers, `mda`
@@ -91,13 +91,13 @@ from postillion.config.stream import Skip, Stream, Syntax
 
 MAX_INCLUDE_DEPTH = 16
 
-# Tables OpenSMTPD 6.8 declares itself (SPEC.md §2).  A user may not declare
+# Tables OpenSMTPD 6.8 declares itself (docs/tables.md).  A user may not declare
 # one of these names; a reference to one is recorded as a feature
 # ("table <getpwnam>") for the runtime support check.
 BUILTIN_TABLES = frozenset({"localhost", "anyhost", "localnames", "anydestination", "getpwnam"})
 ANON_PREFIX = "anon:"
 
-# SPEC §10: refused at parse time, whatever the runtime does.
+# Not supported yet (docs/configuration.md): refused at parse time, whatever the runtime does.
 OUT_OF_SCOPE_STATEMENTS = frozenset({"filter", "proc", "srs", "admd", "dkim"})
 GRAMMAR_2012 = frozenset({"accept", "reject"})
 
@@ -132,7 +132,7 @@ SMTP_LIMITS = {
     "max-sessions": "max_sessions",
     "max-sessions-per-ip": "max_sessions_per_ip",
 }
-MTA_LIMITS = (  # SPEC §7.2; delays are seconds
+MTA_LIMITS = (  # docs/configuration.md, Global options; delays are seconds
     "max-conn-per-host", "max-conn-per-route", "max-conn-per-source", "max-conn-per-connector",
     "max-conn-per-relay", "max-conn-per-domain", "conn-delay-host", "conn-delay-route",
     "conn-delay-source", "conn-delay-connector", "conn-delay-relay", "conn-delay-domain",
@@ -148,7 +148,7 @@ MAX_WARN_INTERVALS = 4
 MAP_USES = frozenset({"alias", "virtual", "userbase", "listen auth", "listen auth-optional",
                       "senders", "hostnames", "relay auth", "relay domain"})
 # How each use of a table (as table_ref/table_value name it) maps to the
-# service of SPEC §1.3 the table must serve.
+# service (docs/tables.md, Services and value formats) the table must serve.
 USE_SERVICES = {
     "alias": "alias", "virtual": "alias", "userbase": "userinfo",
     "listen auth": "credentials", "listen auth-optional": "credentials",
@@ -734,7 +734,7 @@ class Parser:
 
     @staticmethod
     def mail_from(tok: Token, after: str) -> str:
-        """Relay `mail-from` (2012 `as`): `user`, `@domain` or `user@domain` (SPEC §4.2)."""
+        """Relay `mail-from` (2012 `as`): `user`, `@domain` or `user@domain`."""
         text = tok.text
         user, at_sign, domain = text.rpartition("@") if "@" in text else (text, "", "")
         if not text or not _MAILADDR.match(text) or text == "@" \
@@ -745,7 +745,7 @@ class Parser:
         return text
 
     def check_action(self, method: str, f: dict[str, object], seen: dict[str, Position]) -> None:
-        """Rules between relay options (SPEC §4.2, §5.2), at the later option."""
+        """Rules between relay options (docs/configuration.md, action), at the later option."""
         if method != "relay":
             return
         if "host" in seen:

@@ -1,10 +1,10 @@
-"""Relay URLs (SPEC §5): `[scheme://][label@]host[:port]`, checked once here.
+"""Relay URLs: `[scheme://][label@]host[:port]`, checked once here.
 
-A scheme means what it meant in the grammar that wrote it (SPEC §5.1,
-*Choice*): `smtp+tls://` was opportunistic in a 2012 `relay via` and is
+A scheme means what it meant in the grammar that wrote it (docs/configuration.md,
+The 2012 grammar): `smtp+tls://` was opportunistic in a 2012 `relay via` and is
 mandatory TLS in a 6.8 `relay host`.  Both grammars produce a `RelayHost`
 holding the modern meaning, so the MTA never needs to know which grammar a
-config used.  The label rules of SPEC §5.2 that need the whole action (`auth
+config used.  The label rules (Relay URLs) that need the whole action (`auth
 <t>` without a label, a label without `auth <t>`) are checked by the parser.
 """
 
@@ -17,7 +17,7 @@ from postillion.config.lexer import Token
 from postillion.config.model import RelayHost
 from postillion.config.stream import Syntax
 
-#: `relay host` schemes of 6.8 (SPEC §5.1): scheme -> modern scheme.
+#: `relay host` schemes of 6.8 (docs/configuration.md): scheme -> modern scheme.
 MODERN_SCHEMES = {
     "smtp": "smtp", "smtp+tls": "smtp+tls", "smtp+notls": "smtp+notls",
     "smtps": "smtps", "lmtp": "lmtp",
@@ -44,7 +44,7 @@ def host_name(text: str) -> bool:
 
 
 def _literal(inside: str) -> bool:
-    """`[192.0.2.1]` or `[IPv6:2001:db8::1]` (SPEC §5.1), brackets stripped."""
+    """`[192.0.2.1]` or `[IPv6:2001:db8::1]` (RFC 5321 §4.1.3), brackets stripped."""
     if inside[:5].lower() == "ipv6:":
         try:
             ipaddress.IPv6Address(inside[5:])

@@ -1,6 +1,6 @@
 """Which parsed options the runtime implements: refuse the rest, never ignore them.
 
-The config layer parses the whole grammar (SPEC §4), but the daemon grows
+The config layer parses the whole grammar (docs/configuration.md), but the daemon grows
 one feature at a time.  A config that asks for something not built yet
 (`listen ... tls` before TLS exists, `action ... relay` before the MTA) must
 not start and silently do less than the administrator wrote: the daemon

@@ -1,6 +1,6 @@
 """Values written in smtpd.conf: numbers, sizes, ports, table locations.
 
-Kept apart from the grammar so each rule (SPEC.md: `K/M/G` are powers of
+Kept apart from the grammar so each rule (`K/M/G` are powers of
 1024, ports 1..65535, a relative backend path resolves against the declaring
 file) is stated once and tested alone.  Each function returns the value or
 raises `Syntax` at the token.
@@ -87,7 +87,7 @@ _DURATION_SCALE = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def duration(tok: Token, what: str) -> float:
-    """Seconds from `N[smhd]` (SPEC: delays `N[smhd]`; `4d` = 345 600); at least 1s.
+    """Seconds from `N[smhd]` (`4d` = 345 600); at least 1s.
 
     The unit is required, as in OpenSMTPD: a bare `4` could mean anything.
     """
@@ -110,7 +110,7 @@ def duration_text(seconds: float) -> str:
     return f"{value}s"
 
 
-# Format specifiers of SPEC §4.4: %{name[slice][:modifier|modifier]}.
+# Format specifiers (docs/configuration.md): %{name[slice][:modifier|modifier]}.
 FORMAT_NAMES = frozenset({
     "sender", "sender.user", "sender.domain", "rcpt", "rcpt.user", "rcpt.domain",
     "dest", "dest.user", "dest.domain", "user.username", "user.directory", "mbox.from", "mda",
@@ -121,7 +121,7 @@ _FORMAT_BODY = re.compile(r"([a-z.]+)(\[-?[0-9]{0,4}(?::-?[0-9]{0,4})?\])?(?::([
 
 
 def format_string(tok: Token, what: str) -> str:
-    """Check every `%{...}` of a maildir path, mda command or lmtp target (SPEC §4.4).
+    """Check every `%{...}` of a maildir path, mda command or lmtp target.
 
     Unknown names or modifiers are errors now, not at delivery time;
     `%u` (2012) and `%%` are allowed.
@@ -149,7 +149,7 @@ _SHELL_META = "|;&<>`"
 
 
 def command(tok: Token, what: str) -> str:
-    """An `mda` command: split into argv before expansion, run without a shell (SPEC §4.5).
+    """An `mda` command: split into argv before expansion, run without a shell.
 
     Unquoted `| ; & < >`, a backquote or `$(` are refused: the command never
     reaches a shell, so they could only mean the administrator expects one

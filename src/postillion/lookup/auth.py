@@ -1,4 +1,4 @@
-"""Credential checks for the listener's AUTH (SPEC §1.3, §6.4).
+"""Credential checks for the listener's AUTH (docs/smtp.md, STARTTLS and AUTH).
 
 A client that says `AUTH PLAIN` or `AUTH LOGIN` hands us a user name and a
 cleartext password; this module answers *ok*, *permfail* or *tempfail*:

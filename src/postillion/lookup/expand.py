@@ -1,6 +1,6 @@
 """Recipient expansion: one RCPT address into final local deliveries.
 
-Runs at RCPT time (SPEC.md §3) so an unknown recipient is refused with
+Runs at RCPT time (docs/tables.md, Recipient expansion) so an unknown recipient is refused with
 `550 5.1.1` before any data is sent, instead of being accepted and bounced
 later (backscatter).  Expansion is breadth-first over nodes that know their
 parent and depth:
@@ -30,7 +30,7 @@ from postillion.table.services import Service
 from postillion.table.table import Table, open_table
 from postillion.table.values import BadValue, ExpandList, Userinfo, error_target, target_kind
 
-#: Re-runs the rules for an address found in an alias (SPEC §3: "through the
+#: Re-runs the rules for an address found in an alias ("through the
 #: rules again"); returns the action, or None when no rule accepts it.
 RouteAddress = Callable[[str], Awaitable[ActionDecl | None]]
 
@@ -78,7 +78,7 @@ def split_tag(local: str, delim: str) -> tuple[str, str]:
 
 
 def virtual_keys(local: str, domain: str, delim: str) -> list[str]:
-    """The `virtual` lookup order of SPEC §3, first hit wins."""
+    """The `virtual` lookup order (docs/tables.md, Recipient expansion), first hit wins."""
     user, tag = split_tag(local, delim)
     keys = []
     if tag:
@@ -203,6 +203,6 @@ async def userinfo(tables: Mapping[str, Table], action: ActionDecl, user: str) -
 
 
 def _error_reply(code: int, text: str) -> MailError:
-    """`error:NNN text`: the RCPT gets that reply (SPEC §3)."""
+    """`error:NNN text`: the RCPT gets that reply (docs/tables.md, Alias targets)."""
     kind = TempFail if code < 500 else PermFail
     return kind(Reply(code, f"{code // 100}.0.0", text or "Error"))

@@ -1,4 +1,4 @@
-"""Format specifiers of action paths (SPEC.md §4.4): `%{rcpt.domain}` and friends.
+"""Format specifiers of action paths (docs/configuration.md): `%{rcpt.domain}` and friends.
 
 Only what the maildir agent needs yet: `%{sender}`, `%{rcpt}`, `%{dest}`
 (each with `.user` / `.domain`), `%{user.username}`, `%{user.directory}`,

@@ -1,4 +1,4 @@
-"""Maildir delivery (SPEC.md §4.2, `action ... maildir [PATH]`).
+"""Maildir delivery (`action ... maildir [PATH]`, docs/configuration.md).
 
 The message is written to `tmp/`, fsynced, then renamed into `new/` and the
 `new/` directory fsynced: a reader never sees a partial message, and once the
@@ -6,7 +6,7 @@ agent reports success the message survives a power cut -- only then does the
 queue drop its envelope.  The Maildir (and missing parents) is created with
 mode 0700 by whoever runs the delivery: the recipient's uid, never root.
 
-The queue stores CRLF line ends (SPEC §6.5); a Maildir holds the local
+The queue stores CRLF line ends (docs/smtp.md); a Maildir holds the local
 convention, LF, which every reader (Dovecot, mutt, Courier) expects.
 """
 

@@ -2,7 +2,7 @@
 
 An envelope is what the queue promises to deliver after the session sent
 `250`; it is written to disk next to the message and rewritten after every
-attempt (SPEC §8).  Fields keep OpenSMTPD 6.8's names, Python-ised (`-` ->
+attempt (docs/architecture.md).  Fields keep OpenSMTPD 6.8's names, Python-ised (`-` ->
 `_`); on disk they are one JSON object with the dashed names.
 
 The file format is self-validating because a crash, a full disk or a bad
@@ -29,7 +29,7 @@ VERSION: Final = 1
 """Layout of the JSON object; bump it when a field changes meaning."""
 
 DEFAULT_TTL: Final = 4 * 86400.0
-"""Seconds an envelope is retried before it expires (SPEC §7.3, action `ttl`)."""
+"""Seconds an envelope is retried before it expires (docs/architecture.md, The queue)."""
 
 TYPES: Final = frozenset({"mda", "mta", "bounce"})
 FLAGS: Final = frozenset({"authenticated", "bounce", "internal", "tls", "smtputf8"})
@@ -48,7 +48,7 @@ class EnvelopeCorrupt(ValueError):
 
 
 def new_msgid() -> int:
-    """A random 32-bit message id, never 0 (SPEC §8; shown as `%08x`)."""
+    """A random 32-bit message id, never 0 (shown as `%08x`)."""
     while True:
         msgid = secrets.randbits(32)
         if msgid:

@@ -1,4 +1,4 @@
-"""Where the queue keeps things on disk (SPEC §8), shared by store and recovery.
+"""Where the queue keeps things on disk (docs/architecture.md), shared by store and recovery.
 
     incoming/<msgid>/message          being received; never acknowledged
     queue/<XX>/<msgid>/message        committed; XX = top byte of msgid

@@ -1,7 +1,7 @@
 """Bring the queue back after a stop, a crash or a power cut.
 
 Runs once, before the daemon accepts mail, in a thread.  What it may find and
-what it does (SPEC §8):
+what it does (docs/architecture.md, The queue):
 
 - `incoming/<msgid>`: a message never acknowledged with 250; deleted, the
   client was told nothing and will retry.

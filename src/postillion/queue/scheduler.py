@@ -1,13 +1,13 @@
 """The scheduler: hands each queued envelope to its agent and applies the result.
 
 Every envelope the queue accepted ends in exactly one of: delivered (removed),
-retried later with backoff (SPEC §7.3), expired after its ttl, or failed
+retried later with backoff (docs/architecture.md), expired after its ttl, or failed
 permanently; the last two go through the bounce hook before removal, so the
 sender hears about mail we give up on.  Envelopes are removed only after
 delivery or bounce: a crash may repeat a delivery, never lose one.
 
 Due times live in a heap (`DueQueue`), so each wake-up costs O(log n) in the
-work due, never a scan of the queue (DESIGN.md, performance shape).  The
+work due, never a scan of the queue (docs/architecture.md, Performance shape).  The
 agents are handed in by the daemon; this module knows none of them.
 """
 
@@ -55,7 +55,7 @@ class EnvelopeStore(Protocol):
 
 
 def next_attempt(ctime: float, retry: int, base: float, after: float) -> float:
-    """When to try again after the `retry`-th temporary failure (SPEC §7.3).
+    """When to try again after the `retry`-th temporary failure (docs/architecture.md).
 
     `ctime + base * retry**2`; if that is not after `after` (attempts ran
     late, or the daemon was down), the step grows until it is, so retries
@@ -121,7 +121,7 @@ class DueQueue:
 class Scheduler:
     """Runs deliveries as they fall due, at most `max_inflight` at a time.
 
-    `base_delay` is SPEC §7.3's backoff base for local (`mda`) and bounce
+    `base_delay` is the backoff base for local (`mda`) and bounce
     envelopes (10 s), `base_delay_mta` for remote ones (400 s).  `bounce` is
     called for expired and permanently failed envelopes before they are
     removed; without it they are removed with a warning that no DSN went out.

@@ -131,7 +131,7 @@ class _Txn:
 
 
 class QueueStore:
-    """The filesystem queue (SPEC §8).  Call `open()` once before anything else.
+    """The filesystem queue (docs/architecture.md).  Call `open()` once before anything else.
 
     `on_commit`, when set, is called on the event loop for each envelope of
     each successful commit, before the committer resumes: the daemon points
@@ -479,7 +479,7 @@ class QueueStore:
         message, the message and its directory go too.
 
         Not fsynced: a crash right after may bring the envelope back and
-        deliver it twice, which SPEC §8 allows; it saves a disk flush per
+        deliver it twice, which the queue allows (docs/architecture.md); it saves a disk flush per
         delivery.  Removing an envelope not queued does nothing.  Raises
         TempFail on a disk error (the file may then reappear at restart).
         """

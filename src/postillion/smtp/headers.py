@@ -1,6 +1,6 @@
 """The message headers a session reads or writes as content goes by.
 
-`Received:` (SPEC §7.5), the scan of the client's header section (loops,
+`Received:` (docs/smtp.md, Headers added), the scan of the client's header section (loops,
 a malformed first line, missing `Date:`/`Message-ID:`), the `Date:` and
 `Message-ID:` a submission gets when it lacks them, and the `From:` rewrite
 of `senders <t> masquerade`.  Pure functions over bytes: no I/O, so each
@@ -17,7 +17,7 @@ from typing import Sequence
 
 def masquerade_from(header: bytes, sender: str) -> bytes:
     """Rewrite the address of the From: field to `sender` (`senders <t>
-    masquerade`, SPEC §4.2), keeping a display name written before `<`.
+    masquerade`, docs/configuration.md), keeping a display name written before `<`.
 
     `header` is whole header lines (CRLF-terminated); a folded From: is
     unfolded into one line.  Other fields are left as they are.
@@ -42,7 +42,7 @@ def masquerade_from(header: bytes, sender: str) -> bytes:
 
 
 class HeaderScan:
-    """Watches the client's header section as content goes by (SPEC §6.2).
+    """Watches the client's header section as content goes by (docs/smtp.md).
 
     Counts `Received:` fields (a mail loop at `Limits.max_hops`: 554 5.4.6),
     notes a first header line starting with a blank (554 5.6.0) and whether
@@ -100,7 +100,7 @@ def clean(text: str) -> str:
 def received_header(helo: str, peer: str, hostname: str, msgid: int, rcpts: Sequence[str],
                     extended: bool, *, rdns: str = "<unknown>", tls: tuple[str, str] | None = None, user: str | None = None,
                     show_auth: bool = False, smtputf8: bool = False, mask_src: bool = False) -> bytes:
-    """The `Received:` trace header of SPEC §7.5 (RFC 5321 §4.4).
+    """The `Received:` trace header (RFC 5321 §4.4; docs/smtp.md, Headers added).
 
     `with` is SMTP/ESMTP (UTF8SMTP under SMTPUTF8), + S on TLS, + A when
     authenticated (RFC 3848); the TLS clause is `(version:cipher:bits:

@@ -1,10 +1,10 @@
-"""The SMTP server protocol as a sans-IO state machine (SPEC.md §6).
+"""The SMTP server protocol as a sans-IO state machine (docs/smtp.md).
 
 Bytes go in with `receive_data`, events come out of `next_event`, replies go
 in with `send` and come out as bytes from `data_to_send`.  Nothing here reads
 a socket, sleeps or looks at a clock, so every byte sequence a client can send
 can be replayed in a unit test or a fuzzer; `smtp/session.py` binds the
-machine to sockets, rules, lookups and the queue (h11's shape, DESIGN.md).
+machine to sockets, rules, lookups and the queue (h11's shape, docs/architecture.md).
 
 The session drives it like this::
 
@@ -43,7 +43,7 @@ machine never holds `max_line` bytes without refusing the line, and while
 reading a message never `max_data_line` bytes of one line; a caller that reads
 only when told `NEED_DATA` therefore holds at most one read more than that.
 Message content leaves in large chunks found with `bytes.find` over the
-buffer, never line by line in Python (DESIGN.md, "Performance shape").
+buffer, never line by line in Python (docs/architecture.md, "Performance shape").
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class ProtocolLimits:
 
 @dataclass(frozen=True, slots=True)
 class Features:
-    """What the listener offers (SPEC §6.1 EHLO keywords), fixed per session.
+    """What the listener offers (EHLO keywords, docs/smtp.md), fixed per session.
 
     Each flag enables its EHLO keyword together with the verb or parameters
     behind it; a verb not offered answers 502 5.5.1, a parameter 555 5.5.4.
@@ -189,7 +189,7 @@ class Path:
     """A mailbox from a MAIL or RCPT path, source route already stripped.
 
     `domain` is "" when the client gave none (`RCPT TO:<postmaster>`); the
-    session supplies its own hostname then (SPEC §6.3).  Neither part is
+    session supplies its own hostname then (docs/smtp.md).  Neither part is
     case-folded: the local part is case-sensitive to the final recipient.
     """
 
@@ -297,7 +297,7 @@ class Auth(Event):
     535 5.7.8 counts toward max_failed_auth (421 and close at the limit);
     454 4.7.0 (credentials lookup failed) counts nothing.  `authzid` is the
     PLAIN authorization identity ("" if none): the session must refuse one
-    that differs from `username` (SPEC §6.4).  The password never appears in
+    that differs from `username` (RFC 4616 §2).  The password never appears in
     repr, so the event can be logged safely.
     """
 
@@ -359,7 +359,7 @@ class ConnectionClosed(Event):
 
 
 # --------------------------------------------------------------------------
-# Replies the machine sends by itself (SPEC §6.2)
+# Replies the machine sends by itself (docs/smtp.md, Replies)
 
 START_DATA: Final = Reply(354, "", 'Enter mail, end with "." on a line by itself')
 READY_TLS: Final = Reply(220, "2.0.0", "Ready to start TLS")
@@ -454,7 +454,7 @@ _OUT_OF_SEQUENCE: Final[dict[type[Event], Callable[[State], Reply]]] = {
 
 
 # --------------------------------------------------------------------------
-# Syntax helpers (SPEC §6.3); pure functions, no state
+# Syntax helpers (docs/smtp.md, Addresses and parameters); pure functions, no state
 
 _HTTP_METHODS: Final = (
     b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"CONNECT ",
@@ -511,7 +511,7 @@ def _parse_path(inner: str, utf8: bool = False) -> Path | None:
     Source routes (`@a,@b:`) are checked and dropped (RFC 5321 §C).  Quoted
     local parts are refused: they are where parsers disagree, and no real
     sender needs them.  `%` and `!` are plain local-part characters; they
-    never route (SPEC §6.3).
+    never route (docs/smtp.md).
     """
     if len(inner) + 2 > 256:
         raise _BadAddress
@@ -553,7 +553,7 @@ def _parse_path(inner: str, utf8: bool = False) -> Path | None:
 def _parse_params(text: str) -> dict[str, str]:
     """`KEY[=VALUE] ...` (RFC 5321 §4.1.2 esmtp-param) -> {KEY: value}.
 
-    Malformed or repeated -> 501 5.5.4 (SPEC §6.3); knowing the keyword is
+    Malformed or repeated -> 501 5.5.4 (docs/smtp.md); knowing the keyword is
     the verb's business.
     """
     params: dict[str, str] = {}
@@ -601,7 +601,7 @@ def _param_envid(proto: ServerProtocol, value: str) -> str:
 
 
 def _param_auth(proto: ServerProtocol, value: str) -> str:
-    """RFC 4954 §5: `AUTH=<mailbox>`; accepted and ignored (SPEC §6.3)."""
+    """RFC 4954 §5: `AUTH=<mailbox>`; accepted and ignored."""
     return value
 
 
@@ -746,7 +746,7 @@ class ServerProtocol:
     # -- the h11-style interface ------------------------------------------
 
     def send_banner(self) -> None:
-        """Queue the greeting `220 HOSTNAME ESMTP Postillion` (SPEC §6.1).
+        """Queue the greeting `220 HOSTNAME ESMTP Postillion` (docs/smtp.md).
 
         A session refusing the connection (too many sessions) sends a 421
         with `send` instead.  Raises RuntimeError if called twice or late.
@@ -868,7 +868,7 @@ class ServerProtocol:
     # -- EHLO ---------------------------------------------------------------
 
     def ehlo_keywords(self) -> tuple[str, ...]:
-        """The EHLO keyword lines, HELP last (SPEC §6.1 order), as offered now.
+        """The EHLO keyword lines, HELP last (docs/smtp.md order), as offered now.
 
         STARTTLS only until TLS is up; AUTH only on TLS (or `insecure-auth`)
         and until the session authenticated.
@@ -1086,7 +1086,7 @@ class ServerProtocol:
 
     def _check_mail(self, arg: str) -> MailFrom:
         """Sequence, TLS/AUTH policy, max_mails, `FROM:<path>`, then
-        parameters (SPEC §6.3); SMTPUTF8 lets the path be UTF-8."""
+        parameters (docs/smtp.md); SMTPUTF8 lets the path be UTF-8."""
         self._need_sequence(MailFrom)
         if self.features.tls_required and not self.tls:
             raise _Refusal(TLS_FIRST)
@@ -1264,7 +1264,7 @@ class ServerProtocol:
         """Hand out content up to the last complete line, or up to CRLF.CRLF.
 
         The terminator is a "." line ending in CRLF whose previous line also
-        ended in CRLF (SPEC §6.5); it is found with one `find` over the
+        ended in CRLF (docs/smtp.md); it is found with one `find` over the
         buffer, as are the line ends and stuffed dots.  Only whole lines
         leave, so a partial terminator stays buffered for the next read.
         Returns False when more bytes are needed.
@@ -1309,7 +1309,7 @@ class ServerProtocol:
 
         Line ends are stored as for DATA (bare LF -> CRLF, bare CR -> space),
         a CR at a chunk's end waiting for the next chunk's first octet; there
-        is no dot-stuffing to undo (SPEC §6.5).
+        is no dot-stuffing to undo (RFC 3030 §2).
         """
         take = min(self._bdat_left, len(self._buf))
         if take:

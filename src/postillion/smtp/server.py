@@ -36,7 +36,7 @@ class ListenerError(Exception):
 def listener_context(base: SessionContext, decl: ListenDecl, config: Config,
                      tables: Mapping[str, Table]) -> SessionContext:
     """The SessionContext of one `listen on`: hostname, TLS context, AUTH
-    checker and senders table (SPEC §4.2).
+    checker and senders table (docs/configuration.md, listen on).
 
     Raises ListenerError naming what is wrong (a pki that does not load, an
     auth table serving neither credentials nor auth, a senders table

@@ -9,7 +9,7 @@ full spool is a `452 4.3.1` that ends the transaction, not the session: at
 MAIL below `Limits.queue_min_free`, and when a write or the commit runs out
 of space.
 
-It also owns the clock (SPEC §6.3): a command or data line must complete
+It also owns the clock (docs/smtp.md, Limits): a command or data line must complete
 within `Limits.command_timeout` of its first byte (a deadline that trickled
 bytes do not push back), the whole session within `Limits.session_timeout`,
 a TLS handshake within `Limits.tls_timeout`; the early-talker window and the
@@ -84,7 +84,7 @@ class SessionContext:
 
 
 def features(decl: ListenDecl | None) -> p.Features:
-    """The EHLO offer of a listener (SPEC §6.1)."""
+    """The EHLO offer of a listener (docs/smtp.md)."""
     if decl is None:
         return p.ALL_EXTENSIONS
     return p.Features(
@@ -128,7 +128,7 @@ _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\Z")
 
 
 async def reverse_dns(address: str, timeout: float) -> str:
-    """The client's PTR name, for the log and `Received:` (SPEC §7.5, §9).
+    """The client's PTR name, for the log and `Received:` (docs/logs.md, docs/smtp.md).
 
     Through the system resolver (so /etc/hosts answers for loopback), bounded
     by `timeout`; no name, a failure, a timeout, or a name that is not a
@@ -204,7 +204,7 @@ class Session:
 
     async def _choose_hostname(self) -> None:
         """`hostnames <t>`: the name to announce for the local address the
-        client reached (addrname, SPEC §1.3); the listener's hostname when
+        client reached (addrname, docs/tables.md); the listener's hostname when
         the table has none or cannot answer."""
         if self.ctx.hostnames is None:
             return
@@ -355,7 +355,7 @@ class Session:
     # -- AUTH -----------------------------------------------------------------
 
     async def _auth(self, event: p.Auth) -> None:
-        """SPEC §6.4: authzid must be empty or the user; 535 after a delay."""
+        """RFC 4616 §2: authzid must be empty or the user; 535 after a delay."""
         if event.authzid and event.authzid != event.username:
             result = AuthResult.PERMFAIL
         elif self.ctx.authenticator is None:
@@ -377,9 +377,9 @@ class Session:
     # -- transaction ------------------------------------------------------------
 
     def _address(self, path: p.Path) -> str:
-        """A path without a domain gets our hostname (`<postmaster>`, SPEC §6.3).
+        """A path without a domain gets our hostname (`<postmaster>`, docs/smtp.md).
 
-        SMTPUTF8 (SPEC §6.5): a UTF-8 address is NFC-normalised, and its
+        SMTPUTF8 (RFC 6531): a UTF-8 address is NFC-normalised, and its
         domain written as A-labels, so lookups see one spelling of it.
         """
         local, domain = path.local, path.domain or self.hostname
@@ -536,7 +536,7 @@ class Session:
                 and bool(sender))
 
     def _completes_headers(self) -> bool:
-        """SPEC §7.5 [ours]: on port 587 and authenticated sessions, a missing
+        """docs/smtp.md, Headers added: on port 587 and authenticated sessions, a missing
         Date: or Message-ID: is added (RFC 6409 §8)."""
         listen = self.ctx.listen
         return self.username is not None or (listen is not None and listen.effective_port == 587)

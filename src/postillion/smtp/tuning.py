@@ -1,6 +1,6 @@
 """Session timings that are defences, not limits an administrator sets.
 
-SPEC §6.3's limits live in `config.model.Limits` (each a config keyword).
+The limits of docs/smtp.md live in `config.model.Limits` (each a config keyword).
 These few delays have no keyword in smtpd.conf; they are named here, with
 their defaults, in one place, so tests can shorten them and the manual can
 cite them.
@@ -24,7 +24,7 @@ class Tuning:
     banner_delay: float = 0.5 * SECONDS
     banner_delay_local: float = 0.0
     #: A failed AUTH is answered after a uniformly random delay in [0, this]
-    #: (SPEC §6.2: 535 after 0-1 s), to slow password guessing.
+    #: (docs/smtp.md: 535 after 0-1 s), to slow password guessing.
     auth_failure_delay: float = 1.0 * SECONDS
     #: The client's PTR lookup, before the banner: a resolver that does not
     #: answer within this costs the client this wait once, then `<unknown>`.

@@ -8,8 +8,8 @@ of the daemon cannot tell: it asks `Table.lookup / check / fetch` for a
 `Service` and gets a typed value, "not found", or `LookupUnavailable`.
 
 Layout: `services` (what a lookup is for), `values` (typed values and one
-parser per service), `match` (list matching, SPEC §1.4), `backend` (the
-contract), `textformat` and `backend_config` (SPEC §2.1 text files),
+parser per service), `match` (list matching), `backend` (the
+contract), `textformat` and `backend_config` (the text files of docs/tables.md),
 `sqlshape` (SQL rows to values), `dbfile` (the makemap file format:
 build, sniff, open), `worker` (one thread per SQLite table), `registry`
 (the backends by name), `table` (the `Table` and `open_table`), and

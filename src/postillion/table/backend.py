@@ -27,7 +27,7 @@ from postillion.table.services import Service
 
 
 class Shape(enum.Enum):
-    """What a table holds, which decides how `check` works (SPEC §1.4).
+    """What a table holds, which decides how `check` works (docs/tables.md).
 
     LIST: elements matched one by one (domain wildcards, CIDR, patterns).
     MAP: keys with values; `check` asks whether the key exists.

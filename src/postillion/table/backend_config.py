@@ -1,7 +1,7 @@
 """Backend-config files: `dbpath`, `query_alias`, `conninfo`, `master`...
 
 SQL, Redis and LDAP tables take the path of a small file of `key value`
-lines (SPEC §2.1 text format, §2.3-2.4 keys).  One parser serves them all:
+lines (docs/tables.md: the text format, sqlite).  One parser serves them all:
 each backend passes the keys it knows.  An unknown or duplicate key is an
 error naming `file:line` [ours]: OpenSMTPD's add-on tables only warned, and a
 typo such as `dbpth` then surfaced as mail refused at 3 a.m.

@@ -1,6 +1,6 @@
 """The compiled map of `db:` tables: an SQLite file built by `postillion makemap`.
 
-SPEC §2.2 [ours]: Python has no Berkeley DB, so a "db" is an SQLite file
+docs/tables.md, db: Python has no Berkeley DB, so a "db" is an SQLite file
 holding one table `map(key, value)`, keys lowercased and unique, rows in the
 order of the source file, and a `meta(name, value)` table saying what was
 built (`type` = map, set or aliases; `source`).  A `set` (`makemap -t set`)
@@ -78,10 +78,10 @@ class Entry:
 
 def parse_source(text: str, origin: str, kind: str,
                  progress: Callable[[int], None] | None = None) -> list[Entry]:
-    """Read makemap input (SPEC §2.1 text format) into entries, checked.
+    """Read makemap input (the text format of docs/tables.md) into entries, checked.
 
     map and aliases: `key value` lines, a key without value is an error;
-    aliases also checks each target (SPEC §3).  set: one element per line.
+    aliases also checks each target.  set: one element per line.
     Two keys equal after lowercasing are an error naming both lines.
     `progress(line)` is called now and then with the current line number.
     """

@@ -1,4 +1,4 @@
-"""How a key matches one element of a list table (SPEC §1.4).
+"""How a key matches one element of a list table (docs/tables.md, Lists and maps).
 
 `check` on a static or file *list* tries each element with the service's
 rule: domain wildcards, networks containing an address, address patterns.
@@ -69,7 +69,7 @@ def key_netaddr(key: str) -> Netaddr | None:
 
 
 def mailaddr_match(element: Mailaddr, key: str, delim: str = "+") -> bool:
-    """Does address `key` fit pattern `element` (SPEC §1.4 *mailaddr*)?
+    """Does address `key` fit pattern `element` (docs/tables.md, Lists and maps)?
 
     `@` matches all; the element's domain must domain-match the key's; its
     user must equal the key's case-blind, the key's `+tag` stripped unless the
@@ -146,7 +146,7 @@ class CompiledList:
     keep their matcher and position; the first match is the earliest of the
     literal hit and the patterns before it.  So `for domain <t>` over a
     million-domain db set costs a dict lookup plus its wildcards, and gives
-    the same answer as trying every element in order (SPEC §1.4).
+    the same answer as trying every element in order.
     Raises BadValue (with the 1-based position) for an invalid element.
     """
 

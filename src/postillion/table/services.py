@@ -3,7 +3,7 @@
 One table may serve several services (a single SQLite backend-config can hold
 `query_domain`, `query_alias` and `query_userinfo`); the service tells the
 backend which query to run and tells `table/values.py` which parser turns the
-backend's raw string into a typed value (SPEC §1.3).  Values are the names
+backend's raw string into a typed value (docs/tables.md).  Values are the names
 written in config, logs and the `proc` protocol.
 """
 
@@ -13,7 +13,7 @@ import enum
 
 
 class Service(enum.Enum):
-    """One table service (SPEC §1.3); the value is its config/log name."""
+    """One table service (docs/tables.md); the value is its config/log name."""
 
     ALIAS = "alias"              # alias/virtual: key -> comma list of targets
     DOMAIN = "domain"            # `for domain`, helo: domain names, `*` in lists

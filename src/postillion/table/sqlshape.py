@@ -1,4 +1,4 @@
-"""From SQL rows to the raw string a service's parser reads (SPEC §2.3).
+"""From SQL rows to the raw string a service's parser reads (docs/tables.md, sqlite).
 
 Shared by every SQL backend (SQLite now, PostgreSQL and MySQL later) so the
 column rules are the same everywhere: alias and mailaddrmap take one column
@@ -17,7 +17,7 @@ from postillion.table.services import Service
 COLUMNS: Final[dict[Service, int]] = {Service.CREDENTIALS: 2, Service.USERINFO: 3}
 JOINED: Final = frozenset({Service.ALIAS, Service.MAILADDRMAP})
 
-# Services an SQL table can have a query for (`query_<service>`), SPEC §2.3.
+# Services an SQL table can have a query for (`query_<service>`), docs/tables.md.
 SQL_SERVICES: Final = frozenset({
     Service.ALIAS, Service.DOMAIN, Service.CREDENTIALS, Service.NETADDR,
     Service.USERINFO, Service.SOURCE, Service.MAILADDR, Service.ADDRNAME,

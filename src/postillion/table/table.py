@@ -3,10 +3,10 @@
 Rules, recipient expansion, AUTH and relaying never talk to a backend: they
 ask a `Table`, which
 
-* lowercases keys before a backend sees them (SPEC §1.3);
+* lowercases keys before a backend sees them (docs/tables.md);
 * parses the backend's raw string once, into the service's typed value;
 * matches list elements itself (domain wildcards, CIDR, address patterns,
-  SPEC §1.4);
+  docs/tables.md);
 * bounds every call by `LOOKUP_TIMEOUT` (10 s), and turns any failure (a
   backend down, slow, or answering a malformed value) into
   `LookupUnavailable` (451 4.3.0 in SMTP, a retry for queued mail) after
@@ -39,11 +39,11 @@ from postillion.table.values import (
 
 T = TypeVar("T")
 
-LOOKUP_TIMEOUT: Final = 10.0    # seconds; SPEC §1.2 [ours]
+LOOKUP_TIMEOUT: Final = 10.0    # seconds; docs/tables.md, Lookups and their outcomes
 
 # Services whose value a map lookup hands to the daemon.  A map used for the
 # others (domain, netaddr, mailaddr, string, regex) is matched by "key
-# exists" (SPEC §1.4): its values are never read, so never checked.
+# exists" (docs/tables.md): its values are never read, so never checked.
 VALUE_SERVICES: Final = frozenset({
     Service.ALIAS, Service.CREDENTIALS, Service.USERINFO, Service.ADDRNAME,
     Service.MAILADDRMAP, Service.RELAYHOST,
@@ -53,7 +53,7 @@ log = logging.getLogger("postillion.table")
 
 
 def fold_key(service: Service, key: str) -> str:
-    """The key as a backend sees it: lowercased (SPEC §1.3).
+    """The key as a backend sees it: lowercased (docs/tables.md).
 
     An `auth` key is `user:cleartext`; only the user part is folded, or no
     password with a capital letter would ever match.

@@ -1,6 +1,6 @@
 """The text format of file tables, makemap input and backend-config files.
 
-SPEC §2.1, one reader for all three so an administrator learns it once:
+docs/tables.md (The text format): one reader for all three so an administrator learns it once:
 
 * blanks trimmed, blank lines skipped; a line whose first non-blank is `#` is
   a comment (`#` elsewhere is data);
@@ -149,7 +149,7 @@ def note_key(first_seen: dict[str, int], key: str, origin: str, number: int) -> 
 
 
 def parse_table_text(text: str, origin: str, check: EntryCheck | None = None) -> Contents:
-    """Parse a file table (SPEC §2.1); keys lowercased, values as written.
+    """Parse a file table (docs/tables.md); keys lowercased, values as written.
 
     Raises BackendError naming `origin:line` for a key without a value, an
     empty key, two keys equal after lowercasing, or an entry that `check`

@@ -1,6 +1,6 @@
 """Typed table values, and the one parser per service that builds them.
 
-Backends answer with raw strings (SPEC §1.2); this module is the only place
+Backends answer with raw strings (docs/tables.md); this module is the only place
 those strings are read.  Everything a lookup hands to `lookup/`, `smtp/` or
 `mta/` is one of the frozen dataclasses below, validated when built, so a
 delivery agent never sees a uid that is not a number or a home that is not
@@ -42,7 +42,7 @@ class BadValue(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ExpandList:
-    """alias: the targets a key expands to, in order (SPEC §3 *Targets*).
+    """alias: the targets a key expands to, in order (docs/tables.md, Alias targets).
 
     Targets are kept as text; `target_kind` tells `|command`, `/path`,
     `:include:`, `error:`, addresses and users apart, for the table's load
@@ -106,7 +106,7 @@ class Source:
 
 @dataclass(frozen=True, slots=True)
 class Mailaddr:
-    """mailaddr: an address pattern; an empty part matches any (SPEC §1.4).
+    """mailaddr: an address pattern; an empty part matches any (docs/tables.md).
 
     `@` is user="" domain="" (matches all); `@dom` is user=""; a bare `user`
     is domain="" and, our choice, matches that user at any domain.  The
@@ -139,7 +139,7 @@ class Mailaddrmap:
 
 @dataclass(frozen=True, slots=True)
 class Relayhost:
-    """relayhost: a relay URL (SPEC §5), parsed by `mta/` when it relays."""
+    """relayhost: a relay URL (docs/configuration.md), parsed by `mta/` when it relays."""
 
     url: str
 
@@ -177,7 +177,7 @@ def _no_blanks(raw: str, what: str) -> str:
 
 
 def split_targets(raw: str) -> tuple[str, ...]:
-    """Split an alias value on unquoted commas (SPEC §3 *Targets*).
+    """Split an alias value on unquoted commas (docs/tables.md, Alias targets).
 
     `\\x` stands for `x` (a comma, quote or backslash taken literally); a
     double-quoted stretch keeps its commas and its quotes, so a command keeps
@@ -228,7 +228,7 @@ TargetKind = Literal["error", "include", "command", "file", "address", "user"]
 
 
 def target_kind(target: str) -> TargetKind:
-    """Which kind of SPEC §3 *Targets* `target` is, by its first characters.
+    """Which kind of alias target `target` is, by its first characters.
 
     The one classification both the table (to check a value at load) and
     recipient expansion (to act on it) use; `check_target` says whether the
@@ -355,7 +355,7 @@ def _decimal(text: str, what: str) -> int:
 
 
 def parse_userinfo(key: str, raw: str) -> Userinfo:
-    """`uid:gid:home` (user = key) or the 2012 `user:uid:gid:home` (SPEC §1.3).
+    """`uid:gid:home` (user = key) or the 2012 `user:uid:gid:home` (docs/tables.md).
 
     Split on `:`; if fields 1-2 are decimal and the rest starts with `/`, it
     is the 3-field form; else if fields 2-3 are decimal and the rest starts
@@ -394,7 +394,7 @@ def parse_source(key: str, raw: str) -> Source:
 
 
 def parse_mailaddr(key: str, raw: str) -> Mailaddr:
-    """`user`, `@dom`, `user@dom`, `user@*.dom` or `@` (SPEC §1.3)."""
+    """`user`, `@dom`, `user@dom`, `user@*.dom` or `@` (docs/tables.md)."""
     text = _no_blanks(raw, "address")
     if "@" not in text:
         return Mailaddr(text, "")

@@ -1,6 +1,6 @@
 """One thread per table for blocking calls, answering in batches.
 
-SQLite (and the system's getpwnam) block, and DESIGN.md keeps blocking work
+SQLite (and the system's getpwnam) block, and docs/architecture.md keeps blocking work
 off the event loop.  A `Worker` is one thread that runs a table's calls in
 the order they were made -- so one connection is only ever used by one
 thread, and a swap of generations made by a call is seen by every later

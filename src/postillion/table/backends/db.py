@@ -1,6 +1,6 @@
 """`db:/etc/mail/aliases.db`: a compiled map built by `postillion makemap`.
 
-The file is an SQLite database (`table/dbfile.py`, SPEC §2.2): a map
+The file is an SQLite database (`table/dbfile.py`, docs/tables.md): a map
 (`makemap`, `makemap -t aliases`) answers lookups by its unique key index,
 a set (`makemap -t set`) is a list the `Table` matches element by element
 (domain wildcards, CIDR) and fetches from in turn (relay `src`).

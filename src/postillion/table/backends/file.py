@@ -1,4 +1,4 @@
-"""`file:/path`: a table in a text file (SPEC §2.1), `/etc/mail/aliases` style.
+"""`file:/path`: a table in a text file (docs/tables.md), `/etc/mail/aliases` style.
 
 Read at open, re-read by `update table` and, [ours], whenever the file's
 mtime, size or inode changes: an administrator who edits the aliases file

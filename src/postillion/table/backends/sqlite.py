@@ -1,4 +1,4 @@
-"""`sqlite:/path/to/sqlite.conf`: tables in an SQLite database (SPEC §2.3).
+"""`sqlite:/path/to/sqlite.conf`: tables in an SQLite database (docs/tables.md).
 
 CONFIG is a backend-config file (`table/backend_config.py`):
 

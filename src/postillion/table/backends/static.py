@@ -2,7 +2,7 @@
 
 The contents come from the config and never change while the daemon runs
 (a config reload builds a new table), so open/update/close do nothing.  Map
-keys are lowercased here, at load (SPEC §1.3); two keys that become equal is
+keys are lowercased here, at load (docs/tables.md); two keys that become equal is
 an error, since one of the two lines would silently never be used.
 """
 
