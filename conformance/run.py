@@ -55,8 +55,7 @@ EXPLAINED = {
     "C-modern-virtual": f"`listen on all` ({DIFF}); Linux smtpd has no interface group `all`",
     "differ-listen-on-all": f"`listen on all` ({DIFF}); Linux smtpd has no interface group `all`",
     "differ-listen-on-egress": f"`egress` ({DIFF}); Linux smtpd has no interface groups",
-    "differ-listen-on-unknown-interface": "interfaces are resolved when the daemon starts "
-                                          "(check does not look at the host's interfaces)",
+    "differ-listen-on-unknown-interface": "both refuse it; OpenSMTPD says so in other words",
     # Accepted on purpose.
     "differ-hostname-statement": f"global `hostname`, {DIFF}",
     "differ-smtp-max-sessions": f"`smtp limit max-sessions[-per-ip]`, {DIFF}",

@@ -29,7 +29,9 @@ from postillion.queue.lock import SpoolBusy, SpoolLock
 from postillion.queue.scheduler import Scheduler
 from postillion.queue.store import QueueStore
 from postillion.rules import Ruleset, SessionFacts
-from postillion.smtp.server import Listener, ListenerError, listener_context
+from postillion.smtp import interfaces
+from postillion.smtp.interfaces import ListenAddressError
+from postillion.smtp.server import Listener, ListenerError, listen_family, listener_context
 from postillion.smtp.session import SessionContext
 from postillion.table.services import Service
 from postillion.table.table import Table, TableError, open_table
@@ -116,10 +118,11 @@ class Daemon:
             await self.stop()
             raise
 
-    async def prepare(self) -> list[tuple[ListenDecl, SessionContext]]:
-        """Everything the configuration decides and nothing the machine does:
-        refuse options not implemented yet, open and verify every table,
-        build each listener's context (certificates, AUTH, senders).
+    async def prepare(self) -> list[Listener]:
+        """Everything the configuration decides, up to the bind: refuse
+        options not implemented yet, open and verify every table, build each
+        listener's context (certificates, AUTH, senders), resolve what each
+        `listen on` names to this machine's addresses.
 
         `postillion check` runs exactly this, so check refuses what run
         refuses; what is left to `start` is the spool and the ports.
@@ -136,14 +139,27 @@ class Daemon:
         expander = Expander(self.tables, self.config.limits, route)
         ctx = SessionContext(hostname=self.config.hostname, limits=self.config.limits,
                              ruleset=ruleset, expander=expander, store=self.store)
-        try:
-            return [(decl, listener_context(ctx, decl, self.config, self.tables))
-                    for decl in self.config.listeners]
-        except ListenerError as e:
-            raise StartupError(str(e)) from None
+        listeners = []
+        for decl in self.config.listeners:
+            try:
+                listener_ctx = listener_context(ctx, decl, self.config, self.tables)
+                hosts = await asyncio.to_thread(self._listen_hosts, decl)
+            except ListenerError as e:
+                raise StartupError(str(e)) from None
+            except ListenAddressError as e:
+                raise StartupError(f"{decl.pos}: cannot listen on {decl.address}: {e}") from None
+            listeners.append(Listener(decl, listener_ctx, hosts))
+        return listeners
+
+    @staticmethod
+    def _listen_hosts(decl: ListenDecl) -> list[str] | None:
+        family = listen_family(decl)
+        hosts = interfaces.resolve(decl.address, decl.effective_port, family)
+        interfaces.check_bindable(hosts, family)
+        return hosts
 
     async def _start(self) -> None:
-        contexts = await self.prepare()
+        listeners = await self.prepare()
         self.mda.start()
         try:
             envelopes = await self.store.open()
@@ -156,8 +172,8 @@ class Daemon:
         self.store.on_commit = self.scheduler.schedule
         for env in envelopes:
             self.scheduler.schedule(env)
-        for decl, ctx in contexts:
-            listener = Listener(decl, ctx)
+        for listener in listeners:
+            decl = listener.decl
             try:
                 await listener.start()
             except OSError as e:

@@ -3,10 +3,12 @@ configuration: over every config in the suite, and over the cases that used
 to slip through (options not implemented yet, a missing sqlite backend config
 or database, `tls` without a `pki`, a table file that cannot be read).
 
-Run's side is the daemon's real `start` on a fresh spool; only the bind is
-moved to 127.0.0.1 port 0, since these configs name ports like 25 that the
-machine's own services may hold -- a taken port is the machine's problem,
-not the configuration's, and check does not claim to see it.
+Run's side is the daemon's real `start` on a fresh spool; only the port is
+replaced by 0, since these configs name ports like 25 that the machine's own
+services may hold -- a taken port is a matter of the moment, not of the
+configuration, and check does not claim to see it.  The addresses are kept:
+`listen on lo`, `egress`, a name that resolves to nothing or an address
+this machine does not have are refused by both, or by neither.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ def make_cases(root: Path) -> dict[str, Path]:
                                  'action "m" maildir alias <aliases>\n'
                                  'match from any for local action "m"\n',
         "not-implemented": 'action "r" relay\nmatch from any for any action "r"\n',
+        "interface-lo": "listen on lo port 2525\n" + sql.format(b=root / "sqlite.conf"),
+        "unknown-interface": "listen on nosuchif0\n" + sql.format(b=root / "sqlite.conf"),
+        "foreign-address": "listen on 192.0.2.1\n" + sql.format(b=root / "sqlite.conf"),
     }
     paths = {}
     for name, text in texts.items():
@@ -81,7 +86,7 @@ def run_accepts(path: Path, spool: Path, monkeypatch: pytest.MonkeyPatch) -> boo
     original = server_module.Listener.start
 
     async def start_on_port_zero(self: server_module.Listener) -> None:
-        self.decl = dataclasses.replace(self.decl, address="127.0.0.1", port=0, family=None)
+        self.decl = dataclasses.replace(self.decl, port=0)
         await original(self)
 
     monkeypatch.setattr(server_module.Listener, "start", start_on_port_zero)
@@ -122,7 +127,13 @@ def test_check_refuses_what_run_refuses(tmp_path, monkeypatch, capsys):
         "tls-without-pki": (False, False),
         "table-file-unreadable": (False, False),
         "not-implemented": (False, False),
+        "interface-lo": (True, True),
+        "unknown-interface": (False, False),
+        "foreign-address": (False, False),
     }, err
+    assert "cannot listen on nosuchif0: nosuchif0 is neither an interface nor a host name" in err
+    assert "cannot listen on 192.0.2.1: 192.0.2.1 is not an address of this machine" in err
     for name in ("sqlite-config-missing", "sqlite-database-missing", "tls-without-pki",
-                 "table-file-unreadable", "not-implemented"):
+                 "table-file-unreadable", "not-implemented", "unknown-interface",
+                 "foreign-address"):
         assert f"{cases[name]}:" in err       # file:line:column of the statement to change

@@ -71,6 +71,11 @@ def listener_context(base: SessionContext, decl: ListenDecl, config: Config,
                                authenticator=authenticator, senders=senders, hostnames=hostnames)
 
 
+def listen_family(decl: ListenDecl) -> int:
+    return {"inet4": socket.AF_INET, "inet6": socket.AF_INET6}.get(decl.family or "",
+                                                                  socket.AF_UNSPEC)
+
+
 def format_sockaddr(address: tuple[str, int] | tuple[str, int, int, int]) -> str:
     """`127.0.0.1:2525` or `[::1]:2525`, as administrators write them."""
     host, port = address[0], address[1]
@@ -80,25 +85,24 @@ def format_sockaddr(address: tuple[str, int] | tuple[str, int, int, int]) -> str
 class Listener:
     """One `listen on` statement bound to a socket."""
 
-    def __init__(self, decl: ListenDecl, ctx: SessionContext) -> None:
+    def __init__(self, decl: ListenDecl, ctx: SessionContext,
+                 hosts: list[str] | None = None) -> None:
+        """`hosts`: the addresses `interfaces.resolve` found (None: every one)."""
         self.decl = decl
         self.ctx = ctx
+        self.hosts = hosts
         self.sessions: set[asyncio.Task[None]] = set()
         self.per_ip: collections.Counter[str] = collections.Counter()
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
-        host = None if self.decl.address in ("all", "*") else self.decl.address
-        family = {"inet4": socket.AF_INET, "inet6": socket.AF_INET6}.get(self.decl.family or "",
-                                                                      socket.AF_UNSPEC)
-        if host == "localhost":
-            host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        family = listen_family(self.decl)
         # SMTPS: the loop does the handshake before the session starts, so
         # the ClientHello can never land in a plaintext stream buffer.  A
         # failed or slow (Limits.tls_timeout) handshake closes the connection.
         tls = self.ctx.tls_context if self.decl.smtps else None
         self.server = await asyncio.start_server(
-            self._accept, host, self.decl.effective_port, family=family, backlog=BACKLOG,
+            self._accept, self.hosts, self.decl.effective_port, family=family, backlog=BACKLOG,
             reuse_address=True,
             limit=self.ctx.limits.max_data_line * 2, ssl=tls,
             ssl_handshake_timeout=self.ctx.limits.tls_timeout if tls is not None else None)
