@@ -353,3 +353,27 @@ def test_trickled_data_line_times_out(secure_uvloop):
     assert 0.9 < time.monotonic() - start < 3.0
     time.sleep(0.2)
     assert proc.queued() == []
+
+
+def test_invalid_a_labels_refused(secure_uvloop):
+    """An xn-- label that is no A-label is a malformed address: 553 5.1.7 at
+    MAIL, 501 5.1.3 at RCPT; valid A-labels (IDNA 2003 or 2008) pass."""
+    proc = secure_uvloop
+    client = Raw(proc)
+    client.ehlo()
+    client.send(b"MAIL FROM:<bob@xn--->\r\nMAIL FROM:<bob@mx.xn--zz.example>\r\n"
+                b"MAIL FROM:<bob@xn--bcher-kva.example>\r\n"
+                b"RCPT TO:<alice@xn--zz>\r\nRCPT TO:<alice@xn--abc-.example>\r\n"
+                b"RCPT TO:<alice@xn--fa-hia.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    assert [client.line() for _ in range(8)] == [
+        b"553 5.1.7 Sender address syntax error\r\n", b"553 5.1.7 Sender address syntax error\r\n",
+        b"250 2.0.0 Ok\r\n",
+        b"501 5.1.3 Recipient address syntax error\r\n", b"501 5.1.3 Recipient address syntax error\r\n",
+        b"550 5.7.1 Invalid recipient: <alice@xn--fa-hia.example>\r\n",  # well-formed; not ours
+        b"250 2.1.5 Destination address valid: Recipient ok\r\n",
+        b'354 Enter mail, end with "." on a line by itself\r\n']
+    client.send(b"Subject: idn\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    assert client.line().startswith(b"250 2.0.0")
+    [path] = proc.wait_delivered("alice")
+    assert b"Return-Path: <bob@xn--bcher-kva.example>" in path.read_bytes()
+    assert 'command="MAIL FROM:<bob@xn--->"' in proc.wait_log("MAIL FROM:<bob@xn--->")

@@ -164,6 +164,16 @@ CASES = [
          + "MAIL FROM:<jö\u2028rg@b> SMTPUTF8\r\n".encode(),
          [*ehlo("DSN", "SMTPUTF8", "CHUNKING"), "553 5.1.7 Sender address syntax error",
           "553 5.1.7 Sender address syntax error"], EXTENSIONS),
+    # A UTF-8 domain must be writable in valid A-labels, as lookups will see it:
+    # fullwidth ｘｎ-- becomes xn--, ⿰ is prohibited, Arabic then Latin breaks
+    # the bidi rule, an xn-- label must be ASCII, ＠ becomes @, 60 ü are too long.
+    Case("smtputf8 domains", EHLO + "MAIL FROM:<jörg@BÜCHER.example> SMTPUTF8\r\n"
+         "RCPT TO:<a@faß.de>\r\nRCPT TO:<a@bücher.xn--zz>\r\n"
+         "RCPT TO:<a@ｘｎ--zz.example>\r\nRCPT TO:<a@b\u2ff0ü.example>\r\nRCPT TO:<a@\u0627a.example>\r\n"
+         "RCPT TO:<a@xn--ü.example>\r\nRCPT TO:<a@ü＠b.example>\r\n"
+         f"RCPT TO:<a@{'ü' * 60}.example>\r\n".encode(),
+         [*ehlo("DSN", "SMTPUTF8", "CHUNKING"), OK, RCPT_OK,
+          *["501 5.1.3 Recipient address syntax error"] * 7], EXTENSIONS),
 ]
 
 

@@ -60,6 +60,7 @@ from types import MappingProxyType
 from typing import ClassVar, Final
 
 from postillion.errors import Reply
+from postillion.smtp import idn
 
 __all__ = [
     "NEED_DATA",
@@ -511,7 +512,9 @@ def _parse_path(inner: str, utf8: bool = False) -> Path | None:
     Source routes (`@a,@b:`) are checked and dropped (RFC 5321 §C).  Quoted
     local parts are refused: they are where parsers disagree, and no real
     sender needs them.  `%` and `!` are plain local-part characters; they
-    never route (SPEC §6.3).
+    never route (SPEC §6.3).  A domain with an `xn--` label that is no valid
+    A-label, or a UTF-8 domain that cannot be written in A-labels, is
+    refused like any malformed domain (`idn.py`).
     """
     if len(inner) + 2 > 256:
         raise _BadAddress
@@ -535,7 +538,13 @@ def _parse_path(inner: str, utf8: bool = False) -> Path | None:
         # Same positions in both strings: cut the real parts where the shape's are.
         d, n = len(parsed.domain), len(parsed.local)
         end = len(inner) - d - (1 if d else 0)
-        return Path(inner[end - n : end], inner[len(inner) - d :] if d else "")
+        domain = inner[len(inner) - d :] if d else ""
+        if not domain.isascii():
+            # The spelling lookups and the queue will use must exist.
+            written = idn.to_ascii(domain)
+            if written is None or not _is_domain(written) or not idn.a_labels_valid(written):
+                raise _BadAddress
+        return Path(inner[end - n : end], domain)
     if inner.startswith("@"):
         route, colon, inner = inner.partition(":")
         if not colon or not all(hop[:1] == "@" and _is_domain(hop[1:]) for hop in route.split(",")):
@@ -543,7 +552,7 @@ def _parse_path(inner: str, utf8: bool = False) -> Path | None:
     local, at, domain = inner.rpartition("@")
     if not at:
         local, domain = inner, ""
-    elif not _is_domain(domain):
+    elif not _is_domain(domain) or not idn.a_labels_valid(domain):
         raise _BadAddress
     if len(local) > 64 or not _DOT_ATOM.fullmatch(local):
         raise _BadAddress
