@@ -109,6 +109,18 @@ CASES = [
          [*TLS_LINES, AUTH_OK, "503 5.5.1 Bad sequence of commands: already authenticated"]),
     Case("auth bad base64", TLS + b"AUTH PLAIN !!!\r\nAUTH LOGIN\r\n%%\r\n",
          [*TLS_LINES, "501 5.5.2 Invalid base64 data", "334 VXNlcm5hbWU6", "501 5.5.2 Invalid base64 data"]),
+    # Non-ASCII and invalid UTF-8 bytes anywhere in a response: refused, never raised on.
+    Case("auth non-ascii initial response", TLS + b"AUTH PLAIN A\xcc\xbcsaWNl\r\n"
+         b"AUTH PLAIN \xff\xfe\r\nAUTH LOGIN Z2\xc3\xa9xsZXM=\r\n" + PLAIN_OK,
+         [*TLS_LINES, *["501 5.5.2 Invalid base64 data"] * 3, AUTH_OK]),
+    Case("auth non-ascii continuation lines", TLS + b"AUTH PLAIN\r\n\xcc\xbc\r\nAUTH LOGIN\r\n\xff\r\n"
+         b"AUTH LOGIN\r\n" + b64("gilles") + b"\r\nczNj\xc3\xa9cmV0\r\n",
+         [*TLS_LINES, "334 ", "501 5.5.2 Invalid base64 data", "334 VXNlcm5hbWU6",
+          "501 5.5.2 Invalid base64 data", "334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6",
+          "501 5.5.2 Invalid base64 data"]),
+    Case("auth decoded non-utf-8 goes to the check", TLS + b"AUTH PLAIN "
+         + base64.b64encode(b"\0gill\xffes\0s3\xe9cret") + b"\r\n",
+         [*TLS_LINES, AUTH_FAILED]),
     Case("auth cancelled", TLS + b"AUTH LOGIN\r\n*\r\n" + PLAIN_OK,
          [*TLS_LINES, "334 VXNlcm5hbWU6", "501 5.0.0 Authentication cancelled", AUTH_OK]),
     Case("auth unknown mechanism", TLS + b"AUTH CRAM-MD5\r\n",
@@ -139,6 +151,11 @@ CASES = [
          [*ehlo("DSN", "SMTPUTF8", "CHUNKING"), OK, RCPT_OK, "552 5.3.4 Message too big for system",
           "503 5.5.1 Bad sequence of commands: need RCPT before BDAT"], EXTENSIONS,
          ProtocolLimits(max_message_size=20)),
+    Case("bdat non-ascii digits close", EHLO + "BDAT \u00b2\r\nNOOP\r\n".encode(),
+         [*ehlo("DSN", "SMTPUTF8", "CHUNKING"), "501 5.5.4 Syntax: BDAT size [LAST]"], EXTENSIONS),
+    Case("bdat non-ascii last closes", EHLO + MAIL + RCPT + "BDAT 1 la\u017ft\r\nx".encode(),
+         [*ehlo("DSN", "SMTPUTF8", "CHUNKING"), OK, RCPT_OK, "501 5.5.4 Syntax: BDAT size [LAST]"],
+         EXTENSIONS),
     Case("bdat not offered", EHLO + b"BDAT 1 LAST\r\n", [*ehlo(), "502 5.5.1 Command not implemented"],
          Features()),
     # -- DSN, SMTPUTF8 -----------------------------------------------------------

@@ -1173,8 +1173,10 @@ class ServerProtocol:
             raise _Refusal(NOT_IMPLEMENTED)
         words = arg.split(" ")
         size = words[0]
-        last = len(words) == 2 and words[1].upper() == "LAST"
-        if not size.isdigit() or len(size) > 18 or len(words) > 2 or (len(words) == 2 and not last):
+        # isascii first: "²" is a digit to str.isdigit() and "laſt".upper() is "LAST".
+        last = len(words) == 2 and words[1].isascii() and words[1].upper() == "LAST"
+        if (not (size.isascii() and size.isdigit()) or len(size) > 18 or len(words) > 2
+                or (len(words) == 2 and not last)):
             raise _Refusal(BDAT_SYNTAX, fatal=True)
         return int(size), last
 
@@ -1206,7 +1208,9 @@ class ServerProtocol:
         if initial is None:
             self._ask(b"334 \r\n" if mechanism == "PLAIN" else b"334 VXNlcm5hbWU6\r\n")
         else:
-            self._auth_response(initial.encode("ascii", "surrogateescape"), initial=True)
+            # The line's own bytes back (it was decoded with surrogateescape):
+            # a non-ASCII one is then refused as base64, never raised on.
+            self._auth_response(initial.encode("utf-8", "surrogateescape"), initial=True)
 
     def _ask(self, challenge: bytes) -> None:
         self.state = State.AUTH
