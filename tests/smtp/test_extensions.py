@@ -271,3 +271,37 @@ def test_rejected_recipients_close_the_session() -> None:
     run = drive([wire], ProtocolLimits(max_rejected_rcpt=2), refuse_rcpt)
     assert run.replies[-3:] == ["550 5.1.1 Invalid recipient", "550 5.1.1 Invalid recipient",
                                 "421 4.7.0 Too many rejected recipients, closing connection"]
+
+
+
+def phases(reads: list[bytes]) -> list[int | None]:
+    """`content_phase` each time the machine asks for bytes (what the
+    session sees), runs of the same value collapsed."""
+    proto = ServerProtocol(HOSTNAME, PEER, features=EXTENSIONS)
+    seen: list[int | None] = []
+
+    def feed():
+        for read in reads:
+            seen.append(proto.content_phase)
+            yield read
+        seen.append(proto.content_phase)
+
+    drive(feed(), proto=proto)
+    return [p for i, p in enumerate(seen) if i == 0 or p != seen[i - 1]]
+
+
+def test_content_phase_of_data() -> None:
+    """DATA: from the 354 to the end of data; each message its own phase."""
+    wire = EHLO + MAIL + RCPT + b"DATA\r\nx\r\n.\r\n" + MAIL + RCPT + b"DATA\r\n.\r\n"
+    assert phases([wire[i : i + 1] for i in range(len(wire))]) == [None, 1, None, 2, None]
+
+
+def test_content_phase_of_bdat() -> None:
+    """BDAT: one phase from the first chunk to LAST, the BDAT lines between
+    chunks included; the next transaction's chunks are another phase, even
+    when no read comes between the two (pipelined)."""
+    one = EHLO + MAIL + RCPT + b"BDAT 1\r\nxBDAT 2\r\nyzBDAT 1 LAST\r\nz"
+    two = MAIL + RCPT + b"BDAT 3 LAST\r\nabc"
+    wire = one + two
+    assert phases([wire[i : i + 1] for i in range(len(wire))]) == [None, 1, None, 2, None]
+    assert phases([one[:-1], one[-1:] + two[:-1], two[-1:]]) == [None, 1, 2, None]

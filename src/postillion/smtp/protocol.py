@@ -745,12 +745,29 @@ class ServerProtocol:
         self._bdat_last = False
         self._bdat_refusal: Reply | None = None
         self._bdat_cr = False             # a chunk ended in CR: its LF may follow
+        self._phases = 0                  # message-content phases begun
 
     @property
     def buffered(self) -> int:
         """Octets received but not yet parsed: a command or data line in
         progress.  The session times a line from its first byte with it."""
         return len(self._buf)
+
+    @property
+    def content_phase(self) -> int | None:
+        """Which message-content phase the client is in (a serial number),
+        or None outside one.
+
+        A phase begins when 354 accepts DATA, or with a BDAT chunk outside
+        State.BDAT (a transaction's first, or one read to be dropped), and
+        lasts until the end of data, the LAST chunk or the transaction's end;
+        the BDAT lines between a transaction's chunks are inside it.
+        The session times a phase as a whole (`Limits.min_data_rate`): whole
+        lines trickled one by one must not keep a session for ever.
+        """
+        if self.state is State.DATA or self.state is State.BDAT or self._bdat_left >= 0:
+            return self._phases
+        return None
 
     # -- the h11-style interface ------------------------------------------
 
@@ -943,6 +960,7 @@ class ServerProtocol:
                 self._prev_crlf = self._line_crlf  # DATA\n.\r\n is no terminator
                 self._size = 0
                 self._done = False
+                self._phases += 1
             case DataEnd():
                 self._mails += 1
                 self._end_transaction()
@@ -1247,6 +1265,8 @@ class ServerProtocol:
         size, last = event
         self._bdat_left, self._bdat_chunk, self._bdat_last = size, size, last
         self._bdat_refusal = None
+        if self.state is not State.BDAT:
+            self._phases += 1
         if self.state is State.RCPT:
             self._size = 0
             self._bdat_cr = False
