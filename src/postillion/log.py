@@ -5,7 +5,7 @@ written for OpenSMTPD keep working.  Every mail-log line is written by one
 function here (chasquid's habit), so keys and outcome words are spelled once.
 Values with blanks or quotes are quoted; `"`, `\\` and control bytes are
 escaped as `\\xNN`, so envelope data (a HELO, an address) can never forge a
-second log line.
+second log line; so are bytes that were not UTF-8, so every line encodes.
 
 A leaf module: anyone may import it.
 """
@@ -40,6 +40,11 @@ def escape(value: object) -> str:
             needs_quotes = True
         elif code < 0x20 or code == 0x7F:
             out.append(f"\\x{code:02x}")
+            needs_quotes = True
+        elif 0xD800 <= code <= 0xDFFF:
+            # A byte that was not UTF-8 (surrogateescape: an AUTH user name):
+            # no encoder -- syslog's UTF-8 -- may meet it raw.
+            out.append(f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}")
             needs_quotes = True
         else:
             if ch in " \t'":

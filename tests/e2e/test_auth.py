@@ -210,3 +210,22 @@ def test_bdat_chunk_splitting_the_header_end_still_gets_date(secure_uvloop, cut)
     assert b"\nSubject: split" in head
     assert b"\nDate: " in head and b"\nMessage-ID: <" in head
     assert body == b"body\n"
+
+
+def test_non_ascii_auth_responses_refused(secure_uvloop):
+    """Bytes that are not ASCII in an AUTH response, initial or continued,
+    get 501 5.5.2 and the session goes on; a user name that is not UTF-8
+    is checked like any other."""
+    proc = secure_uvloop
+    with submission(proc) as client:
+        client.send(b"AUTH PLAIN A\xcc\xbcsaWNl\r\n")
+        assert client.getreply() == (501, b"5.5.2 Invalid base64 data")
+        client.send(b"AUTH LOGIN\r\n\xff\xfe\r\n")
+        assert client.getreply()[0] == 334
+        assert client.getreply() == (501, b"5.5.2 Invalid base64 data")
+        client.send(b"AUTH PLAIN " + base64.b64encode(b"\0gill\xffes\0" + PASSWORD.encode()) + b"\r\n")
+        assert client.getreply() == (535, b"5.7.8 Authentication failed")
+        client.login(USER, PASSWORD)
+    log = proc.wait_log(f"user={USER} result=ok")
+    assert "session crashed" not in log and 'command="AUTH PLAIN (...)"' in log
+    assert 'user="gill\\xffes" result=permfail' in log  # escaped: the line encodes

@@ -353,3 +353,80 @@ def test_trickled_data_line_times_out(secure_uvloop):
     assert 0.9 < time.monotonic() - start < 3.0
     time.sleep(0.2)
     assert proc.queued() == []
+
+
+@pytest.mark.parametrize("verb", ["DATA", "BDAT"])
+def test_trickled_message_times_out_fresh_client_served(secure_uvloop, verb):
+    """Whole lines (or chunks) that each beat the line deadline still make a
+    message that must come at min_data_rate (default 500 octets/s): the
+    client is cut off at command_timeout plus 1 s per 500 octets sent,
+    while a fresh client sends a whole message at once."""
+    proc = secure_uvloop
+    proc.set_limits(command_timeout=1.0)
+    slow = Raw(proc)
+    slow.ehlo()
+    slow.send(TX + (b"DATA\r\n" if verb == "DATA" else b""))
+    expected = [b"250", b"250", b"354"] if verb == "DATA" else [b"250", b"250"]
+    assert [slow.line()[:3] for _ in expected] == expected
+    start, got = time.monotonic(), b""
+    for i in range(40):  # 20 octets each 0.15 s: never a line timeout, 133 octets/s
+        piece = b"x" * 18 + b"\r\n"
+        try:
+            slow.send(piece if verb == "DATA" else b"BDAT 20\r\n" + piece)
+        except OSError:
+            pass  # closed after the 421, which is still to read
+        if verb == "BDAT":
+            got = slow.line()
+            if got != b"250 2.0.0 20 octets received\r\n":
+                break
+        else:
+            slow.sock.settimeout(0.15)
+            try:
+                got = slow.sock.recv(100)
+                break
+            except (socket.timeout, TimeoutError):
+                pass
+        if i == 2:
+            fresh = Raw(proc)
+            t = time.monotonic()
+            fresh.ehlo()
+            assert time.monotonic() - t < 0.5
+            fresh.send(TX + b"DATA\r\n")
+            assert [fresh.line()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+            fresh.send(b"Subject: quick\r\n\r\n" + b"y" * 2000 + b"\r\n.\r\n")
+            assert fresh.line().startswith(b"250 2.0.0")
+            fresh.close()
+        time.sleep(0.15 if verb == "BDAT" else 0)
+    assert got == b"421 4.4.2 Timeout\r\n"
+    # 1 s + 0.04 s per 20 octets, the whole message counted: about 1.4 s.
+    assert 1.0 < time.monotonic() - start < 3.0
+    slow.sock.settimeout(10)
+    assert slow.closed()
+    proc.wait_log("reason=timeout")
+    [path] = proc.wait_delivered("alice")  # the fresh client's message only
+    assert b"Subject: quick" in path.read_bytes()
+    assert proc.queued() == []
+
+
+def test_invalid_a_labels_refused(secure_uvloop):
+    """An xn-- label that is no A-label is a malformed address: 553 5.1.7 at
+    MAIL, 501 5.1.3 at RCPT; valid A-labels (IDNA 2003 or 2008) pass."""
+    proc = secure_uvloop
+    client = Raw(proc)
+    client.ehlo()
+    client.send(b"MAIL FROM:<bob@xn--->\r\nMAIL FROM:<bob@mx.xn--zz.example>\r\n"
+                b"MAIL FROM:<bob@xn--bcher-kva.example>\r\n"
+                b"RCPT TO:<alice@xn--zz>\r\nRCPT TO:<alice@xn--abc-.example>\r\n"
+                b"RCPT TO:<alice@xn--fa-hia.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    assert [client.line() for _ in range(8)] == [
+        b"553 5.1.7 Sender address syntax error\r\n", b"553 5.1.7 Sender address syntax error\r\n",
+        b"250 2.0.0 Ok\r\n",
+        b"501 5.1.3 Recipient address syntax error\r\n", b"501 5.1.3 Recipient address syntax error\r\n",
+        b"550 5.7.1 Invalid recipient: <alice@xn--fa-hia.example>\r\n",  # well-formed; not ours
+        b"250 2.1.5 Destination address valid: Recipient ok\r\n",
+        b'354 Enter mail, end with "." on a line by itself\r\n']
+    client.send(b"Subject: idn\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    assert client.line().startswith(b"250 2.0.0")
+    [path] = proc.wait_delivered("alice")
+    assert b"Return-Path: <bob@xn--bcher-kva.example>" in path.read_bytes()
+    assert 'command="MAIL FROM:<bob@xn--->"' in proc.wait_log("MAIL FROM:<bob@xn--->")

@@ -109,6 +109,18 @@ CASES = [
          [*TLS_LINES, AUTH_OK, "503 5.5.1 Bad sequence of commands: already authenticated"]),
     Case("auth bad base64", TLS + b"AUTH PLAIN !!!\r\nAUTH LOGIN\r\n%%\r\n",
          [*TLS_LINES, "501 5.5.2 Invalid base64 data", "334 VXNlcm5hbWU6", "501 5.5.2 Invalid base64 data"]),
+    # Non-ASCII and invalid UTF-8 bytes anywhere in a response: refused, never raised on.
+    Case("auth non-ascii initial response", TLS + b"AUTH PLAIN A\xcc\xbcsaWNl\r\n"
+         b"AUTH PLAIN \xff\xfe\r\nAUTH LOGIN Z2\xc3\xa9xsZXM=\r\n" + PLAIN_OK,
+         [*TLS_LINES, *["501 5.5.2 Invalid base64 data"] * 3, AUTH_OK]),
+    Case("auth non-ascii continuation lines", TLS + b"AUTH PLAIN\r\n\xcc\xbc\r\nAUTH LOGIN\r\n\xff\r\n"
+         b"AUTH LOGIN\r\n" + b64("gilles") + b"\r\nczNj\xc3\xa9cmV0\r\n",
+         [*TLS_LINES, "334 ", "501 5.5.2 Invalid base64 data", "334 VXNlcm5hbWU6",
+          "501 5.5.2 Invalid base64 data", "334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6",
+          "501 5.5.2 Invalid base64 data"]),
+    Case("auth decoded non-utf-8 goes to the check", TLS + b"AUTH PLAIN "
+         + base64.b64encode(b"\0gill\xffes\0s3\xe9cret") + b"\r\n",
+         [*TLS_LINES, AUTH_FAILED]),
     Case("auth cancelled", TLS + b"AUTH LOGIN\r\n*\r\n" + PLAIN_OK,
          [*TLS_LINES, "334 VXNlcm5hbWU6", "501 5.0.0 Authentication cancelled", AUTH_OK]),
     Case("auth unknown mechanism", TLS + b"AUTH CRAM-MD5\r\n",
@@ -139,6 +151,11 @@ CASES = [
          [*ehlo("DSN", "SMTPUTF8", "CHUNKING"), OK, RCPT_OK, "552 5.3.4 Message too big for system",
           "503 5.5.1 Bad sequence of commands: need RCPT before BDAT"], EXTENSIONS,
          ProtocolLimits(max_message_size=20)),
+    Case("bdat non-ascii digits close", EHLO + "BDAT \u00b2\r\nNOOP\r\n".encode(),
+         [*ehlo("DSN", "SMTPUTF8", "CHUNKING"), "501 5.5.4 Syntax: BDAT size [LAST]"], EXTENSIONS),
+    Case("bdat non-ascii last closes", EHLO + MAIL + RCPT + "BDAT 1 la\u017ft\r\nx".encode(),
+         [*ehlo("DSN", "SMTPUTF8", "CHUNKING"), OK, RCPT_OK, "501 5.5.4 Syntax: BDAT size [LAST]"],
+         EXTENSIONS),
     Case("bdat not offered", EHLO + b"BDAT 1 LAST\r\n", [*ehlo(), "502 5.5.1 Command not implemented"],
          Features()),
     # -- DSN, SMTPUTF8 -----------------------------------------------------------
@@ -164,6 +181,16 @@ CASES = [
          + "MAIL FROM:<jö\u2028rg@b> SMTPUTF8\r\n".encode(),
          [*ehlo("DSN", "SMTPUTF8", "CHUNKING"), "553 5.1.7 Sender address syntax error",
           "553 5.1.7 Sender address syntax error"], EXTENSIONS),
+    # A UTF-8 domain must be writable in valid A-labels, as lookups will see it:
+    # fullwidth ｘｎ-- becomes xn--, ⿰ is prohibited, Arabic then Latin breaks
+    # the bidi rule, an xn-- label must be ASCII, ＠ becomes @, 60 ü are too long.
+    Case("smtputf8 domains", EHLO + "MAIL FROM:<jörg@BÜCHER.example> SMTPUTF8\r\n"
+         "RCPT TO:<a@faß.de>\r\nRCPT TO:<a@bücher.xn--zz>\r\n"
+         "RCPT TO:<a@ｘｎ--zz.example>\r\nRCPT TO:<a@b\u2ff0ü.example>\r\nRCPT TO:<a@\u0627a.example>\r\n"
+         "RCPT TO:<a@xn--ü.example>\r\nRCPT TO:<a@ü＠b.example>\r\n"
+         f"RCPT TO:<a@{'ü' * 60}.example>\r\n".encode(),
+         [*ehlo("DSN", "SMTPUTF8", "CHUNKING"), OK, RCPT_OK,
+          *["501 5.1.3 Recipient address syntax error"] * 7], EXTENSIONS),
 ]
 
 
@@ -244,3 +271,37 @@ def test_rejected_recipients_close_the_session() -> None:
     run = drive([wire], ProtocolLimits(max_rejected_rcpt=2), refuse_rcpt)
     assert run.replies[-3:] == ["550 5.1.1 Invalid recipient", "550 5.1.1 Invalid recipient",
                                 "421 4.7.0 Too many rejected recipients, closing connection"]
+
+
+
+def phases(reads: list[bytes]) -> list[int | None]:
+    """`content_phase` each time the machine asks for bytes (what the
+    session sees), runs of the same value collapsed."""
+    proto = ServerProtocol(HOSTNAME, PEER, features=EXTENSIONS)
+    seen: list[int | None] = []
+
+    def feed():
+        for read in reads:
+            seen.append(proto.content_phase)
+            yield read
+        seen.append(proto.content_phase)
+
+    drive(feed(), proto=proto)
+    return [p for i, p in enumerate(seen) if i == 0 or p != seen[i - 1]]
+
+
+def test_content_phase_of_data() -> None:
+    """DATA: from the 354 to the end of data; each message its own phase."""
+    wire = EHLO + MAIL + RCPT + b"DATA\r\nx\r\n.\r\n" + MAIL + RCPT + b"DATA\r\n.\r\n"
+    assert phases([wire[i : i + 1] for i in range(len(wire))]) == [None, 1, None, 2, None]
+
+
+def test_content_phase_of_bdat() -> None:
+    """BDAT: one phase from the first chunk to LAST, the BDAT lines between
+    chunks included; the next transaction's chunks are another phase, even
+    when no read comes between the two (pipelined)."""
+    one = EHLO + MAIL + RCPT + b"BDAT 1\r\nxBDAT 2\r\nyzBDAT 1 LAST\r\nz"
+    two = MAIL + RCPT + b"BDAT 3 LAST\r\nabc"
+    wire = one + two
+    assert phases([wire[i : i + 1] for i in range(len(wire))]) == [None, 1, None, 2, None]
+    assert phases([one[:-1], one[-1:] + two[:-1], two[-1:]]) == [None, 1, 2, None]

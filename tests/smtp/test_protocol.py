@@ -197,6 +197,19 @@ CASES: list[Case] = [
     sender(b"<a@" + b"b" * 64 + b".com>", SENDER_SYNTAX),
     sender("<jörg@example.com>".encode(), "553 5.6.7 Non-ASCII address requires SMTPUTF8"),
     sender(b"<j\xf6rg@example.com>", SENDER_SYNTAX),  # not UTF-8 at all
+    # A-labels (RFC 5891 §5.4): valid ones pass, IDNA 2003's and 2008's alike.
+    sender(b"<a@xn--bcher-kva.example>", OK),
+    sender(b"<a@XN--BCHER-KVA.example>", OK),
+    sender(b"<a@xn--fa-hia.de>", OK),            # faß: IDNA 2008 only
+    sender(b"<a@xn--ls8h.la>", OK),              # an emoji: IDNA 2003 only
+    sender(b"<a@xn--mgbh0fb.xn--kgbechtv>", OK),  # right-to-left
+    sender(b"<a@xn--->", SENDER_SYNTAX),         # decodes to nothing
+    sender(b"<a@xn--zz>", SENDER_SYNTAX),        # not Punycode
+    sender(b"<a@xn--zz.example>", SENDER_SYNTAX),
+    sender(b"<a@mx.xn--abc-.example>", SENDER_SYNTAX),  # decodes to plain ASCII
+    sender(b"<a@xn--a>", SENDER_SYNTAX),         # decodes to a control character
+    sender(b"<a@xn--a-ecp.example>", SENDER_SYNTAX),    # a\u2488: no IDNA allows it
+    sender(b"<a@xn---ls8h.la>", SENDER_SYNTAX),  # not the canonical spelling
     Case("mail without from", EHLO + b"MAIL TO:<a@b>\r\nMAIL\r\n",
          [*EHLO_LINES, "501 5.5.4 Syntax: MAIL FROM:<address>", "501 5.5.4 Syntax: MAIL FROM:<address>"]),
     Case("null sender and route events",
@@ -210,6 +223,11 @@ CASES: list[Case] = [
     rcpt(b"", RCPT_SYNTAX),
     rcpt(b'<"x y"@example.com>', RCPT_SYNTAX),
     rcpt("<bö@example.com>".encode(), "553 5.6.7 Non-ASCII address requires SMTPUTF8"),
+    rcpt(b"<b@xn--bcher-kva.example>", RCPT_OK),
+    rcpt(b"<b@xn--->", RCPT_SYNTAX),
+    rcpt(b"<b@xn--zz>", RCPT_SYNTAX),
+    rcpt(b"<b@sub.xn--nxasmm1c.example>", RCPT_OK),  # βόλος: IDNA 2008 only
+    rcpt(b"<b@xn--abc-.example>", RCPT_SYNTAX),
     rcpt(b"<b@example.com> NOTIFY=NEVER", "555 5.5.4 Unsupported parameter"),
     Case("rcpt without to", EHLO + MAIL + b"RCPT <a@b>\r\n",
          [*EHLO_LINES, OK, "501 5.5.4 Syntax: RCPT TO:<address>"]),

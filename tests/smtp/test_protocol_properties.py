@@ -5,6 +5,10 @@
     a full buffer, never hands out more than max_message_size octets of one
     message, only hands out CRLF-only content, and never reports more ends of
     data than CRLF.CRLF sequences it was sent.
+(c) Whatever line comes in whatever state -- non-ASCII text, invalid UTF-8,
+    control bytes, in a command, an AUTH response, a BDAT chunk or DATA --
+    the machine answers or closes, never raises, and never echoes a byte
+    that is not ASCII.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from postillion.smtp.protocol import (
     MailFrom,
     ProtocolLimits,
     ServerProtocol,
+    State,
+    VERBS,
 )
 
 from .driver import accept_all, drive
@@ -155,7 +161,23 @@ EXT_TOKENS = TOKENS + [
     b"BDAT 5\r\n", b"BDAT 3 LAST\r\n", b"BDAT 0 LAST\r\n", b"BDAT x\r\n", b"abcde", b"\r\n.\r\n",
     b"MAIL FROM:<j\xc3\xb6rg@b.example> SMTPUTF8 RET=HDRS ENVID=a+2Bb\r\n",
     b"RCPT TO:<c@d> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c@d\r\n", b"RCPT TO:<\xc3\xa9@d>\r\n",
+    b"RCPT TO:<c@xn--zz>\r\n", b"RCPT TO:<c@xn--bcher-kva.example>\r\n",
 ]
+#: Non-ASCII text and bytes that are not UTF-8, with the characters that
+#: fool str methods: a combining mark, "²" (isdigit), "ſ" and "K" (upper/lower
+#: onto ASCII), "İ" (lower grows), Arabic digits, fullwidth forms, a lone
+#: surrogate's encoding, a truncated sequence, bytes never in UTF-8.
+NON_ASCII = [
+    b"\xcc\xbc", b"\xc3\xa9", b"\xc2\xb2", b"\xc5\xbf", "\u212a".encode(), "\u0130".encode(),
+    "\u0661\u0662".encode(), "\uff58\uff4e--".encode(), "\uff20".encode(), "\u2028".encode(),
+    b"\xf0\x9f\x92\xa9", b"\xed\xa0\x80", b"\xc3", b"\xff", b"\xfe\xff", b"\x80",
+]
+#: Command lines without their end, so that what follows lands in the argument.
+LINE_HEADS = [
+    b"AUTH PLAIN ", b"AUTH LOGIN ", b"AUTH ", b"MAIL FROM:<", b"RCPT TO:<", b"BDAT ", b"BDAT 1 ",
+    b"EHLO ", b"HELO ", b"NOOP ", b"a@xn--", b"@", b">", b" SMTPUTF8", b" SIZE=", b" NOTIFY=",
+]
+EXT_TOKENS += NON_ASCII + LINE_HEADS
 EXT_SEGMENTS = st.one_of(st.sampled_from(OPENERS), st.sampled_from(EXT_TOKENS), st.binary(max_size=24))
 EXT_STREAMS = st.builds(lambda first, rest: first + b"".join(rest), st.sampled_from([b"", *OPENERS]),
                         st.lists(EXT_SEGMENTS, max_size=60))
@@ -166,6 +188,9 @@ EXT_STREAMS = st.builds(lambda first, rest: first + b"".join(rest), st.sampled_f
        answers=ANSWERS)
 @example(stream=b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 5\r\n\r\n.\r\nBDAT 0 LAST\r\n",
          points=[], answers=[])
+# Found once the alphabet had non-ASCII text: the machine raised on both.
+@example(stream=b"EHLO c\r\nAUTH PLAIN A\xcc\xbcsaWNl\r\n", points=[], answers=[])
+@example(stream=b"EHLO c\r\nBDAT \xc2\xb2\r\n", points=[], answers=[])
 def test_extension_invariants(stream: bytes, points: list[int], answers: list[str]) -> None:
     """Never raises, buffers bounded (asserted by drive), never more messages
     than terminators: DATA ends <= CRLF.CRLF, BDAT ends <= LAST keywords."""
@@ -203,3 +228,70 @@ def test_extension_reads_do_not_matter(stream: bytes, points: list[int], answers
     assert b"".join(many.chunks) == b"".join(one.chunks)
     assert [e for e in many.events if not isinstance(e, DataChunk)] == \
         [e for e in one.events if not isinstance(e, DataChunk)]
+
+
+# -- (c) any line in any state ---------------------------------------------------
+
+#: AUTH only once TLS is up, as on a submission port: the state the AUTH bug hid in.
+STATE_FEATURES = Features(starttls=True, auth=True, dsn=True, smtputf8=True, chunking=True)
+_TX = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n"
+_TLS = b"EHLO c\r\nSTARTTLS\r\n"  # a read of its own: the rest of its read is dropped
+#: Reads that bring a machine accepting everything into each state, and the
+#: state it is then in.
+STATES: dict[str, tuple[list[bytes], State]] = {
+    "connected": ([], State.CONNECTED),
+    "ready": ([b"EHLO c\r\n"], State.READY),
+    "mail": ([b"EHLO c\r\nMAIL FROM:<a@b>\r\n"], State.MAIL),
+    "rcpt": ([_TX], State.RCPT),
+    "data": ([_TX + b"DATA\r\n"], State.DATA),
+    "in a bdat chunk": ([_TX + b"BDAT 9\r\n"], State.RCPT),
+    "between bdat chunks": ([_TX + b"BDAT 1\r\nx"], State.BDAT),
+    "tls": ([_TLS, b"EHLO c\r\n"], State.READY),
+    "auth plain response": ([_TLS, b"EHLO c\r\nAUTH PLAIN\r\n"], State.AUTH),
+    "auth login user": ([_TLS, b"EHLO c\r\nAUTH LOGIN\r\n"], State.AUTH),
+    "auth login password": ([_TLS, b"EHLO c\r\nAUTH LOGIN\r\nZ2lsbGVz\r\n"], State.AUTH),
+    "authenticated": ([_TLS, b"EHLO c\r\nAUTH PLAIN AGdpbGxlcwBzM2NyZXQ=\r\n"], State.READY),
+}
+HEADS = st.sampled_from([verb.encode() + b" " for verb in VERBS] + LINE_HEADS + [b"", b"mail from:<"])
+WORDS = st.one_of(
+    st.sampled_from(NON_ASCII),
+    # Numbers in any script: str.isdigit() says yes to some that int() refuses.
+    st.text(st.characters(categories=["Nd", "No", "Nl"], min_codepoint=0x80), min_size=1,
+            max_size=3).map(str.encode),
+    st.text(max_size=8).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.binary(max_size=8),
+    st.sampled_from([b"<", b">", b"@", b" ", b":", b"=", b"*", b"LAST", b"SMTPUTF8", b"xn--zz",
+                     b"AGdpbGxlcwBzM2NyZXQ=", b"Z2lsbGVz", b"3", b"\r\n.\r\n"]),
+)
+LINES = st.builds(lambda head, words, sep, end: head + sep.join(words) + end, HEADS,
+                  st.lists(WORDS, max_size=4), st.sampled_from([b"", b" "]),
+                  st.sampled_from([b"\r\n", b"\n", b""]))
+
+
+@settings(deadline=None, max_examples=400)
+@given(state=st.sampled_from(sorted(STATES)), lines=st.lists(LINES, min_size=1, max_size=6),
+       points=st.lists(st.integers(min_value=0, max_value=10_000), max_size=6), answers=ANSWERS)
+@example(state="tls", lines=[b"AUTH PLAIN A\xcc\xbcsaWNl\r\n"], points=[], answers=[])
+@example(state="rcpt", lines=[b"BDAT \xc2\xb2\r\n"], points=[], answers=[])
+@example(state="auth login user", lines=[b"\xcc\xbc\r\n"], points=[], answers=[])
+@example(state="tls", lines=[b"AUTH LOGIN Z2\xc3\xa9xsZXM=\r\n"], points=[], answers=[])
+def test_any_line_in_any_state(state: str, lines: list[bytes], points: list[int],
+                               answers: list[str]) -> None:
+    setup, expected = STATES[state]
+    proto = ServerProtocol("mx.example.org", "192.0.2.7", EXT_LIMITS, STATE_FEATURES)
+    reached: list[State] = []
+    script = scripted(answers)
+
+    def answer(proto: ServerProtocol, event: Event) -> Reply:
+        # Accept the setup, then follow the script.
+        return script(proto, event) if reached else accept_all(proto, event)
+
+    def reads():
+        yield from setup
+        reached.append(proto.state)
+        yield from cut(b"".join(lines), points)
+
+    run = drive(reads(), EXT_LIMITS, answer, proto=proto)
+    assert reached == [expected]
+    assert isinstance(run.events[-1], ConnectionClosed)
+    assert bytes(run.output).isascii()

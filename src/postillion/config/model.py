@@ -54,6 +54,10 @@ class Limits:
     max_rejected_rcpt: int = 50           # rejected RCPT per session -> 421
     command_timeout: float = 300 * SECONDS  # a command line must complete / idle
     session_timeout: float = 30 * MINUTES   # whole session
+    #: octets/s (Postfix's smtpd_min_data_rate): the DATA or BDAT phase must
+    #: end within command_timeout plus 1 s per this many octets received,
+    #: else 421 4.4.2 and close; a trickled message cannot hold a session.
+    min_data_rate: int = 500
     max_hops: int = 100                   # Received: headers before 554 5.4.6
     expand_depth: int = 10                # alias expansion depth
     sub_addr_delim: str = "+"             # smtp sub-addr-delim

@@ -60,6 +60,7 @@ from types import MappingProxyType
 from typing import ClassVar, Final
 
 from postillion.errors import Reply
+from postillion.smtp import idn
 
 __all__ = [
     "NEED_DATA",
@@ -511,7 +512,9 @@ def _parse_path(inner: str, utf8: bool = False) -> Path | None:
     Source routes (`@a,@b:`) are checked and dropped (RFC 5321 §C).  Quoted
     local parts are refused: they are where parsers disagree, and no real
     sender needs them.  `%` and `!` are plain local-part characters; they
-    never route (docs/smtp.md).
+    never route (docs/smtp.md).  A domain with an `xn--` label that is no valid
+    A-label, or a UTF-8 domain that cannot be written in A-labels, is
+    refused like any malformed domain (`idn.py`).
     """
     if len(inner) + 2 > 256:
         raise _BadAddress
@@ -535,7 +538,13 @@ def _parse_path(inner: str, utf8: bool = False) -> Path | None:
         # Same positions in both strings: cut the real parts where the shape's are.
         d, n = len(parsed.domain), len(parsed.local)
         end = len(inner) - d - (1 if d else 0)
-        return Path(inner[end - n : end], inner[len(inner) - d :] if d else "")
+        domain = inner[len(inner) - d :] if d else ""
+        if not domain.isascii():
+            # The spelling lookups and the queue will use must exist.
+            written = idn.to_ascii(domain)
+            if written is None or not _is_domain(written) or not idn.a_labels_valid(written):
+                raise _BadAddress
+        return Path(inner[end - n : end], domain)
     if inner.startswith("@"):
         route, colon, inner = inner.partition(":")
         if not colon or not all(hop[:1] == "@" and _is_domain(hop[1:]) for hop in route.split(",")):
@@ -543,7 +552,7 @@ def _parse_path(inner: str, utf8: bool = False) -> Path | None:
     local, at, domain = inner.rpartition("@")
     if not at:
         local, domain = inner, ""
-    elif not _is_domain(domain):
+    elif not _is_domain(domain) or not idn.a_labels_valid(domain):
         raise _BadAddress
     if len(local) > 64 or not _DOT_ATOM.fullmatch(local):
         raise _BadAddress
@@ -736,12 +745,29 @@ class ServerProtocol:
         self._bdat_last = False
         self._bdat_refusal: Reply | None = None
         self._bdat_cr = False             # a chunk ended in CR: its LF may follow
+        self._phases = 0                  # message-content phases begun
 
     @property
     def buffered(self) -> int:
         """Octets received but not yet parsed: a command or data line in
         progress.  The session times a line from its first byte with it."""
         return len(self._buf)
+
+    @property
+    def content_phase(self) -> int | None:
+        """Which message-content phase the client is in (a serial number),
+        or None outside one.
+
+        A phase begins when 354 accepts DATA, or with a BDAT chunk outside
+        State.BDAT (a transaction's first, or one read to be dropped), and
+        lasts until the end of data, the LAST chunk or the transaction's end;
+        the BDAT lines between a transaction's chunks are inside it.
+        The session times a phase as a whole (`Limits.min_data_rate`): whole
+        lines trickled one by one must not keep a session for ever.
+        """
+        if self.state is State.DATA or self.state is State.BDAT or self._bdat_left >= 0:
+            return self._phases
+        return None
 
     # -- the h11-style interface ------------------------------------------
 
@@ -934,6 +960,7 @@ class ServerProtocol:
                 self._prev_crlf = self._line_crlf  # DATA\n.\r\n is no terminator
                 self._size = 0
                 self._done = False
+                self._phases += 1
             case DataEnd():
                 self._mails += 1
                 self._end_transaction()
@@ -1164,8 +1191,10 @@ class ServerProtocol:
             raise _Refusal(NOT_IMPLEMENTED)
         words = arg.split(" ")
         size = words[0]
-        last = len(words) == 2 and words[1].upper() == "LAST"
-        if not size.isdigit() or len(size) > 18 or len(words) > 2 or (len(words) == 2 and not last):
+        # isascii first: "²" is a digit to str.isdigit() and "laſt".upper() is "LAST".
+        last = len(words) == 2 and words[1].isascii() and words[1].upper() == "LAST"
+        if (not (size.isascii() and size.isdigit()) or len(size) > 18 or len(words) > 2
+                or (len(words) == 2 and not last)):
             raise _Refusal(BDAT_SYNTAX, fatal=True)
         return int(size), last
 
@@ -1197,7 +1226,9 @@ class ServerProtocol:
         if initial is None:
             self._ask(b"334 \r\n" if mechanism == "PLAIN" else b"334 VXNlcm5hbWU6\r\n")
         else:
-            self._auth_response(initial.encode("ascii", "surrogateescape"), initial=True)
+            # The line's own bytes back (it was decoded with surrogateescape):
+            # a non-ASCII one is then refused as base64, never raised on.
+            self._auth_response(initial.encode("utf-8", "surrogateescape"), initial=True)
 
     def _ask(self, challenge: bytes) -> None:
         self.state = State.AUTH
@@ -1234,6 +1265,8 @@ class ServerProtocol:
         size, last = event
         self._bdat_left, self._bdat_chunk, self._bdat_last = size, size, last
         self._bdat_refusal = None
+        if self.state is not State.BDAT:
+            self._phases += 1
         if self.state is State.RCPT:
             self._size = 0
             self._bdat_cr = False

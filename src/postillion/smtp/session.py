@@ -11,9 +11,11 @@ of space.
 
 It also owns the clock (docs/smtp.md, Limits): a command or data line must complete
 within `Limits.command_timeout` of its first byte (a deadline that trickled
-bytes do not push back), the whole session within `Limits.session_timeout`,
-a TLS handshake within `Limits.tls_timeout`; the early-talker window and the
-delay before `535` are in `smtp/tuning.py`.
+bytes do not push back), a message (the DATA or BDAT phase) within
+`command_timeout` plus 1 s per `Limits.min_data_rate` octets received, the
+whole session within `Limits.session_timeout`, a TLS handshake within
+`Limits.tls_timeout`; the early-talker window and the delay before `535` are
+in `smtp/tuning.py`.
 """
 
 from __future__ import annotations
@@ -176,6 +178,9 @@ class Session:
         self.tls: tuple[str, str] | None = None
         self.tx: Transaction | None = None
         self._line_started: float | None = None
+        self._received = 0                  # octets read from the client
+        self._phase: int | None = None      # the protocol's content_phase last seen
+        self._phase_clock = (0.0, 0)        # when that phase began, octets read before it
         self.rdns = UNKNOWN_HOST
 
     async def run(self) -> None:
@@ -269,17 +274,35 @@ class Session:
             log.smtp_tls(self.sid, self.tls[0], self.tls[1])
 
     def _read_timeout(self, deadline: float) -> float:
-        """Seconds the next read may wait: the line deadline, the session's."""
+        """Seconds the next read may wait: the line deadline, the message's
+        (content phase) and the session's."""
         now = time.monotonic()
-        limit = self.ctx.limits.command_timeout
+        limits = self.ctx.limits
+        limit = limits.command_timeout
         if self._line_started is not None:
             limit -= now - self._line_started
+        if self._phase is not None:
+            # Postfix's smtpd_min_data_rate: each octet read buys the
+            # client 1/min_data_rate s more, however it cuts them into lines.
+            started, before = self._phase_clock
+            allowed = limits.command_timeout + (self._received - before) / limits.min_data_rate
+            limit = min(limit, started + allowed - now)
         return max(0.0, min(limit, deadline - now))
+
+    def _track_phase(self, last_read: int) -> None:
+        """Note when a message-content phase begins: now, when the machine
+        first asks for its bytes (our 354 or our lookups are not the
+        client's time), counting the last read, which may hold a chunk."""
+        phase = self.proto.content_phase
+        if phase != self._phase:
+            self._phase = phase
+            self._phase_clock = (time.monotonic(), self._received - last_read)
 
     async def _loop(self) -> str:
         deadline = time.monotonic() + self.ctx.limits.session_timeout
         held = 0          # octets the machine held right after the last read
         read_at = 0.0
+        last_read = 0     # octets in the last read
         while True:
             event = self.proto.next_event()
             if event is p.NEED_DATA:
@@ -292,6 +315,7 @@ class Session:
                 elif buffered < held or self._line_started is None:
                     # A line was consumed: what is left started in the last read.
                     self._line_started = read_at
+                self._track_phase(last_read)
                 try:
                     # asyncio.timeout, not wait_for: no task per read (the hot path).
                     async with asyncio.timeout(self._read_timeout(deadline)):
@@ -300,7 +324,8 @@ class Session:
                     self.proto.send(REPLY_TIMEOUT)
                     await self._flush()
                     return "timeout"
-                read_at = time.monotonic()
+                read_at, last_read = time.monotonic(), len(data)
+                self._received += last_read
                 self.proto.receive_data(data)
                 held = self.proto.buffered
                 continue
