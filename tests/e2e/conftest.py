@@ -142,6 +142,15 @@ class Daemon:
             time.sleep(0.05)
         raise AssertionError(f"{user}: {len(self.delivered(user))} of {count} delivered\n{self.log()}")
 
+    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+        """The log once it holds `text`: the line of an event is written just
+        after the event, so a file on disk may come before its log line."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            assert time.monotonic() < deadline, f"no {text!r} in the log:\n{log}"
+            time.sleep(0.02)
+        return log
+
     def queued_files(self) -> list[Path]:
         """Every file in the queue (committed or not), for 'nothing queued' checks;
         the spool's lock file is no mail."""

@@ -54,7 +54,7 @@ def test_smtplib_message_lands_in_maildir_exactly(running):
                      b"\n".join(added))
     assert not b"\n".join(added).endswith(b"-0000")
     assert b"Delivered-To: alice@example.test" in added[1]
-    log = running.log()
+    log = running.wait_log("result=Ok stat=Delivered")
     assert "smtp connected address=127.0.0.1 host=localhost" in log  # PTR via /etc/hosts
     assert "smtp message msgid=" in log and "nrcpt=1" in log
     assert "mda delivery evpid=" in log and "result=Ok stat=Delivered" in log
