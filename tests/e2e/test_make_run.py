@@ -91,9 +91,11 @@ def test_make_run_as_root_in_a_0700_directory_delivers(sudo):
         owner = os.stat(message).st_uid
         expected = int(env["SUDO_UID"]) if sudo else 65534
         assert owner == expected != 0
-        text = log.read_text()
+        deadline = time.monotonic() + 10   # the log line comes just after the file
+        while "result=Ok stat=Delivered" not in (text := log.read_text()):
+            assert time.monotonic() < deadline, text
+            time.sleep(0.02)
         assert f"listening on 127.0.0.1:{port}" in text
-        assert "result=Ok stat=Delivered" in text
     finally:
         stop_group(proc)
         shutil.rmtree(checkout.parent, ignore_errors=True)
