@@ -5,6 +5,10 @@ in with `send` and come out as bytes from `data_to_send`.  Nothing here reads
 a socket, sleeps or looks at a clock, so every byte sequence a client can send
 can be replayed in a unit test or a fuzzer; `smtp/session.py` binds the
 machine to sockets, rules, lookups and the queue (h11's shape, docs/architecture.md).
+As h11 does, the machine is split in a few files: `_events.py` (states and
+events), `_replies.py` (the replies it sends by itself), `_syntax.py` (paths
+and parameters), and this one (limits, transitions, the machine and its verb
+table); every public name is importable from here.
 
 The session drives it like this::
 
@@ -50,17 +54,79 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
-import ipaddress
-import re
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar, Final
+from typing import Final
 
 from postillion.errors import Reply
-from postillion.smtp import idn
+from postillion.smtp._events import (
+    NEED_DATA,
+    Auth,
+    BdatEnd,
+    CommandRejected,
+    ConnectionClosed,
+    DataChunk,
+    DataEnd,
+    DataStart,
+    Event,
+    Helo,
+    MailFrom,
+    NeedData,
+    Path,
+    Quit,
+    RcptTo,
+    Reset,
+    StartTls,
+    State,
+)
+from postillion.smtp._replies import (
+    ACCEPT_CODES,
+    AUTH_CANCELLED,
+    AUTH_FIRST,
+    AUTH_OK,  # noqa: F401  (re-exported: the session and tests name replies here)
+    BAD_BASE64,
+    BDAT_SYNTAX,
+    BYE,
+    CONTROL_CHARACTER,
+    ENCRYPTION_REQUIRED,
+    HELP,
+    LINE_TOO_LONG,
+    NON_ASCII_ADDRESS,
+    NOT_IMPLEMENTED,
+    OK,
+    READY_TLS,  # noqa: F401
+    RECIPIENT_SYNTAX,
+    RESET_OK,
+    SENDER_SYNTAX,
+    START_DATA,
+    TLS_FIRST,
+    TOO_MANY_AUTH_FAILURES,
+    TOO_MANY_FAILURES,
+    TOO_MANY_MAILS,
+    TOO_MANY_RECIPIENTS,
+    TOO_MANY_REJECTED_RCPT,
+    UNKNOWN_MECHANISM,
+    UNRECOGNIZED,
+    UNSUPPORTED_PARAMETER,
+    _sequence,
+    _syntax,
+)
+from postillion.smtp._syntax import (
+    _CONTROL,
+    _HTTP_METHODS,
+    _STUFFED,
+    MAIL_PARAMETERS,
+    RCPT_PARAMETERS,
+    _BadAddress,
+    _is_domain,
+    _ParamCheck,
+    _parse_params,
+    _parse_path,
+    _printable,
+    _Refusal,
+)
 
 __all__ = [
     "NEED_DATA",
@@ -147,264 +213,6 @@ ALL_EXTENSIONS: Final = Features(dsn=True, smtputf8=True, chunking=True)
 
 
 # --------------------------------------------------------------------------
-# States and events
-
-
-class State(enum.Enum):
-    """Where the SMTP dialogue stands (RFC 5321 §4.1.4 ordering).
-
-    While a reply is owed (`ServerProtocol.pending`) the state is the one
-    *before* the command; it moves only when the reply is sent, and only if
-    that reply accepts the command.
-    """
-
-    CONNECTED = "connected"   # banner sent, no HELO/EHLO accepted yet
-    READY = "ready"           # greeted, no transaction
-    MAIL = "mail"             # sender accepted, no recipient yet
-    RCPT = "rcpt"             # at least one recipient accepted
-    DATA = "data"             # 354 sent: bytes are message content
-    BDAT = "bdat"             # a non-LAST BDAT chunk accepted: more chunks (or RSET)
-    AUTH = "auth"             # 334 sent: the next line is a SASL response
-    TLS = "tls"               # 220 to STARTTLS sent: waiting for the handshake
-    CLOSED = "closed"         # QUIT, EOF, 421 or a fatal protocol error
-
-
-class NeedData(enum.Enum):
-    """h11's sentinel: `next_event` needs more bytes before it can answer."""
-
-    NEED_DATA = "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData.NEED_DATA
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """Something the client did.  `reply_owed` events wait for `send`."""
-
-    reply_owed: ClassVar[bool] = False
-
-
-@dataclass(frozen=True, slots=True)
-class Path:
-    """A mailbox from a MAIL or RCPT path, source route already stripped.
-
-    `domain` is "" when the client gave none (`RCPT TO:<postmaster>`); the
-    session supplies its own hostname then (docs/smtp.md).  Neither part is
-    case-folded: the local part is case-sensitive to the final recipient.
-    """
-
-    local: str
-    domain: str
-
-    def __str__(self) -> str:
-        return f"{self.local}@{self.domain}" if self.domain else self.local
-
-
-@dataclass(frozen=True, slots=True)
-class Helo(Event):
-    """HELO or EHLO with a syntactically valid domain or address literal.
-
-    Reply owed; the session normally sends `proto.helo_reply(event)`.  An
-    accepted repeated HELO/EHLO also ends any open transaction (RFC 5321
-    §4.1.4), so the session must drop its transaction when it accepts one.
-    """
-
-    reply_owed: ClassVar[bool] = True
-    domain: str
-    extended: bool
-
-
-@dataclass(frozen=True, slots=True)
-class MailFrom(Event):
-    """MAIL FROM with a valid path and known, valid parameters.
-
-    `sender` is None for the null reverse-path `<>` (bounces).  `params` has
-    upper-cased keys; a keyword without value maps to "".  SIZE was already
-    checked against max_message_size and BODY is 7BIT or 8BITMIME (upper).
-    """
-
-    reply_owed: ClassVar[bool] = True
-    sender: Path | None
-    params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-
-@dataclass(frozen=True, slots=True)
-class RcptTo(Event):
-    """RCPT TO with a valid path, inside max_rcpt.  Reply owed."""
-
-    reply_owed: ClassVar[bool] = True
-    rcpt: Path
-    params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-
-@dataclass(frozen=True, slots=True)
-class DataStart(Event):
-    """DATA after at least one accepted RCPT.
-
-    Reply owed: `START_DATA` (354) makes the following bytes message content;
-    any 4xx/5xx refuses it and the following bytes are read as commands.
-    """
-
-    reply_owed: ClassVar[bool] = True
-
-
-@dataclass(frozen=True, slots=True)
-class DataChunk(Event):
-    """A piece of message content, ready to spool.
-
-    Every line end CRLF, bare CR turned into a space.  After DATA:
-    dot-unstuffed, never the terminating "." line, always ending at a line
-    end, and stopping before max_message_size octets are exceeded (whole
-    lines only).  After BDAT: the chunk's octets as sent (no stuffing to
-    undo), cut anywhere, none once max_message_size is exceeded.
-    """
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class DataEnd(Event):
-    """The CRLF "." CRLF terminator was read.
-
-    Reply owed: 250 once the message is durable, 552 5.3.4 if `too_big`, or
-    a 4xx.  `size` counts every stored octet, including those dropped past
-    max_message_size.  Whatever the reply, the transaction is over after it.
-    """
-
-    reply_owed: ClassVar[bool] = True
-    size: int
-    too_big: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StartTls(Event):
-    """STARTTLS, valid here (after EHLO, outside a transaction, not yet TLS).
-
-    Reply owed: `READY_TLS` (220) makes the machine discard every byte it
-    holds (plaintext pipelined after the command must never be read as if
-    it came over TLS) and wait in State.TLS; the session then does the
-    handshake and calls `tls_started()`, or closes if it fails.
-    """
-
-    reply_owed: ClassVar[bool] = True
-
-
-@dataclass(frozen=True, slots=True)
-class Auth(Event):
-    """AUTH PLAIN or LOGIN, all responses read and decoded (RFC 4954).
-
-    Reply owed: `AUTH_OK` (235) authenticates the session as `username`;
-    535 5.7.8 counts toward max_failed_auth (421 and close at the limit);
-    454 4.7.0 (credentials lookup failed) counts nothing.  `authzid` is the
-    PLAIN authorization identity ("" if none): the session must refuse one
-    that differs from `username` (RFC 4616 §2).  The password never appears in
-    repr, so the event can be logged safely.
-    """
-
-    reply_owed: ClassVar[bool] = True
-    mechanism: str
-    username: str
-    password: str = field(repr=False)
-    authzid: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class BdatEnd(Event):
-    """All `chunk` octets of one BDAT were read (RFC 3030).
-
-    Reply owed: for a non-LAST chunk `250 2.0.0 <n> octets received`; for the
-    LAST one, 250 once the message is durable.  `size` counts the stored
-    octets of the message so far; `too_big` means content was dropped: the
-    session answers 552 5.3.4.  A 4xx/5xx to any chunk ends the transaction,
-    and the chunks the client still sends are read and dropped (503).
-    """
-
-    reply_owed: ClassVar[bool] = True
-    chunk: int
-    size: int
-    last: bool
-    too_big: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Reset(Event):
-    """RSET: the machine already answered `250 2.0.0 Reset state`."""
-
-
-@dataclass(frozen=True, slots=True)
-class Quit(Event):
-    """QUIT: the machine already answered `221 2.0.0 Bye`; close after flushing."""
-
-
-@dataclass(frozen=True, slots=True)
-class CommandRejected(Event):
-    """The machine refused a line by itself (already answered with `reply`).
-
-    For the log only.  `command` is an escaped (non-printables as \\xNN),
-    truncated copy of the line, so it is safe to write anywhere.
-    """
-
-    command: str
-    reply: Reply
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionClosed(Event):
-    """The dialogue is over: EOF, QUIT, a 421, or a fatal protocol error.
-
-    Returned again by every later `next_event`; `should_close` is True.
-    """
-
-    reason: str
-
-
-# --------------------------------------------------------------------------
-# Replies the machine sends by itself (docs/smtp.md, Replies)
-
-START_DATA: Final = Reply(354, "", 'Enter mail, end with "." on a line by itself')
-READY_TLS: Final = Reply(220, "2.0.0", "Ready to start TLS")
-AUTH_OK: Final = Reply(235, "2.0.0", "Authentication succeeded")
-
-OK: Final = Reply(250, "2.0.0", "Ok")
-RESET_OK: Final = Reply(250, "2.0.0", "Reset state")
-BYE: Final = Reply(221, "2.0.0", "Bye")
-HELP: Final = Reply(214, "2.0.0", "End of HELP info")
-UNRECOGNIZED: Final = Reply(500, "5.5.1", "Invalid command: Command unrecognized")
-LINE_TOO_LONG: Final = Reply(500, "5.5.2", "Line too long")
-CONTROL_CHARACTER: Final = Reply(501, "5.5.4", "Invalid command: control character in command")
-NOT_IMPLEMENTED: Final = Reply(502, "5.5.1", "Command not implemented")
-TOO_MANY_FAILURES: Final = Reply(421, "4.7.0", "Too many failed commands, closing connection")
-SENDER_SYNTAX: Final = Reply(553, "5.1.7", "Sender address syntax error")
-RECIPIENT_SYNTAX: Final = Reply(501, "5.1.3", "Recipient address syntax error")
-NON_ASCII_ADDRESS: Final = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
-TOO_MANY_RECIPIENTS: Final = Reply(452, "4.5.3", "Too many recipients")
-TOO_MANY_MAILS: Final = Reply(452, "4.5.3", "Too many messages sent")
-TOO_BIG: Final = Reply(552, "5.3.4", "Message too big for system")
-UNSUPPORTED_PARAMETER: Final = Reply(555, "5.5.4", "Unsupported parameter")
-PARAMETER_SYNTAX: Final = Reply(501, "5.5.4", "Syntax error in parameters")
-TLS_FIRST: Final = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
-AUTH_FIRST: Final = Reply(530, "5.7.0", "Authentication required")
-ENCRYPTION_REQUIRED: Final = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
-UNKNOWN_MECHANISM: Final = Reply(504, "5.5.4", "Unrecognized authentication type")
-BAD_BASE64: Final = Reply(501, "5.5.2", "Invalid base64 data")
-AUTH_CANCELLED: Final = Reply(501, "5.0.0", "Authentication cancelled")
-TOO_MANY_AUTH_FAILURES: Final = Reply(421, "4.7.0", "Too many failed authentication attempts, closing connection")
-TOO_MANY_REJECTED_RCPT: Final = Reply(421, "4.7.0", "Too many rejected recipients, closing connection")
-BDAT_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: BDAT size [LAST]")
-#: The code that accepts each reply-owed event; any other 2xx/3xx is misuse.
-ACCEPT_CODES: Final[dict[str, int]] = {"DataStart": 354, "StartTls": 220, "Auth": 235}
-
-
-def _syntax(usage: str) -> Reply:
-    return Reply(501, "5.5.4", f"Syntax: {usage}")
-
-
-def _sequence(why: str) -> Reply:
-    return Reply(503, "5.5.1", f"Bad sequence of commands: {why}")
-
-
-# --------------------------------------------------------------------------
 # The transitions table
 
 #: (state, accepted event) -> next state.  Reply-owed events move only when
@@ -452,244 +260,6 @@ _OUT_OF_SEQUENCE: Final[dict[type[Event], Callable[[State], Reply]]] = {
     Auth: lambda s: _sequence(
         "send EHLO first" if s is State.CONNECTED else "AUTH not allowed in a transaction"),
 }
-
-
-# --------------------------------------------------------------------------
-# Syntax helpers (docs/smtp.md, Addresses and parameters); pure functions, no state
-
-_HTTP_METHODS: Final = (
-    b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"CONNECT ",
-    b"OPTIONS ", b"TRACE ", b"PATCH ",
-)
-_CONTROL: Final = re.compile(rb"[\x00-\x1f\x7f]")
-_ATOM: Final = r"[A-Za-z0-9!#$%&'*/?^`{|}~+=_-]+"
-_DOT_ATOM: Final = re.compile(rf"{_ATOM}(?:\.{_ATOM})*", re.ASCII)
-_LABELS: Final = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*", re.ASCII)
-_IPV6_TEXT: Final = re.compile(r"[0-9A-Fa-f:.]+", re.ASCII)
-_KEYWORD: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*", re.ASCII)
-_VALUE: Final = re.compile(r"[\x21-\x3c\x3e-\x7e]+", re.ASCII)
-#: A line start with a dot that is not a lone "." line: the stuffing to undo.
-_STUFFED: Final = re.compile(rb"\n\.(?!\r\n)")
-
-
-def _printable(line: bytes, limit: int = 100) -> str:
-    """An escaped, truncated copy of a client line, safe for any log."""
-    text = "".join(chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in line[:limit])
-    return text + "..." if len(line) > limit else text
-
-
-def _is_literal(text: str) -> bool:
-    """`[1.2.3.4]` or `[IPv6:...]` (RFC 5321 §4.1.3); general literals refused."""
-    if not (text.startswith("[") and text.endswith("]")):
-        return False
-    inner = text[1:-1]
-    try:
-        if inner[:5].lower() == "ipv6:":
-            # ipaddress also accepts a "%scope" suffix; an address literal may not.
-            return bool(_IPV6_TEXT.fullmatch(inner[5:])) and bool(ipaddress.IPv6Address(inner[5:]))
-        ipaddress.IPv4Address(inner)
-        return True
-    except ValueError:
-        return False
-
-
-def _is_domain(text: str) -> bool:
-    """alnum/`-`/`_` labels, no empty label, no trailing dot, <= 255 octets."""
-    return len(text) <= 255 and (bool(_LABELS.fullmatch(text)) or _is_literal(text))
-
-
-class _BadAddress(Exception):
-    """Internal: a path failed §6.3; `non_ascii` picks 5.6.7 over syntax."""
-
-    def __init__(self, non_ascii: bool = False) -> None:
-        super().__init__()
-        self.non_ascii = non_ascii
-
-
-def _parse_path(inner: str, utf8: bool = False) -> Path | None:
-    """The text between `<` and `>` -> Path, or None for `<>`.
-
-    Source routes (`@a,@b:`) are checked and dropped (RFC 5321 §C).  Quoted
-    local parts are refused: they are where parsers disagree, and no real
-    sender needs them.  `%` and `!` are plain local-part characters; they
-    never route (docs/smtp.md).  A domain with an `xn--` label that is no valid
-    A-label, or a UTF-8 domain that cannot be written in A-labels, is
-    refused like any malformed domain (`idn.py`).
-    """
-    if len(inner) + 2 > 256:
-        raise _BadAddress
-    if not inner:
-        return None
-    if not inner.isascii():
-        try:
-            inner.encode("utf-8")  # surrogate escapes = bytes that were not UTF-8
-        except UnicodeEncodeError:
-            raise _BadAddress from None
-        if not utf8:
-            raise _BadAddress(non_ascii=True)
-        if not inner.isprintable() or len(inner.encode("utf-8")) + 2 > 256:
-            raise _BadAddress
-        # RFC 6531: UTF-8 is allowed wherever atext and sub-domain letters
-        # are; check the shape with each non-ASCII character as a letter.
-        shape = "".join(ch if ch.isascii() else "a" for ch in inner)
-        parsed = _parse_path(shape)
-        if parsed is None:
-            raise _BadAddress
-        # Same positions in both strings: cut the real parts where the shape's are.
-        d, n = len(parsed.domain), len(parsed.local)
-        end = len(inner) - d - (1 if d else 0)
-        domain = inner[len(inner) - d :] if d else ""
-        if not domain.isascii():
-            # The spelling lookups and the queue will use must exist.
-            written = idn.to_ascii(domain)
-            if written is None or not _is_domain(written) or not idn.a_labels_valid(written):
-                raise _BadAddress
-        return Path(inner[end - n : end], domain)
-    if inner.startswith("@"):
-        route, colon, inner = inner.partition(":")
-        if not colon or not all(hop[:1] == "@" and _is_domain(hop[1:]) for hop in route.split(",")):
-            raise _BadAddress
-    local, at, domain = inner.rpartition("@")
-    if not at:
-        local, domain = inner, ""
-    elif not _is_domain(domain) or not idn.a_labels_valid(domain):
-        raise _BadAddress
-    if len(local) > 64 or not _DOT_ATOM.fullmatch(local):
-        raise _BadAddress
-    return Path(local, domain)
-
-
-def _parse_params(text: str) -> dict[str, str]:
-    """`KEY[=VALUE] ...` (RFC 5321 §4.1.2 esmtp-param) -> {KEY: value}.
-
-    Malformed or repeated -> 501 5.5.4 (docs/smtp.md); knowing the keyword is
-    the verb's business.
-    """
-    params: dict[str, str] = {}
-    for word in text.split(" "):
-        if not word:
-            continue
-        key, eq, value = word.partition("=")
-        if not _KEYWORD.fullmatch(key) or (eq and not _VALUE.fullmatch(value)):
-            raise _Refusal(PARAMETER_SYNTAX)
-        key = key.upper()
-        if key in params:
-            raise _Refusal(Reply(501, "5.5.4", f"Duplicate parameter: {key}"))
-        params[key] = value
-    return params
-
-
-_XTEXT_HEX: Final = re.compile(r"\+([0-9A-F]{2})")
-
-
-def _xtext(value: str, limit: int, what: str) -> str:
-    """Decode RFC 3461 xtext (`+HH` escapes); printable ASCII only, <= limit.
-
-    What comes out may reach the queue, a bounce and a log line: a CR, LF or
-    NUL written as `+0D` is refused here, never stored.
-    """
-    if not all(_XTEXT_HEX.match(value, i) for i, ch in enumerate(value) if ch == "+"):
-        raise _Refusal(Reply(501, "5.5.4", f"Invalid parameter: {what}"))
-    decoded = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value)
-    if not decoded or len(decoded) > limit or not all(0x20 <= ord(c) < 0x7F for c in decoded):
-        raise _Refusal(Reply(501, "5.5.4", f"Invalid parameter: {what}"))
-    return decoded
-
-
-def _param_ret(proto: ServerProtocol, value: str) -> str:
-    """RFC 3461 §4.3: FULL or HDRS."""
-    ret = value.upper()
-    if ret not in ("FULL", "HDRS"):
-        raise _Refusal(Reply(501, "5.5.4", "Invalid parameter: RET"))
-    return ret
-
-
-def _param_envid(proto: ServerProtocol, value: str) -> str:
-    """RFC 3461 §4.4: xtext, at most 100 characters once decoded."""
-    return _xtext(value, 100, "ENVID")
-
-
-def _param_auth(proto: ServerProtocol, value: str) -> str:
-    """RFC 4954 §5: `AUTH=<mailbox>`; accepted and ignored."""
-    return value
-
-
-def _param_flag(name: str) -> _ParamCheck:
-    def check(proto: ServerProtocol, value: str) -> str:
-        if value:
-            raise _Refusal(Reply(501, "5.5.4", f"Invalid parameter: {name}"))
-        return ""
-    return check
-
-
-_NOTIFY: Final = frozenset({"SUCCESS", "FAILURE", "DELAY"})
-
-
-def _param_notify(proto: ServerProtocol, value: str) -> str:
-    """RFC 3461 §4.1: NEVER, or a comma list of SUCCESS, FAILURE, DELAY."""
-    items = value.upper().split(",")
-    if items == ["NEVER"] or (set(items) <= _NOTIFY and len(set(items)) == len(items)):
-        return ",".join(items)
-    raise _Refusal(Reply(501, "5.5.4", "Invalid parameter: NOTIFY"))
-
-
-def _param_orcpt(proto: ServerProtocol, value: str) -> str:
-    """RFC 3461 §4.2: `addr-type;xtext`, at most 500 characters; kept decoded."""
-    kind, semi, address = value.partition(";")
-    if not semi or not _KEYWORD.fullmatch(kind) or len(value) > 500:
-        raise _Refusal(Reply(501, "5.5.4", "Invalid parameter: ORCPT"))
-    return f"{kind.lower()};{_xtext(address, 500, 'ORCPT')}"
-
-
-def _param_size(proto: ServerProtocol, value: str) -> str:
-    """RFC 1870: declared size; above max_message_size refused before DATA."""
-    if not value.isdigit() or len(value) > 20:
-        raise _Refusal(Reply(501, "5.5.4", "Invalid parameter: SIZE"))
-    if int(value) > proto.limits.max_message_size:
-        raise _Refusal(TOO_BIG, counts=False)
-    return value
-
-
-_ParamCheck = Callable[["ServerProtocol", str], str]
-
-
-def _param_body(proto: ServerProtocol, value: str) -> str:
-    """RFC 6152: 7BIT or 8BITMIME (we store 8-bit as is); BINARYMIME not offered."""
-    body = value.upper()
-    if body not in ("7BIT", "8BITMIME"):
-        raise _Refusal(Reply(501, "5.5.4", "Invalid parameter: BODY"))
-    return body
-
-
-#: Known MAIL parameters -> (Features flag that offers it or None, validator
-#: returning the value to hand on).  Not offered = unknown: 555 5.5.4.
-MAIL_PARAMETERS: Final[dict[str, tuple[str | None, _ParamCheck]]] = {
-    "SIZE": (None, _param_size),
-    "BODY": (None, _param_body),
-    "AUTH": ("auth", _param_auth),
-    "SMTPUTF8": ("smtputf8", _param_flag("SMTPUTF8")),
-    "RET": ("dsn", _param_ret),
-    "ENVID": ("dsn", _param_envid),
-}
-#: Known RCPT parameters, likewise.
-RCPT_PARAMETERS: Final[dict[str, tuple[str | None, _ParamCheck]]] = {
-    "NOTIFY": ("dsn", _param_notify),
-    "ORCPT": ("dsn", _param_orcpt),
-}
-
-
-class _Refusal(Exception):
-    """Internal peer error: the line is refused with `reply`, state unchanged.
-
-    `counts` says whether it counts toward max_failed_commands: protocol
-    errors do; limit refusals (452, 552) a correct client can hit do not.
-    """
-
-    def __init__(self, reply: Reply, counts: bool = True, fatal: bool = False) -> None:
-        super().__init__(str(reply))
-        self.reply = reply
-        self.counts = counts
-        self.fatal = fatal      # the rest of the stream cannot be parsed: close
 
 
 # --------------------------------------------------------------------------
