@@ -15,8 +15,11 @@ size: one after every file is written, one after every rename.  Without
 it, each file is fsynced and each directory once per batch.
 
 The blocking file system work runs in a thread executor, never on the event
-loop.  `fsync`, `syncfs` and `rename` are injectable so tests can make each
-step fail.
+loop, and not in the loop's default executor either: the store owns a small
+one (`THREADS`), so that a flush, which every `250` waits for, never queues
+behind password hashing or anything else the process runs in threads.
+`fsync`, `syncfs` and `rename` are injectable so tests can make each step
+fail; so is the executor (the store then does not own it).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Literal, TypeVar
@@ -45,6 +48,9 @@ TEMP_ERROR: Final = Reply(421, "4.3.0", "Temporary Error")
 """What the client sees when the queue cannot make its message durable."""
 
 _WRITE_BUFFER: Final = 256 * 1024
+#: Threads of the store's own executor: one group-commit flush runs at a
+#: time, the others create, remove and update messages beside it.
+THREADS: Final = 4
 _T = TypeVar("_T")
 
 
@@ -131,7 +137,9 @@ class QueueStore:
         self._fsync = fsync
         self._rename = rename
         self._syncfs = syncfs
-        self._executor = executor
+        self._owns_executor = executor is None
+        self._executor: Executor = executor if executor is not None else ThreadPoolExecutor(
+            THREADS, thread_name_prefix="postillion-queue")
         self._index: dict[int, set[int]] = {}
         self._durable_buckets: set[str] = set()
         self._pending: list[_Txn] = []
@@ -485,9 +493,12 @@ class QueueStore:
         return [await self.load(evpid) for evpid in self.evpids(msgid)]
 
     async def close(self) -> None:
-        """Wait for the commits already started; call before exiting."""
+        """Wait for the commits already started, then let the store's own
+        threads go (jobs already queued still run); call before exiting."""
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
+        if self._owns_executor:
+            self._executor.shutdown(wait=False)
 
     # -- helpers -------------------------------------------------------------
 
