@@ -20,6 +20,7 @@ from postillion.config import support as config_support
 from postillion.config.model import ActionDecl, Config, TableDecl
 from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.fsutil import SYNCFS
+from postillion.lookup.auth import Authenticators
 from postillion.lookup.expand import Expander, userinfo
 from postillion.mda.agent import MdaAgent, MdaJob
 from postillion.queue.envelope import Envelope
@@ -93,6 +94,8 @@ class Daemon:
         self.spool = spool
         self.tables: dict[str, Table] = {}
         self.store = QueueStore(spool, syncfs=SYNCFS)  # group commit: 2 flushes a batch
+        # AUTH checks in threads of their own, never ahead of the queue's flushes.
+        self.authenticators = Authenticators(config.limits)
         self.scheduler: Scheduler | None = None
         self.listeners: list[Listener] = []
         self.mda = MdaAgent()
@@ -128,7 +131,8 @@ class Daemon:
                              ruleset=ruleset, expander=expander, store=self.store)
         try:
             for decl in self.config.listeners:
-                listener = Listener(decl, listener_context(ctx, decl, self.config, self.tables))
+                listener = Listener(decl, listener_context(ctx, decl, self.config, self.tables,
+                                                          self.authenticators))
                 await listener.start()
                 self.listeners.append(listener)
         except ListenerError as e:
@@ -182,6 +186,7 @@ class Daemon:
             self._scheduler_task.cancel()
             await asyncio.gather(self._scheduler_task, return_exceptions=True)
         await self.store.close()
+        self.authenticators.close()
         await self.mda.stop()
         await close_tables(self.tables)
 

@@ -16,7 +16,15 @@ from postillion.lookup.auth import (
     shadow_hash,
     verify_hash,
 )
+from postillion.lookup.authpool import AuthPool
 from postillion.table.table import open_table
+
+
+@pytest.fixture
+def pool():
+    pool = AuthPool(2, 16)
+    yield pool
+    pool.close()
 
 # "Unix crypt using SHA-256 and SHA-512", U. Drepper, test vectors.
 SHA256_VECTORS = [
@@ -78,18 +86,19 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_authenticator_against_system_accounts(tmp_path):
+def test_authenticator_against_system_accounts(tmp_path, pool):
     shadow = tmp_path / "shadow"
     shadow.write_text(f"gilles:{sha_crypt(b'pw', '$5$salt')}:19000::::::\n")
-    auth = Authenticator(None, shadow)
+    auth = Authenticator(None, pool, shadow_path=shadow)
     assert run(auth.check("gilles", "pw")) is AuthResult.OK
     assert run(auth.check("gilles", "bad")) is AuthResult.PERMFAIL
     assert run(auth.check("nobody", "pw")) is AuthResult.PERMFAIL
     assert run(auth.check("gil\nles", "pw")) is AuthResult.PERMFAIL
-    assert run(Authenticator(None, tmp_path / "missing").check("gilles", "pw")) is AuthResult.TEMPFAIL
+    missing = Authenticator(None, pool, shadow_path=tmp_path / "missing")
+    assert run(missing.check("gilles", "pw")) is AuthResult.TEMPFAIL
 
 
-def test_authenticator_against_a_credentials_table():
+def test_authenticator_against_a_credentials_table(pool):
     stored = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
 
     async def go():
@@ -97,7 +106,7 @@ def test_authenticator_against_a_credentials_table():
                                                            ("eric", sha_crypt(b"pw2", "$6$s"))),
                            is_map=True)
         await table.open()
-        auth = Authenticator(table)
+        auth = Authenticator(table, pool)
         return [await auth.check("gilles", "pw"), await auth.check("GILLES", "pw"),
                 await auth.check("gilles", "nope"), await auth.check("eric", "pw2"),
                 await auth.check("nobody", "pw")]

@@ -53,6 +53,8 @@ class Limits:
     sub_addr_delim: str = "+"             # smtp sub-addr-delim
     tls_timeout: float = 30 * SECONDS     # TLS handshake, then close
     max_failed_auth: int = 3              # failed AUTH per session -> 421 4.7.0
+    auth_threads: int = 2                 # threads hashing AUTH passwords, shared by listeners
+    auth_max_waiting: int = 16            # AUTH checks waiting for a thread; more: 454 4.7.0
     ciphers: str = "HIGH:!aNULL:!MD5"     # smtp ciphers; TLS >= 1.2 always
 
 

@@ -15,23 +15,27 @@ cleartext password; this module answers *ok*, *permfail* or *tempfail*:
 An unknown hash scheme (yescrypt `$y$`, MD5 `$1$`, DES) is a *permfail* with
 a warning naming the user, never the hash.  A table that cannot answer is a
 *tempfail*: the client sees `454 4.7.0`, not `535`.  Hash checks are slow on
-purpose (bcrypt cost 10 is ~50 ms), so they run in a thread, never on the
-event loop.  Nothing here logs a password or a hash.
+purpose (bcrypt cost 10 is ~50 ms), so they run in the AuthPool's threads
+(authpool.py), never on the event loop nor in its default executor.
+Nothing here logs a password or a hash.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import hashlib
 import hmac
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 import bcrypt
 
+from postillion.config.model import Limits
 from postillion.errors import LookupUnavailable
+from postillion.lookup.authpool import AuthBusy, AuthPool
+from postillion.table.errors import printable
 from postillion.table.services import Service
 from postillion.table.table import Table
 
@@ -200,14 +204,19 @@ def shadow_hash(user: str, path: Path = SHADOW_PATH) -> str | None:
 
 
 class Authenticator:
-    """Checks AUTH credentials for one listener (`auth [<table>]`).
+    """Checks AUTH credentials against one source (`auth [<table>]`).
 
-    `table` None means system accounts (`shadow_path`).
+    `table` None means system accounts (`shadow_path`).  Hash checks run in
+    `pool`.  `verify(password, stored)` is the one function that hashes, a
+    seam tests may wrap to see what is computed.
     """
 
-    def __init__(self, table: Table | None, shadow_path: Path = SHADOW_PATH) -> None:
+    def __init__(self, table: Table | None, pool: AuthPool, *,
+                 shadow_path: Path = SHADOW_PATH) -> None:
         self.table = table
+        self.pool = pool
         self.shadow_path = shadow_path
+        self.verify: Callable[[str, str], bool] = verify_hash
 
     async def check(self, user: str, password: str) -> AuthResult:
         """ok, permfail (wrong user or password, unknown scheme) or tempfail."""
@@ -217,30 +226,55 @@ class Authenticator:
             return AuthResult.PERMFAIL
         try:
             if self.table is None:
-                stored = await asyncio.to_thread(shadow_hash, user, self.shadow_path)
+                stored = await self.pool.run(shadow_hash, user, self.shadow_path)
             elif self.table.serves(Service.AUTH):
                 found = await self.table.check(Service.AUTH, f"{user}:{password}")
                 return AuthResult.OK if found else AuthResult.PERMFAIL
             else:
                 value = await self.table.lookup(Service.CREDENTIALS, user.lower())
                 stored = value.secret if value is not None else None
+            if stored is None:
+                # Spend about the time a real check would, so that timing does
+                # not tell which user names exist.
+                await self.pool.run(self.verify, password, _DUMMY_HASH)
+                return AuthResult.PERMFAIL
+            try:
+                ok = await self.pool.run(self.verify, password, stored)
+            except UnknownScheme as e:
+                logger.warning("auth: user %r has a secret in an unsupported scheme (%s)", user, e)
+                return AuthResult.PERMFAIL
         except LookupUnavailable as e:
             logger.warning("auth: credentials lookup for user %r failed: %s", user, e.reason)
             return AuthResult.TEMPFAIL
         except OSError as e:
             logger.warning("auth: cannot read %s: %s", self.shadow_path, e.strerror or e)
             return AuthResult.TEMPFAIL
-        if stored is None:
-            # Spend about the time a real check would, so that timing does
-            # not tell which user names exist.
-            await asyncio.to_thread(verify_hash, password, _DUMMY_HASH)
-            return AuthResult.PERMFAIL
-        try:
-            ok = await asyncio.to_thread(verify_hash, password, stored)
-        except UnknownScheme as e:
-            logger.warning("auth: user %r has a secret in an unsupported scheme (%s)", user, e)
-            return AuthResult.PERMFAIL
+        except AuthBusy:
+            logger.warning("auth: user %s: auth pool full (auth-threads %d busy, "
+                           "auth-max-waiting %d waiting)", printable(user),
+                           self.pool.threads, self.pool.max_waiting)
+            return AuthResult.TEMPFAIL
         return AuthResult.OK if ok else AuthResult.PERMFAIL
 
 
 _DUMMY_HASH: Final = "$2b$10$" + "." * 53
+
+
+class Authenticators:
+    """The daemon's AUTH checking: one AuthPool (`Limits.auth_threads`,
+    `auth_max_waiting`) and one Authenticator per credentials source, shared
+    by the listeners that name it."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.pool = AuthPool(limits.auth_threads, limits.auth_max_waiting)
+        self._by_source: dict[str | None, Authenticator] = {}
+
+    def get(self, table: Table | None) -> Authenticator:
+        name = table.name if table is not None else None
+        if name not in self._by_source:
+            self._by_source[name] = Authenticator(table, self.pool)
+        return self._by_source[name]
+
+    def close(self) -> None:
+        self.pool.close()
