@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 
+import bcrypt
 import pytest
 
 from .inproc import PASSWORD, USER, build, secure_uvloop, start, stop  # noqa: F401 (fixture)
@@ -200,6 +201,26 @@ def smtps(proc) -> smtplib.SMTP_SSL:
 
 def plain_token(user: str, password: str) -> str:
     return "PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def test_a_hash_asking_too_much_work_is_454(secure_uvloop):
+    """bcrypt cost 15 (above auth-max-bcrypt-cost 14) in the SQLite table: a
+    malformed value, 454 4.7.0 at once, the user and table in the log and
+    never the hash.  (Unbounded, the check would take seconds and say 535.)"""
+    proc = secure_uvloop
+    heavy = bcrypt.gensalt(4).decode().replace("$04$", "$15$") + "H" * 31
+    db = sqlite3.connect(proc.fixture.root / "tables.sqlite")
+    db.execute("INSERT INTO credentials VALUES (?, ?)", ("heavy", heavy))
+    db.commit()
+    db.close()
+    with submission(proc) as client:
+        assert client.docmd("AUTH", plain_token("heavy", "pw")) == \
+            (454, b"4.7.0 Temporary authentication failure")
+        client.login(USER, PASSWORD)  # 454 counted no failure; the session goes on
+    log = proc.wait_log("smtp authentication user=heavy result=tempfail")
+    assert ('auth: user "heavy" in table creds has a malformed secret: '
+            "bcrypt cost 15 above auth-max-bcrypt-cost 14") in log
+    assert heavy[7:29] not in log and "HHHH" not in log
 
 
 def test_an_auth_flood_never_delays_a_commit(daemon, tmp_path):

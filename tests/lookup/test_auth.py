@@ -4,10 +4,12 @@ variants, shadow(5) parsing and the Authenticator's three outcomes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import bcrypt
 import pytest
 
+from postillion.config.model import Limits
 from postillion.lookup.auth import (
     Authenticator,
     AuthResult,
@@ -17,6 +19,7 @@ from postillion.lookup.auth import (
     verify_hash,
 )
 from postillion.lookup.authpool import AuthPool
+from postillion.lookup.hashwork import MalformedHash
 from postillion.table.table import open_table
 
 
@@ -63,7 +66,12 @@ def test_bcrypt_variants():
     for prefix in ("$2a$", "$2b$", "$2y$"):
         assert verify_hash("s3cret", prefix + stored[4:])
         assert not verify_hash("S3cret", prefix + stored[4:])
-    assert not verify_hash("s3cret", "$2b$04$garbage")
+    # A bcrypt string that cannot be read is malformed (was: "no match"), as
+    # a malformed table value is: AUTH answers 454 4.7.0, not 535.
+    with pytest.raises(MalformedHash):
+        verify_hash("s3cret", "$2b$04$garbage")
+    with pytest.raises(MalformedHash):
+        verify_hash("pw", "$6$rounds=12x$salt$hash")
 
 
 @pytest.mark.parametrize("stored", ["$1$abc$def", "$y$j9T$abc$def", "abJnggxhB/yWI", "plain"])
@@ -113,3 +121,38 @@ def test_authenticator_against_a_credentials_table(pool):
 
     assert run(go()) == [AuthResult.OK, AuthResult.OK, AuthResult.PERMFAIL, AuthResult.OK,
                          AuthResult.PERMFAIL]
+
+
+def static_table(*pairs: tuple[str, str]):
+    return open_table("creds", "static", None, pairs=pairs, is_map=True)
+
+
+# --------------------------------------------------------------------------
+# Absurd work in a stored hash: a malformed value, 454 4.7.0, never hours
+
+
+CHEAP = Limits(auth_max_bcrypt_cost=5, auth_max_rounds=2000, auth_max_memory=8 << 20)
+
+
+@pytest.mark.parametrize("stored", [
+    bcrypt.hashpw(b"pw", bcrypt.gensalt(6)).decode(),
+    sha_crypt(b"pw", "$6$rounds=2001$salt"),
+    sha_crypt(b"pw", "$5$rounds=5000$salt"),
+    sha_crypt(b"pw", "$5$salt"),  # no rounds= is 5000
+])
+def test_table_hash_above_the_limits_is_tempfail(pool, caplog, stored):
+    """Limits set just below these hashes, so that were the bound not applied
+    the check would finish quickly as OK and fail the test loudly."""
+
+    async def go():
+        table = static_table(("gilles", stored))
+        await table.open()
+        return await Authenticator(table, pool, CHEAP).check("gilles", "pw")
+
+    with caplog.at_level(logging.WARNING, "postillion.auth"):
+        assert run(go()) is AuthResult.TEMPFAIL
+    line = caplog.records[-1].getMessage()
+    assert caplog.records[-1].levelno == logging.WARNING
+    assert line.startswith('auth: user "gilles" in table creds has a malformed secret: ')
+    assert "above auth-max-" in line
+    assert stored not in caplog.text and stored.split("$")[-1] not in caplog.text

@@ -14,15 +14,19 @@ cleartext password; this module answers *ok*, *permfail* or *tempfail*:
 
 An unknown hash scheme (yescrypt `$y$`, MD5 `$1$`, DES) is a *permfail* with
 a warning naming the user, never the hash.  A table that cannot answer is a
-*tempfail*: the client sees `454 4.7.0`, not `535`.  Hash checks are slow on
-purpose (bcrypt cost 10 is ~50 ms), so they run in the AuthPool's threads
-(authpool.py), never on the event loop nor in its default executor.
+*tempfail*: the client sees `454 4.7.0`, not `535`.  So is a stored hash that
+is malformed or asks for more work than `Limits` allows (hashwork.py), as a
+malformed table value is everywhere else: the administrator has something to
+fix, the client did nothing wrong.  Hash checks are slow on purpose (bcrypt
+cost 10 is ~50 ms), so they run in the AuthPool's threads (authpool.py),
+never on the event loop nor in its default executor.
 Nothing here logs a password or a hash.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import logging
@@ -35,6 +39,7 @@ import bcrypt
 from postillion.config.model import Limits
 from postillion.errors import LookupUnavailable
 from postillion.lookup.authpool import AuthBusy, AuthPool
+from postillion.lookup.hashwork import MalformedHash, hash_work, scheme_of
 from postillion.table.errors import printable
 from postillion.table.services import Service
 from postillion.table.table import Table
@@ -107,7 +112,9 @@ def _repeat(block: bytes, length: int) -> bytes:
 def sha_crypt(password: bytes, setting: str) -> str:
     """crypt(3) for `$5$[rounds=N$]salt[$...]` and `$6$...`; returns the full hash.
 
-    Raises UnknownScheme for any other prefix, ValueError for a bad setting.
+    Raises UnknownScheme for any other prefix, MalformedHash for a bad setting.
+    The caller bounds the rounds first (`hashwork.hash_work`): this computes
+    whatever the setting asks, up to the specification's 999,999,999.
     """
     if setting.startswith("$5$"):
         new, prefix = hashlib.sha256, "$5$"
@@ -120,7 +127,7 @@ def sha_crypt(password: bytes, setting: str) -> str:
     if rest.startswith("rounds="):
         text, sep, rest = rest[7:].partition("$")
         if not sep or not text.isdigit():
-            raise ValueError("bad rounds= in SHA-crypt setting")
+            raise MalformedHash("bad rounds= in SHA-crypt setting")
         rounds, custom = min(max(int(text), _ROUNDS_MIN), _ROUNDS_MAX), True
     salt = rest.split("$", 1)[0][:_SALT_MAX].encode("utf-8", "surrogateescape")
     p, s = password, salt
@@ -154,28 +161,28 @@ def sha_crypt(password: bytes, setting: str) -> str:
     return f"{head}{salt.decode('utf-8', 'surrogateescape')}${_sha_crypt_encode(c)}"
 
 
-def verify_hash(password: str, stored: str) -> bool:
-    """Whether `password` matches the crypt(3)-style `stored` hash.
+def verify_hash(password: str, stored: str, limits: Limits = Limits()) -> bool:
+    """Whether `password` matches the crypt(3)-style `stored` hash of a table.
 
     bcrypt `$2a$`/`$2b$`/`$2y$` and SHA-crypt `$5$`/`$6$`; anything else
-    raises UnknownScheme.  Comparison is constant-time.
+    raises UnknownScheme.  A hash that `limits` refuse, or that cannot be
+    read, raises MalformedHash before any work.  Comparison is constant-time.
     """
     secret = password.encode("utf-8", "surrogateescape")
     if stored.startswith(("$2a$", "$2b$", "$2y$")):
+        hash_work(stored, limits)
         # $2y$ is PHP's name for the fixed $2a$ (= $2b$); the hash is the same.
         normalised = "$2b$" + stored[4:] if stored.startswith("$2y$") else stored
         try:
             return bcrypt.checkpw(secret[:72], normalised.encode("ascii"))
         except ValueError:
-            return False  # a malformed bcrypt string matches nothing
+            raise MalformedHash("unreadable bcrypt hash") from None
     if stored.startswith(("$5$", "$6$")):
-        try:
-            computed = sha_crypt(secret, stored)
-        except ValueError:
-            return False
+        hash_work(stored, limits)
+        computed = sha_crypt(secret, stored)
         return hmac.compare_digest(computed.encode("utf-8", "surrogateescape"),
                                    stored.encode("utf-8", "surrogateescape"))
-    raise UnknownScheme(stored[:3] if stored.startswith("$") else "des/plain")
+    raise UnknownScheme(scheme_of(stored))
 
 
 # --------------------------------------------------------------------------
@@ -207,16 +214,18 @@ class Authenticator:
     """Checks AUTH credentials against one source (`auth [<table>]`).
 
     `table` None means system accounts (`shadow_path`).  Hash checks run in
-    `pool`.  `verify(password, stored)` is the one function that hashes, a
-    seam tests may wrap to see what is computed.
+    `pool`, within `limits`.  `verify(password, stored)` is the one function
+    that hashes, a seam tests may wrap to see what is computed.
     """
 
-    def __init__(self, table: Table | None, pool: AuthPool, *,
+    def __init__(self, table: Table | None, pool: AuthPool, limits: Limits = Limits(), *,
                  shadow_path: Path = SHADOW_PATH) -> None:
         self.table = table
         self.pool = pool
+        self.limits = limits
         self.shadow_path = shadow_path
-        self.verify: Callable[[str, str], bool] = verify_hash
+        self.source = f"table {table.name}" if table is not None else f"system passwords {shadow_path}"
+        self.verify: Callable[[str, str], bool] = functools.partial(verify_hash, limits=limits)
 
     async def check(self, user: str, password: str) -> AuthResult:
         """ok, permfail (wrong user or password, unknown scheme) or tempfail."""
@@ -241,10 +250,15 @@ class Authenticator:
             try:
                 ok = await self.pool.run(self.verify, password, stored)
             except UnknownScheme as e:
-                logger.warning("auth: user %r has a secret in an unsupported scheme (%s)", user, e)
+                logger.warning("auth: user %s in %s has a secret in an unsupported scheme (%s)",
+                               printable(user), self.source, e)
                 return AuthResult.PERMFAIL
+            except MalformedHash as e:
+                logger.warning("auth: user %s in %s has a malformed secret: %s",
+                               printable(user), self.source, e)
+                return AuthResult.TEMPFAIL
         except LookupUnavailable as e:
-            logger.warning("auth: credentials lookup for user %r failed: %s", user, e.reason)
+            logger.warning("auth: credentials lookup for user %s failed: %s", printable(user), e.reason)
             return AuthResult.TEMPFAIL
         except OSError as e:
             logger.warning("auth: cannot read %s: %s", self.shadow_path, e.strerror or e)
@@ -273,7 +287,7 @@ class Authenticators:
     def get(self, table: Table | None) -> Authenticator:
         name = table.name if table is not None else None
         if name not in self._by_source:
-            self._by_source[name] = Authenticator(table, self.pool)
+            self._by_source[name] = Authenticator(table, self.pool, self.limits)
         return self._by_source[name]
 
     def close(self) -> None:
