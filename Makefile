@@ -23,7 +23,8 @@ test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Debian packages the tests drive as real peers; installed only when missing.
-TEST_DEBS := swaks
+# passwd: useradd/chpasswd/userdel make the system accounts AUTH is tested on.
+TEST_DEBS := swaks passwd
 test-deps:
 	@missing=""; for p in $(TEST_DEBS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

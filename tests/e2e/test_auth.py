@@ -13,6 +13,7 @@ import time
 import bcrypt
 import pytest
 
+from ..sysuser import system_user
 from .inproc import PASSWORD, USER, build, secure_uvloop, start, stop  # noqa: F401 (fixture)
 
 BODY = "Subject: submitted\r\n\r\nhello\r\n"
@@ -201,6 +202,26 @@ def smtps(proc) -> smtplib.SMTP_SSL:
 
 def plain_token(user: str, password: str) -> str:
     return "PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def test_a_real_system_account_made_by_useradd(secure_uvloop):
+    """`auth` with no table: an account made by useradd, its password set by
+    chpasswd through PAM (yescrypt on Debian 12, refused before libcrypt
+    checked system hashes), over real SMTP AUTH."""
+    proc = secure_uvloop
+    use_authenticator(proc, proc.daemon.authenticators.get(None))
+    password = "yes crypt pw"
+    with system_user(password) as user:
+        with open("/etc/shadow") as f:
+            assert any(line.startswith(f"{user}:$y$") for line in f)
+        with smtps(proc) as client:
+            with pytest.raises(smtplib.SMTPAuthenticationError) as info:
+                client.login(user, "not it")
+            assert info.value.smtp_code == 535
+        with smtps(proc) as client:
+            assert client.login(user, password)[0] == 235
+    log = proc.wait_log(f"smtp authentication user={user} result=ok")
+    assert password not in log and "$y$" not in log
 
 
 def test_a_hash_asking_too_much_work_is_454(secure_uvloop):

@@ -10,6 +10,7 @@ import bcrypt
 import pytest
 
 from postillion.config.model import Limits
+from postillion.lookup import libcrypt
 from postillion.lookup.auth import (
     Authenticator,
     AuthResult,
@@ -102,6 +103,7 @@ def test_authenticator_against_system_accounts(tmp_path, pool):
     assert run(auth.check("gilles", "bad")) is AuthResult.PERMFAIL
     assert run(auth.check("nobody", "pw")) is AuthResult.PERMFAIL
     assert run(auth.check("gil\nles", "pw")) is AuthResult.PERMFAIL
+    assert run(auth.check("gilles", "pw\0anything")) is AuthResult.PERMFAIL
     missing = Authenticator(None, pool, shadow_path=tmp_path / "missing")
     assert run(missing.check("gilles", "pw")) is AuthResult.TEMPFAIL
 
@@ -156,3 +158,36 @@ def test_table_hash_above_the_limits_is_tempfail(pool, caplog, stored):
     assert line.startswith('auth: user "gilles" in table creds has a malformed secret: ')
     assert "above auth-max-" in line
     assert stored not in caplog.text and stored.split("$")[-1] not in caplog.text
+
+
+def test_system_hash_above_the_limits_is_tempfail(tmp_path, pool, caplog):
+    crypt = libcrypt.system()
+    assert crypt is not None
+    salt = crypt.gensalt("$y$").split("$")[3]
+    hashes = {"bee": bcrypt.hashpw(b"pw", bcrypt.gensalt(6)).decode(),
+              "sha": crypt.crypt(b"pw", "$6$rounds=2001$saltsalt"),
+              "yes": crypt.crypt(b"pw", f"$y$jAT${salt}"),  # 32 MiB
+              "ok": crypt.crypt(b"pw", f"$y$j8T${salt}")}   # 8 MiB
+    assert all(hashes.values())
+    shadow = tmp_path / "shadow"
+    shadow.write_text("".join(f"{user}:{h}:19000::::::\n" for user, h in hashes.items()))
+    auth = Authenticator(None, pool, CHEAP, shadow_path=shadow)
+    with caplog.at_level(logging.WARNING, "postillion.auth"):
+        assert [run(auth.check(user, "pw")) for user in hashes] == [AuthResult.TEMPFAIL] * 3 + [AuthResult.OK]
+    assert "yescrypt memory 33554432 above auth-max-memory 8388608" in caplog.text
+    assert f"in system passwords {shadow} has a malformed secret" in caplog.text
+    for stored in hashes.values():
+        assert stored.split("$")[-1] not in caplog.text
+
+
+def test_no_libcrypt_is_a_logged_tempfail(tmp_path, pool, caplog):
+    shadow = tmp_path / "shadow"
+    shadow.write_text(f"marc:{sha_crypt(b'pw', '$6$saltsalt')}:19000::::::\n")
+    with caplog.at_level(logging.WARNING, "postillion.auth"):
+        missing = libcrypt.load("postillion-no-such-library")
+        assert missing is None
+        auth = Authenticator(None, pool, shadow_path=shadow, crypt=missing)
+        assert run(auth.check("marc", "pw")) is AuthResult.TEMPFAIL
+    assert "no libpostillion-no-such-library found: system passwords cannot be checked" in caplog.text
+    assert 'auth: user "marc": system passwords need libcrypt (libxcrypt), which could not be loaded' \
+        in caplog.text

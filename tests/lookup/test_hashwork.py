@@ -6,6 +6,7 @@ import bcrypt
 import pytest
 
 from postillion.config.model import MIB, Limits
+from postillion.lookup import libcrypt
 from postillion.lookup.auth import verify_hash
 from postillion.lookup.hashwork import MalformedHash, Work, hash_work, scheme_of
 
@@ -82,3 +83,17 @@ def test_scheme_of_never_shows_more_than_the_prefix():
     assert scheme_of("$md5,rounds=5000$salt$$hash") == "$md5$"
     assert scheme_of("$y$j9T$salt$hash") == "$y$"
     assert scheme_of("nodollarsatall") == "des/plain"
+
+
+def test_the_parse_agrees_with_libcrypt():
+    """Every scheme the system's libcrypt writes parses, with its default cost
+    within the default limits."""
+    crypt = libcrypt.system()
+    assert crypt is not None, "libcrypt (Debian libcrypt1) must be installed"
+    for prefix in ("$y$", "$gy$", "$7$", "$2b$", "$6$", "$5$", "$1$", "_", "$sha1", "$md5"):
+        setting = crypt.gensalt(prefix)
+        assert setting is not None, prefix
+        stored = crypt.crypt(b"pw", setting)
+        assert stored is not None, prefix
+        work = hash_work(stored)
+        assert work.scheme == (prefix + "$" if prefix in ("$sha1", "$md5") else prefix)

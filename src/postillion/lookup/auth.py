@@ -10,17 +10,21 @@ cleartext password; this module answers *ok*, *permfail* or *tempfail*:
   (Drepper's published algorithm, implemented here and checked against its
   published vectors: the `crypt` module is deprecated and gone in 3.13);
 * with no table at all, the system password database: `/etc/shadow`, parsed
-  here (the `spwd` module is deprecated too).
+  here (the `spwd` module is deprecated too), its hashes checked by the
+  system's own libcrypt (libcrypt.py), so that every scheme `passwd` writes
+  works: yescrypt `$y$` on Debian 12, `$gy$`, `$6$`, `$5$`, `$2b$`, `$1$`...
+  Without a libcrypt the check is a *tempfail*, logged.
 
-An unknown hash scheme (yescrypt `$y$`, MD5 `$1$`, DES) is a *permfail* with
-a warning naming the user, never the hash.  A table that cannot answer is a
-*tempfail*: the client sees `454 4.7.0`, not `535`.  So is a stored hash that
-is malformed or asks for more work than `Limits` allows (hashwork.py), as a
-malformed table value is everywhere else: the administrator has something to
-fix, the client did nothing wrong.  Hash checks are slow on purpose (bcrypt
-cost 10 is ~50 ms), so they run in the AuthPool's threads (authpool.py),
-never on the event loop nor in its default executor.
-Nothing here logs a password or a hash.
+An unknown hash scheme is a *permfail* with a warning naming the user, never
+the hash.  A table that cannot answer is a *tempfail*: the client sees
+`454 4.7.0`, not `535`.  So is a stored hash that is malformed or asks for
+more work than `Limits` allows (hashwork.py), as a malformed table value is
+everywhere else: the administrator has something to fix, the client did
+nothing wrong.
+
+Hash checks are slow on purpose, so they run in the AuthPool's threads
+(authpool.py), never on the event loop nor in its default executor.  Nothing
+here logs a password or a hash.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import bcrypt
 
 from postillion.config.model import Limits
 from postillion.errors import LookupUnavailable
+from postillion.lookup import libcrypt
 from postillion.lookup.authpool import AuthBusy, AuthPool
 from postillion.lookup.hashwork import MalformedHash, hash_work, scheme_of
 from postillion.table.errors import printable
@@ -52,6 +57,9 @@ SHADOW_PATH: Final = Path("/etc/shadow")
 #: Longest user name or password considered at all (a bcrypt input stops at
 #: 72 octets; SHA-crypt cost grows with the password length).
 MAX_FIELD: Final = 1024
+
+#: Longest passphrase libcrypt takes (CRYPT_MAX_PASSPHRASE_SIZE, NUL included).
+_CRYPT_MAX_PASSPHRASE: Final = 512
 
 
 class AuthResult(enum.Enum):
@@ -185,6 +193,26 @@ def verify_hash(password: str, stored: str, limits: Limits = Limits()) -> bool:
     raise UnknownScheme(scheme_of(stored))
 
 
+def verify_system(crypt: libcrypt.LibCrypt, password: str, stored: str,
+                  limits: Limits = Limits()) -> bool:
+    """Whether `password` matches a system (shadow) hash, by the system's libcrypt.
+
+    UnknownScheme if the library cannot check that scheme; MalformedHash if
+    `limits` refuse its cost (where the text shows it) or the library fails
+    on it.
+    """
+    if crypt.checksalt(stored) in (libcrypt.Salt.INVALID, libcrypt.Salt.METHOD_DISABLED):
+        raise UnknownScheme(scheme_of(stored))
+    hash_work(stored, limits)
+    secret = password.encode("utf-8", "surrogateescape")
+    if len(secret) >= _CRYPT_MAX_PASSPHRASE:
+        return False  # no system password is that long
+    ok = crypt.verify(secret, stored)
+    if ok is None:
+        raise MalformedHash(f"libcrypt cannot compute this {scheme_of(stored)} hash")
+    return ok
+
+
 # --------------------------------------------------------------------------
 # The system password database
 
@@ -209,23 +237,37 @@ def shadow_hash(user: str, path: Path = SHADOW_PATH) -> str | None:
 # --------------------------------------------------------------------------
 # The checker a listener uses
 
+_SYSTEM: Final = object()  # "the system's libcrypt", loaded on first use
+
 
 class Authenticator:
     """Checks AUTH credentials against one source (`auth [<table>]`).
 
-    `table` None means system accounts (`shadow_path`).  Hash checks run in
-    `pool`, within `limits`.  `verify(password, stored)` is the one function
-    that hashes, a seam tests may wrap to see what is computed.
+    `table` None means system accounts (`shadow_path`, checked by `crypt`,
+    by default the system's libcrypt; None: no libcrypt, every check is a
+    tempfail).  Hash checks run in `pool`, within `limits`.
+    `verify(password, stored)` is the one function that hashes, a seam tests
+    may wrap to see what is computed.
     """
 
     def __init__(self, table: Table | None, pool: AuthPool, limits: Limits = Limits(), *,
-                 shadow_path: Path = SHADOW_PATH) -> None:
+                 shadow_path: Path = SHADOW_PATH, crypt: object = _SYSTEM) -> None:
         self.table = table
         self.pool = pool
         self.limits = limits
         self.shadow_path = shadow_path
         self.source = f"table {table.name}" if table is not None else f"system passwords {shadow_path}"
-        self.verify: Callable[[str, str], bool] = functools.partial(verify_hash, limits=limits)
+        self.crypt: libcrypt.LibCrypt | None = None
+        self.verify: Callable[[str, str], bool]
+        if table is not None:
+            self.verify = functools.partial(verify_hash, limits=limits)
+        else:
+            self.crypt = libcrypt.system() if crypt is _SYSTEM else crypt  # type: ignore[assignment]
+            self.verify = functools.partial(self._verify_system, limits=limits)
+
+    def _verify_system(self, password: str, stored: str, limits: Limits) -> bool:
+        assert self.crypt is not None
+        return verify_system(self.crypt, password, stored, limits)
 
     async def check(self, user: str, password: str) -> AuthResult:
         """ok, permfail (wrong user or password, unknown scheme) or tempfail."""
@@ -233,8 +275,14 @@ class Authenticator:
             return AuthResult.PERMFAIL
         if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in user) or ":" in user:
             return AuthResult.PERMFAIL
+        if "\0" in password:
+            return AuthResult.PERMFAIL  # C libraries would check only what precedes it
         try:
             if self.table is None:
+                if self.crypt is None:
+                    logger.warning("auth: user %s: system passwords need libcrypt (libxcrypt), "
+                                   "which could not be loaded", printable(user))
+                    return AuthResult.TEMPFAIL
                 stored = await self.pool.run(shadow_hash, user, self.shadow_path)
             elif self.table.serves(Service.AUTH):
                 found = await self.table.check(Service.AUTH, f"{user}:{password}")
