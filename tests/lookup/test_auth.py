@@ -1,5 +1,6 @@
 """Credential checks: SHA-crypt against Drepper's published vectors, bcrypt
-variants, shadow(5) parsing and the Authenticator's three outcomes."""
+variants, shadow(5) parsing, the Authenticator's three outcomes, and what it
+computes for a user who does not exist."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from postillion.lookup.auth import (
     verify_hash,
 )
 from postillion.lookup.authpool import AuthPool
-from postillion.lookup.hashwork import MalformedHash
+from postillion.lookup.hashwork import ENCRYPT_BCRYPT_COST, MalformedHash, Work, hash_work
 from postillion.table.table import open_table
 
 
@@ -125,8 +126,114 @@ def test_authenticator_against_a_credentials_table(pool):
                          AuthResult.PERMFAIL]
 
 
+# --------------------------------------------------------------------------
+# No user-enumeration oracle: what is computed for an unknown user
+
+
+class Recorder:
+    """Wraps an Authenticator's `verify` seam: the Work of each hash it is given."""
+
+    def __init__(self, auth: Authenticator) -> None:
+        self.works: list[Work] = []
+        real = auth.verify
+
+        def verify(password: str, stored: str) -> bool:
+            self.works.append(hash_work(stored, Limits(auth_max_memory=1 << 40)))
+            return real(password, stored)
+
+        auth.verify = verify
+
+    def last(self) -> Work:
+        return self.works[-1]
+
+
 def static_table(*pairs: tuple[str, str]):
     return open_table("creds", "static", None, pairs=pairs, is_map=True)
+
+
+def test_unknown_user_hashes_like_a_wrong_password(pool):
+    """Before any real hash is seen, the unknown-user check is bcrypt at the
+    cost `postillion encrypt` writes (12; it was 10: a 4x faster refusal).
+    Once the table's users are seen, it is their scheme and cost."""
+    cost5 = bcrypt.hashpw(b"pw", bcrypt.gensalt(5)).decode()
+
+    async def go():
+        table = static_table(("gilles", cost5), ("anne", bcrypt.hashpw(b"a", bcrypt.gensalt(5)).decode()),
+                             ("eric", sha_crypt(b"pw2", "$6$rounds=2000$salt")))
+        await table.open()
+        auth = Authenticator(table, pool)
+        seen = Recorder(auth)
+        assert await auth.check("nobody", "pw") is AuthResult.PERMFAIL
+        first = seen.last()
+        assert await auth.check("gilles", "wrong") is AuthResult.PERMFAIL
+        known = seen.last()
+        assert await auth.check("nobody", "pw") is AuthResult.PERMFAIL
+        unknown = seen.last()
+        return first, known, unknown
+
+    first, known, unknown = run(go())
+    assert first == Work("$2b$", ENCRYPT_BCRYPT_COST)
+    assert known == unknown == Work("$2b$", 5)
+
+
+def test_unknown_user_follows_the_common_hash_not_the_last_one(pool):
+    """The model is the most common Work among distinct users checked: probing
+    a user whose hash is cheaper, however often, does not steer it."""
+
+    async def go():
+        table = static_table(("gilles", bcrypt.hashpw(b"pw", bcrypt.gensalt(5)).decode()),
+                             ("anne", bcrypt.hashpw(b"a", bcrypt.gensalt(5)).decode()),
+                             ("eric", sha_crypt(b"pw2", "$6$rounds=2000$salt")))
+        await table.open()
+        auth = Authenticator(table, pool)
+        seen = Recorder(auth)
+        for user in ("gilles", "anne", "eric", "eric", "eric"):
+            await auth.check(user, "wrong")
+        await auth.check("nobody", "pw")
+        return seen.works
+
+    works = run(go())
+    assert works[2:5] == [Work("$6$", 2000)] * 3
+    assert works[-1] == Work("$2b$", 5)
+
+
+def test_unknown_system_user_hashes_like_the_system(tmp_path, pool):
+    """System passwords: before any is seen, the method and default cost the
+    system's libcrypt writes new hashes with; then the users' own."""
+    crypt = libcrypt.system()
+    assert crypt is not None, "libcrypt (Debian libcrypt1) must be installed"
+    preferred = crypt.gensalt()
+    cheap = crypt.crypt(b"pw", "$6$rounds=3000$saltsalt")
+    shadow = tmp_path / "shadow"
+    shadow.write_text(f"marc:{cheap}:19000::::::\nlocked:!{cheap}:19000::::::\n")
+    auth = Authenticator(None, pool, shadow_path=shadow)
+    seen = Recorder(auth)
+    assert run(auth.check("nobody", "pw")) is AuthResult.PERMFAIL
+    assert seen.last() == hash_work(preferred)
+    assert seen.last().scheme == crypt.preferred_method()
+    assert run(auth.check("marc", "wrong")) is AuthResult.PERMFAIL
+    assert seen.last() == Work("$6$", 3000)
+    for user in ("nobody", "locked"):  # a locked account is no account
+        assert run(auth.check(user, "pw")) is AuthResult.PERMFAIL
+        assert seen.last() == Work("$6$", 3000)
+    assert run(auth.check("marc", "pw")) is AuthResult.OK
+
+
+def test_unsupported_scheme_still_costs_a_check(pool, caplog):
+    async def go():
+        table = static_table(("old", "$1$abcdefgh$0123456789012345678901"))
+        await table.open()
+        auth = Authenticator(table, pool)
+        seen = Recorder(auth)
+        result = await auth.check("old", "pw")
+        return result, seen.works
+
+    with caplog.at_level(logging.WARNING, "postillion.auth"):
+        result, works = run(go())
+    assert result is AuthResult.PERMFAIL
+    assert works[-1] == Work("$2b$", ENCRYPT_BCRYPT_COST)
+    assert "user \"old\" in table creds has a secret in an unsupported scheme ($1$)" in caplog.text
+    assert "abcdefgh" not in caplog.text
 
 
 # --------------------------------------------------------------------------

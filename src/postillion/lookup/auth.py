@@ -22,6 +22,13 @@ more work than `Limits` allows (hashwork.py), as a malformed table value is
 everywhere else: the administrator has something to fix, the client did
 nothing wrong.
 
+No oracle: a user who does not exist costs what a wrong password costs.  The
+unknown-user check hashes the password against a hash of the same scheme and
+cost as the users' own -- the most common among the users checked so far,
+and until there are any, what `postillion encrypt` writes (bcrypt cost 12)
+for a table, or the system's preferred method at its default cost for system
+passwords.
+
 Hash checks are slow on purpose, so they run in the AuthPool's threads
 (authpool.py), never on the event loop nor in its default executor.  Nothing
 here logs a password or a hash.
@@ -29,6 +36,7 @@ here logs a password or a hash.
 
 from __future__ import annotations
 
+import collections
 import enum
 import functools
 import hashlib
@@ -44,7 +52,7 @@ from postillion.config.model import Limits
 from postillion.errors import LookupUnavailable
 from postillion.lookup import libcrypt
 from postillion.lookup.authpool import AuthBusy, AuthPool
-from postillion.lookup.hashwork import MalformedHash, hash_work, scheme_of
+from postillion.lookup.hashwork import ENCRYPT_BCRYPT_COST, MalformedHash, Work, hash_work, scheme_of
 from postillion.table.errors import printable
 from postillion.table.services import Service
 from postillion.table.table import Table
@@ -57,6 +65,10 @@ SHADOW_PATH: Final = Path("/etc/shadow")
 #: Longest user name or password considered at all (a bcrypt input stops at
 #: 72 octets; SHA-crypt cost grows with the password length).
 MAX_FIELD: Final = 1024
+
+#: Users whose hash's Work is remembered per Authenticator, to model the
+#: unknown-user check on the common case; bounded memory, not a setting.
+MAX_REMEMBERED: Final = 10_000
 
 #: Longest passphrase libcrypt takes (CRYPT_MAX_PASSPHRASE_SIZE, NUL included).
 _CRYPT_MAX_PASSPHRASE: Final = 512
@@ -261,13 +273,32 @@ class Authenticator:
         self.verify: Callable[[str, str], bool]
         if table is not None:
             self.verify = functools.partial(verify_hash, limits=limits)
+            cost = min(ENCRYPT_BCRYPT_COST, limits.auth_max_bcrypt_cost)
+            self._dummy = f"$2b${cost:02d}$" + "." * 53
         else:
             self.crypt = libcrypt.system() if crypt is _SYSTEM else crypt  # type: ignore[assignment]
             self.verify = functools.partial(self._verify_system, limits=limits)
+            self._dummy = self._system_default()
+        self._seen: dict[str, Work] = {}
+        self._counts: collections.Counter[Work] = collections.Counter()
+        self._examples: dict[Work, str] = {}
 
     def _verify_system(self, password: str, stored: str, limits: Limits) -> bool:
         assert self.crypt is not None
         return verify_system(self.crypt, password, stored, limits)
+
+    def _system_default(self) -> str:
+        """A setting of the scheme and default cost the system writes new hashes with."""
+        if self.crypt is None:
+            return ""
+        setting = self.crypt.gensalt()  # None: an old libcrypt, whose default was SHA-512
+        try:
+            if setting is not None:
+                hash_work(setting, self.limits)
+                return setting
+        except MalformedHash:
+            pass  # limits set below the system's own default cost
+        return "$6$Postillion.dummy"
 
     async def check(self, user: str, password: str) -> AuthResult:
         """ok, permfail (wrong user or password, unknown scheme) or tempfail."""
@@ -283,23 +314,24 @@ class Authenticator:
                     logger.warning("auth: user %s: system passwords need libcrypt (libxcrypt), "
                                    "which could not be loaded", printable(user))
                     return AuthResult.TEMPFAIL
+                key = user
                 stored = await self.pool.run(shadow_hash, user, self.shadow_path)
             elif self.table.serves(Service.AUTH):
                 found = await self.table.check(Service.AUTH, f"{user}:{password}")
                 return AuthResult.OK if found else AuthResult.PERMFAIL
             else:
-                value = await self.table.lookup(Service.CREDENTIALS, user.lower())
+                key = user.lower()
+                value = await self.table.lookup(Service.CREDENTIALS, key)
                 stored = value.secret if value is not None else None
             if stored is None:
-                # Spend about the time a real check would, so that timing does
-                # not tell which user names exist.
-                await self.pool.run(self.verify, password, _DUMMY_HASH)
+                await self._check_dummy(password)
                 return AuthResult.PERMFAIL
             try:
                 ok = await self.pool.run(self.verify, password, stored)
             except UnknownScheme as e:
                 logger.warning("auth: user %s in %s has a secret in an unsupported scheme (%s)",
                                printable(user), self.source, e)
+                await self._check_dummy(password)
                 return AuthResult.PERMFAIL
             except MalformedHash as e:
                 logger.warning("auth: user %s in %s has a malformed secret: %s",
@@ -316,16 +348,35 @@ class Authenticator:
                            "auth-max-waiting %d waiting)", printable(user),
                            self.pool.threads, self.pool.max_waiting)
             return AuthResult.TEMPFAIL
+        self._learn(key, stored)
         return AuthResult.OK if ok else AuthResult.PERMFAIL
 
+    async def _check_dummy(self, password: str) -> None:
+        """The work a real check would do, for a user who has no usable hash.
 
-_DUMMY_HASH: Final = "$2b$10$" + "." * 53
+        Raises AuthBusy as a real check would.
+        """
+        try:
+            await self.pool.run(self.verify, password, self._dummy)
+        except (UnknownScheme, MalformedHash):
+            pass  # not expected: the dummy is a hash already checked, or our own default
+
+    def _learn(self, key: str, stored: str) -> None:
+        """Count the Work of a hash that was checked; the dummy is the most common."""
+        if key in self._seen or len(self._seen) >= MAX_REMEMBERED:
+            return
+        work = hash_work(stored, self.limits)
+        self._seen[key] = work
+        self._counts[work] += 1
+        self._examples.setdefault(work, stored)
+        self._dummy = self._examples[self._counts.most_common(1)[0][0]]
 
 
 class Authenticators:
     """The daemon's AUTH checking: one AuthPool (`Limits.auth_threads`,
     `auth_max_waiting`) and one Authenticator per credentials source, shared
-    by the listeners that name it."""
+    by the listeners that name it, so that what one listener learns about a
+    table's hashes serves them all."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
