@@ -19,7 +19,7 @@ import asyncio
 from pathlib import Path
 
 from postillion.config.model import Config, Position
-from postillion.daemon import Daemon, StartupError, close_tables, make_table
+from postillion.daemon import Daemon, StartupError, make_table
 from postillion.table.errors import TableError
 from postillion.table.registry import backend_class
 from postillion.table.services import Service
@@ -72,7 +72,7 @@ def preflight(config: Config) -> str | None:
         except StartupError as e:
             return str(e)
         finally:
-            await close_tables(daemon.tables)
+            await daemon.stop()      # tables, the AUTH pool: nothing left running
         return None
     return asyncio.run(dry())
 

@@ -22,6 +22,7 @@ from postillion.config import support as config_support
 from postillion.config.model import ActionDecl, Config, ListenDecl, TableDecl
 from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.fsutil import SYNCFS
+from postillion.lookup.auth import Authenticators
 from postillion.lookup.expand import Expander, userinfo
 from postillion.mda.agent import MdaAgent, MdaJob
 from postillion.queue.envelope import Envelope
@@ -99,6 +100,8 @@ class Daemon:
         self.tables: dict[str, Table] = {}
         self.lock = SpoolLock(spool)
         self.store = QueueStore(spool, syncfs=SYNCFS)  # group commit: 2 flushes a batch
+        # AUTH checks in threads of their own, never ahead of the queue's flushes.
+        self.authenticators = Authenticators(config.limits)
         self.scheduler: Scheduler | None = None
         self.listeners: list[Listener] = []
         self.mda = MdaAgent()
@@ -142,7 +145,8 @@ class Daemon:
         listeners = []
         for decl in self.config.listeners:
             try:
-                listener_ctx = listener_context(ctx, decl, self.config, self.tables)
+                listener_ctx = listener_context(ctx, decl, self.config, self.tables,
+                                                self.authenticators)
                 hosts = await asyncio.to_thread(self._listen_hosts, decl)
             except ListenerError as e:
                 raise StartupError(str(e)) from None
@@ -230,6 +234,7 @@ class Daemon:
             self._scheduler_task.cancel()
             await asyncio.gather(self._scheduler_task, return_exceptions=True)
         await self.store.close()
+        self.authenticators.close()
         await self.mda.stop()
         await close_tables(self.tables)
         self.lock.release()

@@ -4,12 +4,17 @@ SQLite credentials table, senders restricted), with smtplib and raw dialogue."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import smtplib
 import sqlite3
+import threading
+import time
 
+import bcrypt
 import pytest
 
-from .inproc import PASSWORD, USER, secure_uvloop  # noqa: F401 (fixture)
+from ..sysuser import system_user
+from .inproc import PASSWORD, USER, build, secure_uvloop, start, stop  # noqa: F401 (fixture)
 
 BODY = "Subject: submitted\r\n\r\nhello\r\n"
 
@@ -165,17 +170,20 @@ def test_masquerade_rewrites_from(secure_uvloop):
     assert b"\nSubject: m\n" in raw
 
 
+def use_authenticator(proc, authenticator) -> None:
+    """The SMTPS listener checks AUTH with `authenticator` from now on."""
+    for listener in proc.daemon.listeners:
+        if listener.decl.smtps:
+            listener.ctx = dataclasses.replace(listener.ctx, authenticator=authenticator)
+
+
 def test_system_accounts_when_auth_has_no_table(secure_uvloop, tmp_path):
     """`auth` without a table checks shadow(5) (here a test copy of it)."""
-    import dataclasses
-
     from postillion.lookup.auth import Authenticator, sha_crypt
     proc = secure_uvloop
     shadow = tmp_path / "shadow"
     shadow.write_text(f"root:*:19000::::::\nmarc:{sha_crypt(b'unix pw', '$6$saltsalt')}:19000::::::\n")
-    for listener in proc.daemon.listeners:
-        if listener.decl.smtps:
-            listener.ctx = dataclasses.replace(listener.ctx, authenticator=Authenticator(None, shadow))
+    use_authenticator(proc, Authenticator(None, proc.daemon.authenticators.pool, shadow_path=shadow))
     ctx = proc.client_context()
     with smtplib.SMTP_SSL(proc.host, proc.ports["smtps"], timeout=10, context=ctx) as client:
         client.ehlo("client.example.net")
@@ -184,6 +192,110 @@ def test_system_accounts_when_auth_has_no_table(secure_uvloop, tmp_path):
     with smtplib.SMTP_SSL(proc.host, proc.ports["smtps"], timeout=10, context=ctx) as client:
         client.ehlo("client.example.net")
         assert client.login("marc", "unix pw")[0] == 235
+
+
+def smtps(proc) -> smtplib.SMTP_SSL:
+    client = smtplib.SMTP_SSL(proc.host, proc.ports["smtps"], timeout=30, context=proc.client_context())
+    client.ehlo("client.example.net")
+    return client
+
+
+def plain_token(user: str, password: str) -> str:
+    return "PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def test_a_real_system_account_made_by_useradd(secure_uvloop):
+    """`auth` with no table: an account made by useradd, its password set by
+    chpasswd through PAM (yescrypt on Debian 12, refused before libcrypt
+    checked system hashes), over real SMTP AUTH."""
+    proc = secure_uvloop
+    use_authenticator(proc, proc.daemon.authenticators.get(None))
+    password = "yes crypt pw"
+    with system_user(password) as user:
+        with open("/etc/shadow") as f:
+            assert any(line.startswith(f"{user}:$y$") for line in f)
+        with smtps(proc) as client:
+            with pytest.raises(smtplib.SMTPAuthenticationError) as info:
+                client.login(user, "not it")
+            assert info.value.smtp_code == 535
+        with smtps(proc) as client:
+            assert client.login(user, password)[0] == 235
+    log = proc.wait_log(f"smtp authentication user={user} result=ok")
+    assert password not in log and "$y$" not in log
+
+
+def test_a_hash_asking_too_much_work_is_454(secure_uvloop):
+    """bcrypt cost 15 (above auth-max-bcrypt-cost 14) in the SQLite table: a
+    malformed value, 454 4.7.0 at once, the user and table in the log and
+    never the hash.  (Unbounded, the check would take seconds and say 535.)"""
+    proc = secure_uvloop
+    heavy = bcrypt.gensalt(4).decode().replace("$04$", "$15$") + "H" * 31
+    db = sqlite3.connect(proc.fixture.root / "tables.sqlite")
+    db.execute("INSERT INTO credentials VALUES (?, ?)", ("heavy", heavy))
+    db.commit()
+    db.close()
+    with submission(proc) as client:
+        assert client.docmd("AUTH", plain_token("heavy", "pw")) == \
+            (454, b"4.7.0 Temporary authentication failure")
+        client.login(USER, PASSWORD)  # 454 counted no failure; the session goes on
+    log = proc.wait_log("smtp authentication user=heavy result=tempfail")
+    assert ('auth: user "heavy" in table creds has a malformed secret: '
+            "bcrypt cost 15 above auth-max-bcrypt-cost 14") in log
+    assert heavy[7:29] not in log and "HHHH" not in log
+
+
+def test_an_auth_flood_never_delays_a_commit(daemon, tmp_path):
+    """With the auth pool saturated by checks that do not finish (2 threads
+    busy, 1 check waiting), one more AUTH is told 454 4.7.0 at once, and a
+    message on port 25 is committed and acknowledged while those checks are
+    still blocked: the queue's flush has threads of its own."""
+    proc, config = build(daemon, tmp_path)
+    limits = dataclasses.replace(config.limits, auth_threads=2, auth_max_waiting=1)
+    start(proc, dataclasses.replace(config, limits=limits))
+    release = threading.Event()
+    running: list[str] = []
+    replies: dict[int, tuple[int, bytes]] = {}
+    clients: list[threading.Thread] = []
+    try:
+        [checker] = {id(l.ctx.authenticator): l.ctx.authenticator
+                     for l in proc.daemon.listeners if l.decl.smtps}.values()
+        real = checker.verify
+
+        def blocked(password: str, stored: str) -> bool:
+            running.append(password)
+            assert release.wait(30)
+            return real(password, stored)
+
+        checker.verify = blocked
+
+        def login(i: int) -> None:
+            with smtps(proc) as client:
+                replies[i] = client.docmd("AUTH", plain_token(USER, PASSWORD))
+
+        clients = [threading.Thread(target=login, args=(i,)) for i in range(3)]
+        for thread in clients:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while not (len(running) == 2 and checker.pool.in_flight == 3):
+            assert time.monotonic() < deadline, (running, checker.pool.in_flight)
+            time.sleep(0.01)
+        with smtps(proc) as client:
+            assert client.docmd("AUTH", plain_token(USER, PASSWORD)) == \
+                (454, b"4.7.0 Temporary authentication failure")
+        batches = proc.daemon.store.batches
+        with smtplib.SMTP(proc.host, proc.ports["mx"], timeout=10) as client:
+            assert client.sendmail("someone@example.net", ["alice@example.test"], BODY) == {}
+        assert proc.daemon.store.batches > batches
+        # Acknowledged while every auth thread is still blocked.
+        assert not release.is_set() and len(running) == 2 and not replies
+        assert checker.pool.in_flight == 3
+    finally:
+        release.set()
+        for thread in clients:
+            thread.join(30)
+        stop(proc)
+    assert replies == {i: (235, b"2.0.0 Authentication succeeded") for i in range(3)}
+    assert "auth pool full (auth-threads 2 busy, auth-max-waiting 1 waiting)" in proc.log()
 
 
 MESSAGE = b"Subject: split\r\n\r\nbody\r\n"

@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -361,6 +362,40 @@ async def test_commit_cancelled_before_its_flush_is_dropped(tmp_path):
     await asyncio.wait_for(store.close(), 30)
     assert store.msgids() == [a[0].msgid]
     assert os.listdir(tmp_path / "incoming") == []
+
+
+async def test_commit_does_not_need_the_default_executor(tmp_path):
+    """The store's flushes run in threads it owns: with the loop's default
+    executor wholly taken (a password check, a slow table, anything run with
+    to_thread), a commit still completes, and so every 250 it gates."""
+    loop = asyncio.get_running_loop()
+    default = ThreadPoolExecutor(1)
+    loop.set_default_executor(default)
+    release, taken = threading.Event(), threading.Event()
+    blocker = loop.run_in_executor(None, lambda: (taken.set(), release.wait(30)))
+    try:
+        for _ in range(1000):
+            if taken.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert taken.is_set()
+        store = await opened(tmp_path)
+        await asyncio.wait_for(store.commit(*await received(store)), 10)
+        assert not blocker.done() and store.batches == 1
+        await store.close()
+        assert store._executor._shutdown  # its own, stopped by close()
+    finally:
+        release.set()
+        await blocker
+
+
+async def test_an_executor_passed_in_is_not_the_store_s_to_stop(tmp_path):
+    executor = ThreadPoolExecutor(2)
+    store = await opened(tmp_path, executor=executor)
+    await store.commit(*await received(store))
+    await store.close()
+    assert executor.submit(lambda: 42).result(10) == 42
+    executor.shutdown()
 
 
 # -- recovery at open ------------------------------------------------------------

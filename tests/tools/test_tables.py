@@ -12,6 +12,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from postillion.lookup.hashwork import ENCRYPT_BCRYPT_COST
 from postillion.table.dbfile import parse_source, write_map
 
 CONFIG = """\
@@ -273,6 +274,9 @@ def test_encrypt_argument_and_stdin():
     assert result.returncode == 0
     hashed = result.stdout.strip()
     assert hashed.startswith("$2b$") and bcrypt.checkpw(b"hunter2", hashed.encode())
+    # The cost a listener assumes for a user it does not know, until it has
+    # seen the table's own hashes: the two must agree.
+    assert hashed.startswith(f"$2b${ENCRYPT_BCRYPT_COST}$")
     result = postillion("encrypt", stdin="pass word\n")
     assert bcrypt.checkpw(b"pass word", result.stdout.strip().encode())
     assert_one_line_error(postillion("encrypt", stdin=""), 1)

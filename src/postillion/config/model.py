@@ -63,6 +63,13 @@ class Limits:
     sub_addr_delim: str = "+"             # smtp sub-addr-delim
     tls_timeout: float = 30 * SECONDS     # TLS handshake, then close
     max_failed_auth: int = 3              # failed AUTH per session -> 421 4.7.0
+    # The work a stored password hash may ask for: above, the hash is
+    # malformed (AUTH 454 4.7.0 and a warning), never hours of a thread.
+    auth_max_bcrypt_cost: int = 14        # bcrypt cost, log2 of its rounds (12: ~0.25 s)
+    auth_max_rounds: int = 1_000_000      # SHA-crypt rounds= (also $sha1$, $md5, BSDi _)
+    auth_max_memory: int = 256 * MIB      # octets of yescrypt (128*N*r, times t+1) / scrypt
+    auth_threads: int = 2                 # threads hashing AUTH passwords, shared by listeners
+    auth_max_waiting: int = 16            # AUTH checks waiting for a thread; more: 454 4.7.0
     ciphers: str = "HIGH:!aNULL:!MD5"     # smtp ciphers; TLS >= 1.2 always
 
 

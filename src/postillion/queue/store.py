@@ -15,8 +15,11 @@ size: one after every file is written, one after every rename.  Without
 it, each file is fsynced and each directory once per batch.
 
 The blocking file system work runs in a thread executor, never on the event
-loop.  `fsync`, `syncfs` and `rename` are injectable so tests can make each
-step fail.
+loop, and not in the loop's default executor either: the store owns a small
+one (`THREADS`), so that a flush, which every `250` waits for, never queues
+behind password hashing or anything else the process runs in threads.
+`fsync`, `syncfs` and `rename` are injectable so tests can make each step
+fail; so is the executor (the store then does not own it).
 
 Every disk error reaches the client through one mapping, `storage_reply`: a
 full spool (ENOSPC, EDQUOT) is `452 4.3.1`, and the session goes on; any
@@ -33,7 +36,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Literal, TypeVar
@@ -71,6 +74,9 @@ def _tempfail(what: str, error: OSError) -> TempFail:
 
 
 _WRITE_BUFFER: Final = 256 * 1024
+#: Threads of the store's own executor: one group-commit flush runs at a
+#: time, the others create, remove and update messages beside it.
+THREADS: Final = 4
 _T = TypeVar("_T")
 
 
@@ -158,7 +164,9 @@ class QueueStore:
         self._fsync = fsync
         self._rename = rename
         self._syncfs = syncfs
-        self._executor = executor
+        self._owns_executor = executor is None
+        self._executor: Executor = executor if executor is not None else ThreadPoolExecutor(
+            THREADS, thread_name_prefix="postillion-queue")
         self._index: dict[int, set[int]] = {}
         self._durable_buckets: set[str] = set()
         self._pending: list[_Txn] = []
@@ -527,9 +535,12 @@ class QueueStore:
         return [await self.load(evpid) for evpid in self.evpids(msgid)]
 
     async def close(self) -> None:
-        """Wait for the commits already started; call before exiting."""
+        """Wait for the commits already started, then let the store's own
+        threads go (jobs already queued still run); call before exiting."""
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
+        if self._owns_executor:
+            self._executor.shutdown(wait=False)
 
     # -- helpers -------------------------------------------------------------
 

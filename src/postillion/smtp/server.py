@@ -17,7 +17,7 @@ from typing import Mapping
 
 from postillion.config.model import Config, ListenDecl
 from postillion.errors import Reply
-from postillion.lookup.auth import Authenticator
+from postillion.lookup.auth import Authenticators
 from postillion.smtp.session import Session, SessionContext
 from postillion.table.services import Service
 from postillion.table.table import Table
@@ -34,9 +34,10 @@ class ListenerError(Exception):
 
 
 def listener_context(base: SessionContext, decl: ListenDecl, config: Config,
-                     tables: Mapping[str, Table]) -> SessionContext:
+                     tables: Mapping[str, Table], authenticators: Authenticators) -> SessionContext:
     """The SessionContext of one `listen on`: hostname, TLS context, AUTH
-    checker and senders table (docs/configuration.md, listen on).
+    checker (from `authenticators`, shared with the listeners naming the
+    same table) and senders table (docs/configuration.md, listen on).
 
     Raises ListenerError naming what is wrong (a pki that does not load, an
     auth table serving neither credentials nor auth, a senders table
@@ -56,7 +57,7 @@ def listener_context(base: SessionContext, decl: ListenDecl, config: Config,
             if not (table.serves(Service.AUTH) or table.serves(Service.CREDENTIALS)):
                 raise ListenerError(f"{decl.pos}: table {decl.auth_table} serves neither "
                                     "credentials nor auth")
-        authenticator = Authenticator(table)
+        authenticator = authenticators.get(table)
     hostnames = None
     if decl.hostnames is not None:
         hostnames = tables[decl.hostnames]
