@@ -102,6 +102,7 @@ from postillion.smtp._replies import (
     SENDER_SYNTAX,
     START_DATA,
     TLS_FIRST,
+    TOO_BIG,  # noqa: F401
     TOO_MANY_AUTH_FAILURES,
     TOO_MANY_FAILURES,
     TOO_MANY_MAILS,

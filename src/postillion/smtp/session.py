@@ -51,9 +51,6 @@ from postillion.tls import describe
 READ_SIZE = 64 * 1024
 
 REPLY_RCPT_OK = Reply(250, "2.1.5", "Destination address valid: Recipient ok")
-REPLY_MAIL_OK = Reply(250, "2.0.0", "Ok")
-REPLY_DATA = Reply(354, "", 'Enter mail, end with "." on a line by itself')
-REPLY_TOO_BIG = Reply(552, "5.3.4", "Message too big for system")
 REPLY_TIMEOUT = Reply(421, "4.4.2", "Timeout")
 REPLY_AUTH_FAILED = Reply(535, "5.7.8", "Authentication failed")
 REPLY_AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
@@ -434,7 +431,7 @@ class Session:
         self.tx = Transaction(sender=sender, params=dict(event.params),
                               headers=HeaderScan(self.ctx.tuning.header_scan_limit),
                               held=bytearray() if self._masquerades(sender) else None)
-        self.proto.send(REPLY_MAIL_OK)
+        self.proto.send(p.OK)
 
     def _spool_full(self, size: int) -> bool:
         """`queue min-free`: refuse a transaction the spool has no room for,
@@ -519,7 +516,7 @@ class Session:
         if refusal is not None:
             self.proto.send(refusal)  # in order, after queued replies
             return refusal.code != 421
-        self.proto.send(REPLY_DATA)
+        self.proto.send(p.START_DATA)
         return True
 
     async def _chunk(self, data: bytes) -> bool:
@@ -583,7 +580,7 @@ class Session:
         headers = tx.headers
         reply = None
         if too_big:
-            reply = REPLY_TOO_BIG
+            reply = p.TOO_BIG
         elif headers is not None and headers.hops >= self.ctx.limits.max_hops:
             reply = REPLY_LOOP
         elif headers is not None and headers.bad_first_line:
