@@ -92,7 +92,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from postillion import log
-    from postillion.daemon import Daemon, StartupError
+    from postillion.daemon import StartupError
+    from postillion.daemon.parent import Parent
 
     path, spool = resolve_config(args)
     config = load_config(path, args.define)
@@ -108,7 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ImportError:
         runner = asyncio.run
     try:
-        runner(Daemon(config, spool, paused=frozenset(args.pause)).serve())
+        runner(Parent(config, spool, paused=frozenset(args.pause), foreground=args.debug,
+                      verbose=args.verbose).serve())
     except StartupError as e:
         print(f"postillion: {e}", file=sys.stderr)
         return 1

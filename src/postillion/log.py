@@ -144,7 +144,8 @@ def _probe_syslog(path: str) -> None:
     raise OSError(errno.EPROTOTYPE, "not a syslog socket")
 
 
-def setup(foreground: bool, verbose: bool = False, syslog_socket: str = SYSLOG_SOCKET) -> str:
+def setup(foreground: bool, verbose: bool = False, syslog_socket: str = SYSLOG_SOCKET,
+          announce: bool = True) -> str:
     """Log to stderr in the foreground (`-d`), else to syslog's mail facility.
 
     Without a syslog socket that accepts a connection, the lines go to
@@ -165,8 +166,9 @@ def setup(foreground: bool, verbose: bool = False, syslog_socket: str = SYSLOG_S
             handler = SysLogHandler(address=syslog_socket, facility=SysLogHandler.LOG_MAIL)
             handler.setFormatter(logging.Formatter("postillion[%(process)d]: %(message)s"))
         except OSError as e:
-            print(f"postillion: no syslog at {syslog_socket} ({e.strerror or e}); "
-                  "logging to stderr", file=sys.stderr)
+            if announce:   # once: the parent says it, its processes follow quietly
+                print(f"postillion: no syslog at {syslog_socket} ({e.strerror or e}); "
+                      "logging to stderr", file=sys.stderr)
             handler = None
     where = "syslog"
     if handler is None:

@@ -378,10 +378,14 @@ class Authenticators:
     by the listeners that name it, so that what one listener learns about a
     table's hashes serves them all."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, system: Authenticator | None = None) -> None:
+        """`system`: what checks system accounts, when not this process (an
+        smtp process asks the parent, which alone may read /etc/shadow)."""
         self.limits = limits
         self.pool = AuthPool(limits.auth_threads, limits.auth_max_waiting)
         self._by_source: dict[str | None, Authenticator] = {}
+        if system is not None:
+            self._by_source[None] = system
 
     def get(self, table: Table | None) -> Authenticator:
         name = table.name if table is not None else None

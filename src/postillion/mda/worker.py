@@ -33,7 +33,6 @@ still delivering.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Final
 
 from postillion.mda.maildir import deliver
+from postillion.privileges import die_with_parent, drop_privileges
 
 EX_OK: Final = 0
 EX_TEMPFAIL: Final = 75
@@ -54,27 +54,6 @@ PERMANENT_ERRNOS: Final = frozenset({errno.ENOTDIR, errno.EISDIR, errno.ENAMETOO
 MAX_FRAME: Final = 64 * 1024
 #: Descriptors a job carries: the message, and the anchor directory.
 MAX_FDS: Final = 2
-
-_PR_SET_PDEATHSIG: Final = 1
-
-
-def drop_privileges(uid: int, gid: int) -> None:
-    """setgroups, setgid, setuid -- in that order, and verified."""
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-    if os.getuid() != uid or os.geteuid() != uid or os.getegid() != gid:
-        raise PermissionError("privilege drop did not take")
-
-
-def die_with_parent(parent: int) -> None:
-    """SIGKILL when the daemon dies; exit now if it already has."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != parent:
-        os._exit(EX_TEMPFAIL)
-
 
 def os_error_result(e: OSError, where: str) -> tuple[int, str]:
     """A delivery's OSError as (status, reason): a path that can never work
@@ -140,7 +119,7 @@ def main(argv: list[str]) -> int:
     channel = socket.socket(fileno=fd)
     if os.geteuid() == 0:
         drop_privileges(uid, gid)
-    die_with_parent(parent)
+    die_with_parent(parent, EX_TEMPFAIL)
     os.chdir("/")
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the daemon's ^C is the daemon's
     try:

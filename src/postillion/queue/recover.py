@@ -31,14 +31,16 @@ from postillion.queue.envelope import Envelope, EnvelopeCorrupt, format_evpid, f
 log = logging.getLogger("postillion.queue")
 
 
-def recover(root: Path, fsync_dir: Callable[[Path], None]) -> tuple[list[Envelope], set[str]]:
+def recover(root: Path, fsync_dir: Callable[[Path], None],
+            clean_incoming: bool = True) -> tuple[list[Envelope], set[str]]:
     """Create the layout, clean it, and return every committed envelope and
-    the bucket directories that exist (made durable here)."""
+    the bucket directories that exist (made durable here).  `incoming/` is
+    emptied only with `clean_incoming` (no other process may be receiving)."""
     incoming, queue, corrupt = root / layout.INCOMING, root / layout.QUEUE, root / layout.CORRUPT
     for path in (root, incoming, queue, corrupt):
         path.mkdir(mode=layout.DIR_MODE, parents=True, exist_ok=True)
     fsync_dir(root)
-    leftovers = sorted(os.listdir(incoming))
+    leftovers = sorted(os.listdir(incoming)) if clean_incoming else []
     for name in leftovers:
         log.info("queue incoming-removed msgid=%s reason=never-acknowledged", name)
         layout.remove_any(incoming / name)

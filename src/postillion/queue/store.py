@@ -175,23 +175,38 @@ class QueueStore:
 
     # -- start -------------------------------------------------------------
 
-    async def open(self) -> list[Envelope]:
+    async def open(self, clean_incoming: bool = True) -> list[Envelope]:
         """Create the directories, recover after a stop or crash, and return
         every committed envelope so the scheduler can schedule it.
 
-        `incoming/` leftovers were never acknowledged and are deleted.  An
+        `incoming/` leftovers were never acknowledged and are deleted --
+        unless `clean_incoming` is False: a queue process restarted while
+        smtp processes are receiving must leave their messages alone.  An
         envelope file that fails validation goes to `corrupt/` with a warning
         (and its message too when no good envelope is left); a message with
         no envelope at all (a crash while removing its last one) is removed.
         """
         if self._opened:
             raise RuntimeError("QueueStore.open() called twice")
-        envelopes = await self._run(self._open_sync)
+        envelopes = await self._run(self._open_sync, clean_incoming)
         self._opened = True
         return envelopes
 
-    def _open_sync(self) -> list[Envelope]:
-        envelopes, buckets = recover(self.root, self._fsync_dir)
+    def attach(self) -> None:
+        """Use a spool another process opened and recovered: an smtp process
+        only creates and commits messages; the queue process owns the rest
+        (`open`, `adopt`, `update`, `remove`)."""
+        if self._opened:
+            raise RuntimeError("QueueStore already open")
+        self._opened = True
+
+    def adopt(self, envelope: Envelope) -> None:
+        """Count in an envelope another process committed (the queue process
+        hears of each commit from the smtp process that made it)."""
+        self._index.setdefault(envelope.msgid, set()).add(envelope.id)
+
+    def _open_sync(self, clean_incoming: bool = True) -> list[Envelope]:
+        envelopes, buckets = recover(self.root, self._fsync_dir, clean_incoming)
         self._durable_buckets = buckets
         for envelope in envelopes:
             self._index.setdefault(envelope.msgid, set()).add(envelope.id)

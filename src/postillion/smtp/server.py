@@ -13,7 +13,7 @@ import collections
 import dataclasses
 import logging
 import socket
-from typing import Mapping
+from typing import Any, Mapping
 
 from postillion.config.model import Config, ListenDecl
 from postillion.errors import Reply
@@ -83,6 +83,34 @@ def format_sockaddr(address: tuple[str, int] | tuple[str, int, int, int]) -> str
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def bind(decl: ListenDecl, hosts: list[str] | None) -> list[socket.socket]:
+    """The listening sockets of one `listen on`, bound as asyncio would bind
+    them (every address of `hosts`, or the wildcard of each family), for the
+    parent process to hand to the smtp processes.  Raises OSError."""
+    family = listen_family(decl)
+    infos = []
+    for host in hosts if hosts is not None else [None]:
+        infos += socket.getaddrinfo(host, decl.effective_port, family, socket.SOCK_STREAM,
+                                    0, socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for af, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(af, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if af == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+            logger.info("listening on %s", format_sockaddr(sock.getsockname()))
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
 class Listener:
     """One `listen on` statement bound to a socket."""
 
@@ -94,20 +122,28 @@ class Listener:
         self.hosts = hosts
         self.sessions: set[asyncio.Task[None]] = set()
         self.per_ip: collections.Counter[str] = collections.Counter()
-        self.server: asyncio.base_events.Server | None = None
+        self.servers: list[asyncio.base_events.Server] = []
 
-    async def start(self) -> None:
+    async def start(self, socks: list[socket.socket] | None = None) -> None:
+        """Bind and serve; or serve `socks`, bound by the parent process
+        (an smtp process never binds: it inherits its listening sockets)."""
         family = listen_family(self.decl)
         # SMTPS: the loop does the handshake before the session starts, so
         # the ClientHello can never land in a plaintext stream buffer.  A
         # failed or slow (Limits.tls_timeout) handshake closes the connection.
         tls = self.ctx.tls_context if self.decl.smtps else None
-        self.server = await asyncio.start_server(
-            self._accept, self.hosts, self.decl.effective_port, family=family, backlog=BACKLOG,
-            reuse_address=True,
+        options: dict[str, Any] = dict(
             limit=self.ctx.limits.max_data_line * 2, ssl=tls,
             ssl_handshake_timeout=self.ctx.limits.tls_timeout if tls is not None else None)
-        for sock in self.server.sockets:
+        if socks is not None:
+            for sock in socks:
+                self.servers.append(await asyncio.start_server(self._accept, sock=sock, **options))
+            return
+        server = await asyncio.start_server(
+            self._accept, self.hosts, self.decl.effective_port, family=family, backlog=BACKLOG,
+            reuse_address=True, **options)
+        self.servers.append(server)
+        for sock in server.sockets:
             logger.info("listening on %s", format_sockaddr(sock.getsockname()))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -137,9 +173,10 @@ class Listener:
                 del self.per_ip[ip]
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()
         for task in list(self.sessions):
             task.cancel()
         if self.sessions:

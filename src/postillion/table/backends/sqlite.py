@@ -126,7 +126,15 @@ class _Database:
         """Reconnect after an error or when dbpath is now another file."""
         assert self.dbpath is not None
         try:
-            st = self.dbpath.stat()
+            try:
+                st = self.dbpath.stat()
+            except PermissionError:
+                if self.conn is not None:
+                    # Opened before the process gave up root, the database
+                    # may now sit behind a directory we cannot enter: keep
+                    # the connection we have (a replaced file needs a restart).
+                    return
+                raise
             if self.conn is None or (st.st_dev, st.st_ino) != self.identity:
                 self.connect()
         except (sqlite3.Error, OSError) as e:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 import os
 import signal
 import time
@@ -105,6 +106,10 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         self.listeners: list[Listener] = []
         self.mda = MdaAgent()
+        #: How a job is delivered: here, by the agent; in the queue process,
+        #: by asking the parent (daemon/roles.py).
+        self.deliver: Callable[[MdaJob, Envelope], Awaitable[None]] = \
+            lambda job, env: self.mda.deliver_maildir(job)
         self._stopping = asyncio.Event()
         self._scheduler_task: asyncio.Task[None] | None = None
 
@@ -207,7 +212,7 @@ class Daemon:
             job = MdaJob(message=self.store.message_path(env.msgid), prefix=delivery_prefix(env),
                          path_template=action.path, user=info, sender=env.sender,
                          rcpt=env.rcpt, dest=env.dest)
-            await self.mda.deliver_maildir(job)
+            await self.deliver(job, env)
         except MailError as e:
             result = log.RESULT_TEMPFAIL if isinstance(e, TempFail) else log.RESULT_PERMFAIL
             log.mda_delivery(sid, env.id, env.sender, env.dest, env.rcpt, user,

@@ -1,0 +1,380 @@
+"""The parent process: root's part of the daemon, and nothing that reads mail.
+
+As OpenSMTPD's parent and Postfix's master: it locks the spool, checks the
+configuration the way `postillion check` does, binds every listener, and
+starts the roles (`roles.py`): one queue process, then `smtp workers` smtp
+processes (one per core by default), all as the queue user (`_postillion`)
+when started as root, else as whoever started it.  It parses no network
+input: what reaches it are typed frames from its own roles (`channel.py`).
+It answers two requests that need root -- deliver a message as a user (it
+owns the per-uid delivery workers, `mda/agent.py`) and check a system
+account's password (/etc/shadow) -- restarts a role that dies, with a
+back-off, and owns the signals.  When it dies, every role and worker dies
+with it (parent-death signal), and the kernel releases the spool lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import pwd
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from postillion import channel as ch
+from postillion.config.model import Config
+from postillion.daemon import Daemon, StartupError
+from postillion.daemon.roles import RoleArgs
+from postillion.errors import MailError, PermFail
+from postillion.lookup.auth import Authenticators
+from postillion.mda.agent import MdaAgent, MdaJob
+from postillion.queue.lock import SpoolBusy, SpoolLock
+from postillion.queue.store import QueueStore
+from postillion.smtp.server import bind
+from postillion.table.values import Userinfo
+
+logger = logging.getLogger("postillion.parent")
+
+#: The unprivileged user the roles run as when the daemon starts as root.
+DEFAULT_QUEUE_USER: Final = "_postillion"
+#: Seconds a role has to say Hello after it is started.
+START_TIMEOUT: Final = 60.0
+#: Restart back-off: the first restart waits this long, each quick death
+#: doubles it up to RESTART_MAX; a role that ran RESTART_RESET s starts over.
+RESTART_MIN: Final = 1.0
+RESTART_MAX: Final = 60.0
+RESTART_RESET: Final = 60.0
+#: Seconds a role has to exit after SIGTERM before SIGKILL.
+STOP_TIMEOUT: Final = 10.0
+
+
+@dataclass(eq=False)
+class Role:
+    """One role process the parent watches."""
+
+    name: str                       # "queue" or "smtp"
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    channel: ch.Channel | None = None
+    hello: asyncio.Event = field(default_factory=asyncio.Event)
+    started: float = 0.0
+    backoff: float = RESTART_MIN
+    peer: socket.socket | None = None   # smtp: the queue's end of our pair, until sent
+
+    @property
+    def label(self) -> str:
+        pid = self.proc.pid if self.proc is not None else "-"
+        return f"{self.name} process {self.index} (pid {pid})" if self.name == "smtp" \
+            else f"queue process (pid {pid})"
+
+
+def role_user(config: Config) -> tuple[int, int]:
+    """The uid/gid the roles run as: the queue user when root, else ourselves."""
+    if os.geteuid() != 0:
+        return os.getuid(), os.getgid()
+    name = getattr(config, "queue_user", None) or DEFAULT_QUEUE_USER
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise StartupError(f"the queue user {name} does not exist; create it with "
+                           f"`useradd --system --no-create-home --shell /usr/sbin/nologin "
+                           f"{name}` (make run and make test do)") from None
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise StartupError(f"the queue user {name} is root; it must be an unprivileged user")
+    return entry.pw_uid, entry.pw_gid
+
+
+def smtp_workers(config: Config) -> int:
+    workers = getattr(config, "smtp_workers", None)
+    return int(workers) if workers else max(1, os.cpu_count() or 1)
+
+
+def own_spool(spool: Path, uid: int, gid: int) -> None:
+    """The spool belongs to the queue user: 0711 at the top (where the
+    control socket will live), its own subdirectories 0700 (made by the
+    queue process).  A spool another user owns (made by an older version
+    as root) is handed over whole, once."""
+    spool.mkdir(mode=0o711, parents=True, exist_ok=True)
+    st = spool.stat()
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        for path in [spool, *spool.rglob("*")]:
+            if path.name == "postillion.pid" and path.parent == spool:
+                continue
+            os.lchown(path, uid, gid)
+    if stat.S_IMODE(st.st_mode) != 0o711:
+        spool.chmod(0o711)
+
+
+def config_fd(config: Config) -> int:
+    """A memfd holding the pickled Config, for one role to read."""
+    fd = os.memfd_create("postillion-config", 0)
+    data = pickle.dumps(config)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+class Parent:
+    def __init__(self, config: Config, spool: Path, paused: frozenset[str] = frozenset(),
+                 foreground: bool = False, verbose: bool = False) -> None:
+        self.config = config
+        self.spool = spool.resolve()
+        self.paused = paused
+        self.foreground, self.verbose = foreground, verbose
+        self.lock = SpoolLock(self.spool)
+        self.store = QueueStore(self.spool)      # paths only: the queue process owns it
+        self.mda = MdaAgent()
+        self.authenticators = Authenticators(config.limits)
+        self.sockets: list[list[socket.socket]] = []
+        self.queue = Role("queue", 0)
+        self.smtp: list[Role] = []
+        self.uid = self.gid = -1
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- start ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            self.lock.acquire()       # before anything touches the queue or a port
+        except SpoolBusy as e:
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            raise StartupError(f"queue {self.spool}: {e.strerror or e}") from None
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        # What check checks, here too: the roles open the same tables.
+        probe = Daemon(self.config, self.spool)
+        try:
+            listeners = await probe.prepare()
+        finally:
+            await probe.stop()
+        self.uid, self.gid = role_user(self.config)
+        try:
+            own_spool(self.spool, self.uid, self.gid)
+        except OSError as e:
+            raise StartupError(f"queue {self.spool}: {e.strerror or e}") from None
+        for listener in listeners:
+            decl = listener.decl
+            try:
+                self.sockets.append(bind(decl, listener.hosts))
+            except OSError as e:
+                reason = os.strerror(e.errno) if e.errno else str(e)
+                raise StartupError(f"{decl.pos}: cannot listen on {decl.address} port "
+                                   f"{decl.effective_port}: {reason}") from None
+        self.smtp = [Role("smtp", i) for i in range(smtp_workers(self.config))]
+        pairs = [socket.socketpair() for _ in self.smtp]
+        for role, (queue_end, smtp_end) in zip(self.smtp, pairs):
+            role.peer = smtp_end
+        self._spawn(self.queue, [q for q, _ in pairs], first=True)
+        await self._wait_hello(self.queue)
+        for role in self.smtp:
+            assert role.peer is not None
+            peer, role.peer = role.peer, None
+            self._spawn(role, [peer])
+        for role in self.smtp:
+            await self._wait_hello(role)
+        for role in (self.queue, *self.smtp):
+            self._watch(role)
+        logger.info("postillion ready: %d smtp process(es), queue process, as uid %d",
+                    len(self.smtp), self.uid)
+
+    async def _wait_hello(self, role: Role) -> None:
+        assert role.channel is not None
+        hello = asyncio.ensure_future(role.hello.wait())
+        closed = asyncio.ensure_future(role.channel.closed.wait())
+        done, _ = await asyncio.wait([hello, closed], timeout=START_TIMEOUT,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        hello.cancel()
+        closed.cancel()
+        if not role.hello.is_set():
+            raise StartupError(f"the {role.label} did not start (see the lines above)")
+
+    def _spawn(self, role: Role, peers: list[socket.socket], first: bool = False) -> None:
+        """Exec one role with its descriptors; the parent keeps its channel end."""
+        ours, theirs = socket.socketpair()
+        cfg = config_fd(self.config)
+        listeners: list[tuple[int, int]] = []
+        if role.name == "smtp":
+            listeners = [(i, s.fileno()) for i, socks in enumerate(self.sockets) for s in socks]
+        args = RoleArgs(role=role.name, index=role.index, parent=os.getpid(),
+                        channel=theirs.fileno(), config=cfg, spool=str(self.spool),
+                        uid=self.uid, gid=self.gid, foreground=self.foreground,
+                        verbose=self.verbose, paused=tuple(sorted(self.paused)), first=first,
+                        peers=tuple(p.fileno() for p in peers), listeners=tuple(listeners))
+        fds = (theirs.fileno(), cfg, *args.peers, *(fd for _, fd in listeners))
+        try:
+            # Started from the event loop's thread, which lives as long as
+            # the parent: the parent-death signal follows the forking thread.
+            role.proc = subprocess.Popen(
+                [sys.executable, "-m", "postillion.daemon.roles", args.to_json()],
+                pass_fds=fds, cwd="/", stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+            os.close(cfg)
+            for peer in peers:
+                peer.close()
+        role.started = time.monotonic()
+        role.hello = asyncio.Event()
+        role.channel = ch.Channel(ours, lambda frame, r=role: self._on_frame(r, frame),
+                                  f"{role.name} channel")
+
+    # -- what the roles ask ----------------------------------------------------
+
+    async def _on_frame(self, role: Role, frame: ch.Frame) -> None:
+        if isinstance(frame, ch.Hello) and frame.role == role.name:
+            role.hello.set()
+        elif isinstance(frame, ch.Deliver) and role.name == "queue":
+            result, reason = await self._deliver(frame)
+            self._answer(role, ch.Delivered(frame.id, result, reason))
+        elif isinstance(frame, ch.AuthCheck) and role.name == "smtp":
+            result = await self.authenticators.get(None).check(frame.user, frame.password)
+            self._answer(role, ch.AuthAnswer(frame.id, result.value))
+        else:
+            # A role that sends what it never should is not trusted again.
+            logger.error("%s sent %s; stopping it", role.label, type(frame).__name__)
+            self._kill(role)
+
+    def _answer(self, role: Role, frame: ch.Frame) -> None:
+        if role.channel is not None and not role.channel.closed.is_set():
+            role.channel.send(frame)
+
+    async def _deliver(self, frame: ch.Deliver) -> tuple[str, str]:
+        user = Userinfo(frame.username, frame.uid, frame.gid, frame.home)
+        job = MdaJob(message=self.store.message_path(frame.msgid),
+                     prefix=frame.prefix.encode("utf-8", "surrogateescape"),
+                     path_template=frame.path, user=user, sender=frame.sender,
+                     rcpt=frame.rcpt, dest=frame.dest)
+        try:
+            await self.mda.deliver_maildir(job)
+        except MailError as e:
+            return ("permfail" if isinstance(e, PermFail) else "tempfail"), e.reason
+        return "ok", "Delivered"
+
+    # -- watching and restarting ---------------------------------------------
+
+    def _watch(self, role: Role) -> None:
+        task = asyncio.ensure_future(self._watcher(role))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watcher(self, role: Role) -> None:
+        while not self._stopping.is_set():
+            assert role.channel is not None and role.proc is not None
+            await role.channel.closed.wait()
+            status = await self._reap(role)
+            if self._stopping.is_set():
+                return
+            lived = time.monotonic() - role.started
+            role.backoff = RESTART_MIN if lived >= RESTART_RESET else \
+                min(RESTART_MAX, role.backoff * 2)
+            delay = RESTART_MIN if lived >= RESTART_RESET else role.backoff
+            logger.warning("%s exited (%s); restarting it in %gs", role.label, status, delay)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+                return
+            except TimeoutError:
+                pass
+            self._restart(role)
+            try:
+                await self._wait_hello(role)
+            except StartupError as e:
+                logger.error("%s", e)
+                self._kill(role)
+
+    def _restart(self, role: Role) -> None:
+        if role.name == "smtp":
+            queue_end, smtp_end = socket.socketpair()
+            try:
+                self._answer(self.queue, ch.QueuePeer("smtp", fds=(queue_end.fileno(),)))
+            finally:
+                queue_end.close()
+            self._spawn(role, [smtp_end])
+            return
+        pairs = [socket.socketpair() for _ in self.smtp]
+        for smtp_role, (_, smtp_end) in zip(self.smtp, pairs):
+            try:
+                self._answer(smtp_role, ch.QueuePeer("queue", fds=(smtp_end.fileno(),)))
+            finally:
+                smtp_end.close()
+        # Not the first start: smtp processes are receiving into incoming/.
+        self._spawn(role, [q for q, _ in pairs], first=False)
+
+    async def _reap(self, role: Role) -> str:
+        assert role.proc is not None
+        proc = role.proc
+        try:
+            code = await asyncio.wait_for(asyncio.to_thread(proc.wait), STOP_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            code = await asyncio.to_thread(proc.wait)
+        return f"killed by signal {-code}" if code < 0 else f"status {code}"
+
+    def _kill(self, role: Role) -> None:
+        if role.channel is not None:
+            role.channel.close()
+        if role.proc is not None and role.proc.poll() is None:
+            role.proc.kill()
+
+    # -- stop -----------------------------------------------------------------
+
+    async def _terminate(self, roles: list[Role]) -> None:
+        live = [r for r in roles if r.proc is not None and r.proc.poll() is None]
+        for role in live:
+            assert role.proc is not None
+            role.proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*(self._reap(r) for r in live), return_exceptions=True)
+        for role in roles:
+            if role.channel is not None:
+                role.channel.close()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await self._terminate(self.smtp)     # no new mail first...
+        await self._terminate([self.queue])  # ...then the deliveries it asked for
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.mda.stop()
+        self.authenticators.close()
+        for socks in self.sockets:
+            for sock in socks:
+                sock.close()
+        self.sockets = []
+        self.lock.release()
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT; SIGHUP is passed on to the roles."""
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, done.set)
+        loop.add_signal_handler(signal.SIGINT, done.set)
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
+        await self.start()
+        try:
+            await done.wait()
+        finally:
+            logger.info("postillion stopping")
+            await self.stop()
+
+    def _hangup(self) -> None:
+        for role in (self.queue, *self.smtp):
+            if role.proc is not None and role.proc.poll() is None:
+                role.proc.send_signal(signal.SIGHUP)
+

@@ -1,0 +1,334 @@
+"""The unprivileged roles: `python -m postillion.daemon.roles ARGS`.
+
+The parent (`parent.py`) execs each role as root with its descriptors: the
+channel to the parent, the configuration (pickled, in a memfd: the parent
+parsed it, so every process runs the very same one), the channels to the
+other roles, and for smtp the listening sockets.  A role opens what needs
+root (tables, TLS keys: the certificates are loaded while building each
+listener's context) and the spool directory, then drops to the queue user
+for good, asks to die with the parent, and says Hello.
+
+* **smtp** (×N): sessions, TLS, AUTH, rules, expansion; commits each
+  message to the spool itself (group commit, fsync before 250) and tells the
+  queue process which envelopes it committed.  System passwords are checked
+  by the parent, which alone may read /etc/shadow.
+* **queue**: recovers the spool, schedules, and dispatches each due envelope
+  by asking the parent to deliver it (the parent starts the per-uid
+  delivery workers); applies the results.
+
+A role exits when its parent channel closes, on SIGTERM (after finishing
+what it can), and when the parent dies (SIGKILL from the kernel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from postillion import channel as ch
+from postillion import log
+from postillion.config.model import Config
+from postillion.daemon import Daemon, StartupError, open_tables
+from postillion.errors import PermFail, Reply, TempFail
+from postillion.lookup.auth import AuthResult, Authenticators
+from postillion.mda.agent import MdaJob
+from postillion.privileges import die_with_parent, drop_privileges
+from postillion.queue.envelope import Envelope
+from postillion.queue.scheduler import Scheduler
+
+logger = logging.getLogger("postillion.role")
+
+#: Longest a role waits for the parent's answer to a request: a delivery
+#: (the worker's own timeout is 300 s) or a system password check.
+REQUEST_TIMEOUT = 330.0
+#: A role stopping gives deliveries in flight this long (as the daemon does).
+STOP_GRACE = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RoleArgs:
+    """What the parent tells a role on its command line (JSON)."""
+
+    role: str                      # "smtp" or "queue"
+    index: int                     # smtp process number, from 0
+    parent: int                    # the parent's pid (die with it)
+    channel: int                   # fd: the channel to the parent
+    config: int                    # fd: memfd holding the pickled Config
+    spool: str                     # the spool directory
+    uid: int                       # the queue user, or our own uid when not root
+    gid: int
+    foreground: bool               # log to stderr (-d)
+    verbose: bool
+    paused: tuple[str, ...] = ()
+    first: bool = True             # queue: the first start, clean incoming/
+    peers: tuple[int, ...] = ()    # fds: channels to the other role(s)
+    listeners: tuple[tuple[int, int], ...] = field(default=())  # (listener index, fd)
+
+    def to_json(self) -> str:
+        return json.dumps({k: getattr(self, k) for k in self.__dataclass_fields__})
+
+    @classmethod
+    def from_json(cls, text: str) -> RoleArgs:
+        raw = json.loads(text)
+        raw["paused"] = tuple(raw["paused"])
+        raw["peers"] = tuple(raw["peers"])
+        raw["listeners"] = tuple(tuple(x) for x in raw["listeners"])
+        return cls(**raw)
+
+
+def read_config(fd: int) -> Config:
+    with os.fdopen(fd, "rb") as f:
+        config = pickle.load(f)
+    if not isinstance(config, Config):
+        raise TypeError("the parent sent no Config")
+    return config
+
+
+def become(args: RoleArgs) -> None:
+    """Drop to the queue user (when root), then die with the parent."""
+    os.chdir(args.spool)   # as root: the spool may sit under a private directory
+    if os.geteuid() == 0:
+        if args.uid == 0 or args.gid == 0:
+            raise PermissionError("refusing to run a role as root")
+        drop_privileges(args.uid, args.gid)
+    die_with_parent(args.parent)
+
+
+class Requests:
+    """Requests to the parent that await an answer frame with the same id."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[ch.Frame]] = {}
+
+    def new(self) -> tuple[int, asyncio.Future[ch.Frame]]:
+        rid = next(self._ids)
+        future: asyncio.Future[ch.Frame] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = future
+        return rid, future
+
+    def answer(self, rid: int, frame: ch.Frame) -> None:
+        future = self._waiting.pop(rid, None)
+        if future is not None and not future.done():
+            future.set_result(frame)
+
+    def forget(self, rid: int) -> None:
+        self._waiting.pop(rid, None)
+
+    def fail_all(self) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(ConnectionError("parent channel closed"))
+        self._waiting.clear()
+
+
+async def ask(parent: ch.Channel, requests: Requests, make: Any) -> ch.Frame:
+    """Send the frame `make(id)` to the parent and wait for its answer."""
+    rid, future = requests.new()
+    try:
+        parent.send(make(rid))
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            return await future
+    finally:
+        requests.forget(rid)
+
+
+class RemoteSystemAuth:
+    """An Authenticator for system accounts that asks the parent."""
+
+    def __init__(self, parent: ch.Channel, requests: Requests) -> None:
+        self.parent, self.requests = parent, requests
+
+    async def check(self, user: str, password: str) -> AuthResult:
+        try:
+            answer = await ask(self.parent, self.requests,
+                               lambda rid: ch.AuthCheck(rid, user, password))
+        except (ConnectionError, TimeoutError):
+            return AuthResult.TEMPFAIL
+        assert isinstance(answer, ch.AuthAnswer)
+        try:
+            return AuthResult(answer.result)
+        except ValueError:
+            return AuthResult.TEMPFAIL
+
+
+async def smtp_role(args: RoleArgs, config: Config) -> None:
+    requests = Requests()
+    stopping = asyncio.Event()
+
+    async def on_parent(frame: ch.Frame) -> None:
+        if isinstance(frame, ch.AuthAnswer):
+            requests.answer(frame.id, frame)
+        elif isinstance(frame, ch.QueuePeer) and frame.fds:
+            queue.connect(socket.socket(fileno=os.dup(frame.fds[0])))
+
+    queue = QueueLink()
+    parent = ch.Channel(socket.socket(fileno=args.channel), on_parent, "parent channel")
+    daemon = Daemon(config, Path("."))
+    daemon.authenticators = Authenticators(config.limits,
+                                           system=RemoteSystemAuth(parent, requests))  # type: ignore[arg-type]
+    listeners = await daemon.prepare()            # tables, certificates: as root
+    become(args)
+    for fd in args.peers:
+        queue.connect(socket.socket(fileno=fd))
+    daemon.store.attach()
+    daemon.store.on_commit = queue.committed
+    socks: dict[int, list[socket.socket]] = {}
+    for index, fd in args.listeners:
+        socks.setdefault(index, []).append(socket.socket(fileno=fd))
+    for index, listener in enumerate(listeners):
+        await listener.start(socks.get(index, []))
+        daemon.listeners.append(listener)
+    parent.send(ch.Hello("smtp", os.getpid()))
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(daemon.update_tables()))
+    closed = asyncio.ensure_future(parent.closed.wait())
+    await asyncio.wait([closed, asyncio.ensure_future(stopping.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    requests.fail_all()
+    await daemon.stop()
+
+
+class QueueLink:
+    """The smtp side of the queue channel: commits go out in order; while no
+    queue process listens (it is being restarted) they wait here, and the
+    new one also finds them on disk -- scheduling twice is harmless."""
+
+    def __init__(self) -> None:
+        self.channel: ch.Channel | None = None
+        self.backlog: list[str] = []
+
+    def connect(self, sock: socket.socket) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = ch.Channel(sock, self._ignore, "queue channel")
+        if self.backlog:
+            pending, self.backlog = self.backlog, []
+            self._send(pending)
+
+    @staticmethod
+    async def _ignore(frame: ch.Frame) -> None:
+        logger.warning("queue channel: unexpected %s", type(frame).__name__)
+
+    def committed(self, envelope: Envelope) -> None:
+        self._send([envelope.to_bytes().decode("utf-8", "surrogateescape")])
+
+    def _send(self, envelopes: list[str]) -> None:
+        if self.channel is None or self.channel.closed.is_set():
+            self.backlog += envelopes
+            return
+        try:
+            self.channel.send(ch.Committed(tuple(envelopes)))
+        except ConnectionError:
+            self.backlog += envelopes
+
+
+async def queue_role(args: RoleArgs, config: Config) -> None:
+    requests = Requests()
+    stopping = asyncio.Event()
+    daemon = Daemon(config, Path("."), paused=frozenset(args.paused))
+
+    async def on_parent(frame: ch.Frame) -> None:
+        if isinstance(frame, ch.Delivered):
+            requests.answer(frame.id, frame)
+        elif isinstance(frame, ch.QueuePeer) and frame.fds:
+            listen_smtp(socket.socket(fileno=os.dup(frame.fds[0])))
+
+    async def on_smtp(frame: ch.Frame) -> None:
+        if not isinstance(frame, ch.Committed):
+            raise ch.ChannelError(f"unexpected {type(frame).__name__}")
+        for text in frame.envelopes:
+            try:
+                envelope = Envelope.from_bytes(text.encode("utf-8", "surrogateescape"))
+            except ValueError as e:
+                logger.error("queue: a committed envelope does not parse: %s", e)
+                continue
+            daemon.store.adopt(envelope)
+            assert daemon.scheduler is not None
+            daemon.scheduler.schedule(envelope)
+
+    smtp_channels: list[ch.Channel] = []
+
+    def listen_smtp(sock: socket.socket) -> None:
+        smtp_channels[:] = [c for c in smtp_channels if not c.closed.is_set()]
+        smtp_channels.append(ch.Channel(sock, on_smtp, "smtp channel"))
+
+    parent = ch.Channel(socket.socket(fileno=args.channel), on_parent, "parent channel")
+
+    async def deliver(job: MdaJob, env: Envelope) -> None:
+        try:
+            answer = await ask(parent, requests, lambda rid: ch.Deliver(
+                rid, env.msgid, job.user.uid, job.user.gid, job.user.username, job.user.home,
+                job.path_template, job.sender, job.rcpt, job.dest,
+                job.prefix.decode("utf-8", "surrogateescape")))
+        except (ConnectionError, TimeoutError):
+            raise TempFail(Reply(451, "4.3.0", "delivery not answered"),
+                           "the parent did not answer the delivery") from None
+        assert isinstance(answer, ch.Delivered)
+        if answer.result == "ok":
+            return
+        kind = PermFail if answer.result == "permfail" else TempFail
+        reply = Reply(550, "5.2.0", answer.reason) if kind is PermFail else \
+            Reply(451, "4.2.0", answer.reason)
+        raise kind(reply, answer.reason)
+
+    daemon.tables = await open_tables(config)     # as root
+    become(args)
+    for fd in args.peers:
+        listen_smtp(socket.socket(fileno=fd))
+    daemon.deliver = deliver
+    envelopes = await daemon.store.open(clean_incoming=args.first)
+    daemon.scheduler = Scheduler(daemon.store, daemon.dispatch)
+    for env in envelopes:
+        daemon.scheduler.schedule(env)
+    task = None
+    if "mda" not in args.paused:
+        task = asyncio.create_task(daemon.scheduler.run())
+    parent.send(ch.Hello("queue", os.getpid()))
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(daemon.update_tables()))
+    await asyncio.wait([asyncio.ensure_future(parent.closed.wait()),
+                        asyncio.ensure_future(stopping.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    await daemon.scheduler.stop(timeout=STOP_GRACE)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    requests.fail_all()
+    daemon.scheduler = None
+    await daemon.stop()
+
+
+def main(argv: list[str]) -> int:
+    args = RoleArgs.from_json(argv[0])
+    log.setup(foreground=args.foreground, verbose=args.verbose, announce=False)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # ^C is the parent's to handle
+    config = read_config(args.config)
+    run = smtp_role if args.role == "smtp" else queue_role
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(run(args, config))
+    except StartupError as e:
+        logger.error("%s process: %s", args.role, e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
