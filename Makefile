@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-deps clean bench
+.PHONY: run test test-deps system-user clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 ##   make run ARGS="-v"        more options for `postillion run`
 PORT ?= 2525
 ARGS ?=
-run: $(STAMP)
+run: $(STAMP) system-user
 	$(BIN)/postillion run --demo -d -D port=$(PORT) $(ARGS)
 
 ## make test: install what the tests need (Debian packages included) and run them all
-test: $(STAMP) test-deps
+test: $(STAMP) test-deps system-user
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Debian packages the tests drive: swaks as a real peer, sqlite3 and openssl as the
@@ -36,6 +36,19 @@ test-deps:
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  $$SUDO apt-get install -y -q $$missing >/dev/null || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $$missing >/dev/null; }; \
+	fi
+
+# The unprivileged user the smtp and queue processes run as when the daemon
+# starts as root (`queue user`, docs/configuration.md): created when missing,
+# only as root (passwd's useradd, installed if absent).  As another user there
+# is nothing to do: the daemon then runs every process as that user.
+SYSTEM_USER := _postillion
+system-user:
+	@if [ "$$(id -u)" = 0 ] && ! id -u $(SYSTEM_USER) >/dev/null 2>&1; then \
+	  echo "creating system user $(SYSTEM_USER)"; \
+	  command -v useradd >/dev/null 2>&1 || apt-get install -y -q passwd >/dev/null || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q passwd >/dev/null; }; \
+	  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin $(SYSTEM_USER); \
 	fi
 
 bench: $(STAMP)

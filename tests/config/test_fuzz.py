@@ -35,7 +35,7 @@ FRAGMENTS = [
     "backup", "mx", "no-verify", "helo", "helo-src", "mail-from", "rcpt-to", "socket",
     "rdns", "smtp+tls://l@h.example", "smtps://h:465", "lmtp://h:24", "ssl://h",
     "queue", "compression", "bounce", "warn-interval", "mta", "max-deferred", "scheduler",
-    "max-inflight", "ciphers", "sub-addr-delim", "%{rcpt.user}", "%{bad}", "\"a | b\"",
+    "max-inflight", "ciphers", "sub-addr-delim", "workers", "min-free", "root", "%{rcpt.user}", "%{bad}", "\"a | b\"",
     # the 2012 grammar
     "accept", "tagged", "sender", "users", "deliver", "to", "via", "as", "source",
     "certificate", "expire", "ssl", "tls+auth://l@h", "bounce-warn",

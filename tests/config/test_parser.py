@@ -14,6 +14,7 @@ import pytest
 from postillion.config import ConfigError, load, parse
 from postillion.config import files as files_module
 from postillion.config.model import (
+    MAX_SMTP_WORKERS,
     ActionDecl,
     Config,
     Criterion,
@@ -21,6 +22,7 @@ from postillion.config.model import (
     ListenDecl,
     MatchDecl,
     Position,
+    ProcessOptions,
     TableDecl,
 )
 from postillion.config.normal import to_modern
@@ -207,6 +209,62 @@ def test_queue_min_free_is_a_limit() -> None:
         'smtpd.conf:3:15: expected a size after "min-free", got end of line',
         'smtpd.conf:5:7: "min-free" already set at smtpd.conf:4:7',
         'smtpd.conf:6:7: unknown queue option "minfree"; did you mean "min-free"?',
+    ]
+
+
+def test_smtp_workers_and_queue_user_are_process_options() -> None:
+    """`smtp workers N|auto`, `queue user NAME`: ours, read by the supervisor at start."""
+    assert parse("", "x").processes == ProcessOptions(smtp_workers=None, queue_user="_postillion")
+    config = parse("smtp workers 4\nqueue user mailer\n", "smtpd.conf")
+    assert config.processes == ProcessOptions(smtp_workers=4, queue_user="mailer")
+    assert config.limits == Limits()
+    assert unsupported(config) == []
+    assert to_modern(config).splitlines()[1:] == ["smtp workers 4", 'queue user "mailer"']
+    assert parse(to_modern(config), "again.conf").processes == config.processes
+    assert parse("smtp workers auto\nqueue user _postillion\n", "x") == parse("", "x")
+    assert "workers" not in to_modern(parse("", "x"))
+    assert "user" not in to_modern(parse("", "x"))
+    # Every name a system account may have, macros and quotes as for any value.
+    for name in ("_postillion", "smtp-q", "a", "m$", "x" * 32):
+        assert parse(f'u = "{name}"\nqueue user $u\n', "x").processes.queue_user == name
+    assert parse(f"smtp workers {MAX_SMTP_WORKERS}\n", "x").processes.smtp_workers == 64
+
+
+def test_auto_smtp_workers_are_the_cores_within_bounds() -> None:
+    auto = ProcessOptions()
+    assert [auto.effective_smtp_workers(cores=n) for n in (0, 1, 6, 64, 256)] == [1, 1, 6, 64, 64]
+    assert 1 <= auto.effective_smtp_workers() <= min(os.cpu_count() or 1, MAX_SMTP_WORKERS)
+    assert ProcessOptions(smtp_workers=3).effective_smtp_workers(cores=16) == 3
+
+
+def test_smtp_workers_and_queue_user_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse("smtp workers 0\nsmtp workers -2\nsmtp workers 1.5\nsmtp workers 65\n"
+              "smtp workers 99999999999999999999\nsmtp workers\nsmtp workers 2\n"
+              "smtp workers auto\nsmtp worker 2\n"
+              "queue user root\nqueue user Mail\nqueue user 1000\nqueue user -x\n"
+              f"queue user {'u' * 33}\nqueue user\nqueue user mail\nqueue user _p\n"
+              "queue usr mail\n", "smtpd.conf")
+    name_rule = ('expected a system user name such as _postillion (a-z, 0-9, "_" and "-", '
+                 'not starting with a digit or "-", at most 32 characters) for queue user, got')
+    assert str(info.value).splitlines() == [
+        'smtpd.conf:1:14: smtp workers must be 1..64 or "auto", got 0',
+        'smtpd.conf:2:14: expected a number or "auto" for smtp workers, got "-2"',
+        'smtpd.conf:3:14: expected a number or "auto" for smtp workers, got "1.5"',
+        'smtpd.conf:4:14: smtp workers must be 1..64 or "auto", got 65',
+        'smtpd.conf:5:14: smtp workers must be 1..64 or "auto", got 99999999999999999999',
+        'smtpd.conf:6:13: expected a number or "auto" after "workers", got end of line',
+        'smtpd.conf:8:6: "workers" already set at smtpd.conf:7:6',
+        'smtpd.conf:9:6: unknown smtp option "worker"; did you mean "workers"?',
+        'smtpd.conf:10:12: queue user may not be "root": the smtp and queue processes '
+        "run unprivileged",
+        f'smtpd.conf:11:12: {name_rule} "Mail"',
+        f'smtpd.conf:12:12: {name_rule} "1000"',
+        f'smtpd.conf:13:12: {name_rule} "-x"',
+        f'smtpd.conf:14:12: {name_rule} "{"u" * 33}"',
+        'smtpd.conf:15:11: expected a user name after "user", got end of line',
+        'smtpd.conf:17:7: "user" already set at smtpd.conf:16:7',
+        'smtpd.conf:18:7: unknown queue option "usr"; did you mean "user"?',
     ]
 
 

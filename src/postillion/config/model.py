@@ -8,6 +8,7 @@ an option not implemented yet) can still name `file:line:column`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -333,6 +334,55 @@ class SchedulerOptions:
     max_inflight: int = 5000
 
 
+#: The most smtp processes `smtp workers N` may ask for, and the cap on `auto`:
+#: each is a whole Python interpreter (tens of MB), so a slip such as
+#: `smtp workers 640`, or a machine with hundreds of cores, cannot start hundreds.
+MAX_SMTP_WORKERS = 64
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, else the machine's), at least 1.
+
+    The affinity mask is what a container or `taskset` leaves us; counting
+    every core of the machine would start processes that only queue for the
+    same few (Python 3.13's os.process_cpu_count does the same).
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessOptions:
+    """`smtp workers N|auto` and `queue user NAME`: how the daemon splits into processes.
+
+    Both are ours, not OpenSMTPD's (docs/configuration.md, Global options).
+    They sit together, apart from `Limits`, because only the supervisor reads
+    them, once, when it starts its processes: a session never does, and a
+    change means a restart, not a reload (`old.processes != new.processes`).
+    The parser keeps the config pure: `auto` stays None here and
+    `effective_smtp_workers()` applies the machine's cores when asked.
+    """
+
+    smtp_workers: int | None = None       # smtp workers: smtp processes; None = auto (the cores)
+    # queue user: the unprivileged account the smtp and queue processes run as
+    # when the daemon starts as root (never root: the parser refuses the name,
+    # the daemon uid 0); started by another user, everything runs as that user.
+    queue_user: str = "_postillion"
+
+    def effective_smtp_workers(self, cores: int | None = None) -> int:
+        """The number of smtp processes to start: as written, or `auto` resolved.
+
+        `auto` is the cores this process may use (`available_cores()`, or
+        `cores` when given), between 1 and MAX_SMTP_WORKERS.
+        """
+        if self.smtp_workers is not None:
+            return self.smtp_workers
+        n = available_cores() if cores is None else cores
+        return max(1, min(n, MAX_SMTP_WORKERS))
+
+
 @dataclass(frozen=True, slots=True)
 class TableUse:
     """A table used for a service (docs/tables.md) at `pos`: `userbase <users>` = userinfo.
@@ -376,6 +426,7 @@ class Config:
     mta: MtaOptions = field(default_factory=MtaOptions)
     mda: MdaOptions = field(default_factory=MdaOptions)
     scheduler: SchedulerOptions = field(default_factory=SchedulerOptions)
+    processes: ProcessOptions = field(default_factory=ProcessOptions)
     grammar: str = field(default="modern", compare=False)  # "modern" | "2012": how rules were written
     #: Every option written, with its position, for `support.unsupported()`.
     #: Not part of equality: two configs saying the same thing are equal.

@@ -37,6 +37,7 @@ from postillion.config.model import (
     ListenDecl,
     MdaOptions,
     MtaOptions,
+    ProcessOptions,
     QueueOptions,
     RelayHost,
     SchedulerOptions,
@@ -111,6 +112,7 @@ class _Normaliser:
             "mta": _fields(c.mta),
             "mda": _fields(c.mda),
             "scheduler": _fields(c.scheduler),
+            "processes": _fields(c.processes),
             "tables": {n: _table_data(t) for n, t in c.tables.items()
                        if not n.startswith(ANON_PREFIX)},
             "pkis": {n: _fields(p, ("pos", "name")) for n, p in sorted(c.pkis.items())},
@@ -217,12 +219,17 @@ class _Writer:
             self.lines.append(f"smtp sub-addr-delim {q(lim.sub_addr_delim)}")
         if lim.ciphers != d.ciphers:
             self.lines.append(f"smtp ciphers {q(lim.ciphers)}")
+        dp = ProcessOptions()
+        if c.processes.smtp_workers != dp.smtp_workers:
+            self.lines.append(f"smtp workers {c.processes.smtp_workers}")
         if c.queue.ttl != QueueOptions().ttl:
             self.lines.append(f"queue ttl {duration_text(c.queue.ttl)}")
         if c.queue.compression:
             self.lines.append("queue compression")
         if lim.queue_min_free != d.queue_min_free:
             self.lines.append(f"queue min-free {lim.queue_min_free}")
+        if c.processes.queue_user != dp.queue_user:
+            self.lines.append(f"queue user {q(c.processes.queue_user)}")
         if c.bounce != BounceOptions():
             self.lines.append("bounce warn-interval "
                               + ",".join(duration_text(x) for x in c.bounce.warn_interval))

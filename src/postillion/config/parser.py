@@ -9,8 +9,8 @@ Statements (docs/configuration.md):
     action NAME METHOD [OPTION ...]
     match [[!]OPTION ...] (action NAME | reject)
     hostname NAME
-    smtp max-message-size S | limit ... | sub-addr-delim C | ciphers S
-    queue ttl D | queue compression | queue min-free S
+    smtp max-message-size S | limit ... | sub-addr-delim C | ciphers S | workers N|auto
+    queue ttl D | queue compression | queue min-free S | queue user NAME
     bounce warn-interval D[,D...]
     mta max-deferred N | mta limit [for domain D] KEY N ...
     mda limit max-session N ... | mda wrapper NAME "CMD"
@@ -48,6 +48,11 @@ conformance`, which lists where OpenSMTPD 6.8's checker disagrees):
 - Relative `pki`/`ca` files resolve against the declaring file, as tables.
 - `queue min-free S` is ours, not OpenSMTPD's (Postfix's `queue_minfree`):
   the spool space MAIL requires, so 6.8's checker refuses it.
+- `smtp workers N|auto` and `queue user NAME` are ours too (OpenSMTPD's
+  process layout and its `_smtpd`/`_smtpq` users are fixed at build time):
+  how many smtp processes serve the listeners, and the unprivileged user
+  the smtp and queue processes run as.  `queue user root` is refused here;
+  a name whose uid is 0 is the daemon's to refuse, at start.
 - 2012 `certificate NAME` declares pki NAME (/etc/mail/certs/NAME.crt and
   .key) unless a `pki NAME` exists; `ssl` is two listeners (465 SMTPS, 25
   STARTTLS).  See legacy.py for how rules compile.
@@ -65,6 +70,7 @@ from postillion.config.errors import ConfigError, did_you_mean
 from postillion.config.lexer import MACRO_NAME, Kind, Lexer, Token
 from postillion.config.model import (
     LOCAL_METHODS,
+    MAX_SMTP_WORKERS,
     METHODS,
     ActionDecl,
     BounceOptions,
@@ -80,6 +86,7 @@ from postillion.config.model import (
     MtaOptions,
     PkiDecl,
     Position,
+    ProcessOptions,
     QueueOptions,
     RelayHost,
     SchedulerOptions,
@@ -163,6 +170,10 @@ USE_SERVICES = {
 _OPTION_SHAPE = re.compile(r"[a-z][a-z0-9-]*\Z")  # a bare word that reads as a keyword
 _MAILADDR = re.compile(r"[^\s@<>]*@?[^\s@<>]*\Z")
 _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*/=?^_`{|}~+.-]{1,64}\Z")
+# A system user name as shadow's useradd accepts it by default (a trailing
+# `$` is for Samba's machine accounts); 32 characters is its limit.
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]*\$?\Z")
+MAX_USER_NAME = 32
 
 
 def _quote(word: str) -> str:
@@ -200,7 +211,7 @@ class _State:
     implied_pkis: dict[str, PkiDecl] = field(default_factory=dict)  # 2012 `certificate N`
     hostname: tuple[str, Position] | None = None
     limits: dict[str, tuple[object, Position]] = field(default_factory=dict)
-    # `queue`, `bounce`, `mta`, `mda`, `scheduler`: (section, field) -> value
+    # `queue`, `bounce`, `mta`, `mda`, `scheduler`, `processes`: (section, field) -> value
     options: dict[tuple[str, str], tuple[object, Position]] = field(default_factory=dict)
     mta_limits: list[MtaLimit] = field(default_factory=list)
     mda_wrappers: dict[str, tuple[str, Position]] = field(default_factory=dict)
@@ -899,7 +910,7 @@ class Parser:
 
     def _smtp(self, s: Stream, kw: Token) -> None:
         opt = self._sub_option(s, "smtp", ["max-message-size", "limit", "sub-addr-delim",
-                                           "ciphers"])
+                                           "ciphers", "workers"])
         if opt.text == "max-message-size":
             tok = s.expect_value('a size after "max-message-size"')
             self._set_limit("max_message_size", values.size(tok, "max-message-size"), opt)
@@ -916,11 +927,41 @@ class Parser:
                 raise Syntax(tok.pos, f"expected an OpenSSL cipher list, got {tok.describe()}")
             self._set_limit("ciphers", tok.text, opt)
             self.use("smtp ciphers", opt.pos)
+        elif opt.text == "workers":  # ProcessOptions: the supervisor reads it at start
+            tok = s.expect_value('a number or "auto" after "workers"')
+            self._set("processes", "smtp_workers", self._workers(tok), opt)
+            self.use("smtp workers", opt.pos)
         else:
             for which, tok in self._limit_pairs(s, "smtp limit", SMTP_LIMITS):
                 self._set_limit(SMTP_LIMITS[which.text], values.number(tok, which.text), which)
                 self.use(f"smtp limit {which.text}", which.pos)
         s.expect_end(f"smtp {opt.text}")
+
+    @staticmethod
+    def _workers(tok: Token) -> int | None:
+        """`auto` (None: the cores, resolved by the daemon) or 1..MAX_SMTP_WORKERS."""
+        if tok.text == "auto":
+            return None
+        if not (tok.text.isascii() and tok.text.isdigit()):
+            raise Syntax(tok.pos, f'expected a number or "auto" for smtp workers, '
+                                  f"got {tok.describe()}")
+        if len(tok.text) > 6 or not 1 <= int(tok.text) <= MAX_SMTP_WORKERS:
+            raise Syntax(tok.pos, f'smtp workers must be 1..{MAX_SMTP_WORKERS} or "auto", '
+                                  f"got {tok.text}")
+        return int(tok.text)
+
+    @staticmethod
+    def _user(tok: Token) -> str:
+        """A system user name for `queue user`; never root, whose processes could do anything."""
+        if not _USER_NAME.match(tok.text) or len(tok.text) > MAX_USER_NAME:
+            raise Syntax(tok.pos, f'expected a system user name such as _postillion (a-z, '
+                                  f'0-9, "_" and "-", not starting with a digit or "-", at '
+                                  f"most {MAX_USER_NAME} characters) for queue user, got "
+                                  f"{tok.describe()}")
+        if tok.text == "root":
+            raise Syntax(tok.pos, 'queue user may not be "root": the smtp and queue processes '
+                                  "run unprivileged")
+        return tok.text
 
     def _set_limit(self, field_name: str, value: object, at: Token) -> None:
         if field_name in self.st.limits:
@@ -936,7 +977,8 @@ class Parser:
         self.st.options[key] = (value, at.pos)
 
     def _queue(self, s: Stream, kw: Token) -> None:
-        opt = self._sub_option(s, "queue", ["ttl", "compression", "min-free", "encryption"])
+        opt = self._sub_option(s, "queue", ["ttl", "compression", "min-free", "user",
+                                            "encryption"])
         if opt.text == "encryption":
             raise Syntax(opt.pos, '"queue encryption" is not supported yet')
         if opt.text == "ttl":
@@ -945,6 +987,9 @@ class Parser:
         elif opt.text == "min-free":  # in Limits: the SMTP session enforces it at MAIL
             tok = s.expect_value('a size after "min-free"')
             self._set_limit("queue_min_free", values.size(tok, "queue min-free"), opt)
+        elif opt.text == "user":  # ProcessOptions: the supervisor reads it at start
+            self._set("processes", "queue_user",
+                      self._user(s.expect_value('a user name after "user"')), opt)
         else:
             self._set("queue", "compression", True, opt)
         s.expect_end(f"queue {opt.text}")
@@ -1087,6 +1132,7 @@ class Parser:
             mta=mta,
             mda=mda,
             scheduler=section(SchedulerOptions, "scheduler"),
+            processes=section(ProcessOptions, "processes"),
             grammar="2012" if "2012" in st.rule_grammar else "modern",
             features=tuple(st.features),
             table_uses=tuple(TableUse(name, USE_SERVICES[use], at)

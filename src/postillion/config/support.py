@@ -33,6 +33,8 @@ IMPLEMENTED: frozenset[str] = frozenset({
     "smtp limit max-rcpt", "smtp limit max-mails",
     "smtp limit max-sessions", "smtp limit max-sessions-per-ip",
     "queue min-free",
+    # processes (the supervisor: how many smtp processes, which user they run as)
+    "smtp workers", "queue user",
     # TLS, AUTH and listener options (smtp/, tls.py, lookup/auth.py)
     "pki", "ca", "smtp ciphers", "listen tls", "listen tls-require", "listen smtps", "listen verify",
     "listen pki", "listen ca", "listen auth", "listen auth-optional", "listen insecure-auth",
