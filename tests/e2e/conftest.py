@@ -93,10 +93,14 @@ class Daemon:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
+                # The parent binds before its smtp processes are up: ready is
+                # when one of them greets, not when the port accepts.
+                with socket.create_connection((self.host, self.port), timeout=5) as probe:
+                    if probe.recv(4).startswith(b"220") and "postillion ready" in self.log():
+                        return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise AssertionError(f"daemon not listening after {timeout}s:\n{self.log()}")
 
     def log(self) -> str:

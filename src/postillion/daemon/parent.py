@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import pickle
 import pwd
 import signal
 import socket
@@ -33,7 +32,7 @@ from typing import Final
 from postillion import channel as ch
 from postillion.config.model import Config
 from postillion.daemon import Daemon, StartupError
-from postillion.daemon.roles import RoleArgs
+from postillion.daemon.roles import RoleArgs, write_start
 from postillion.errors import MailError, PermFail
 from postillion.lookup.auth import Authenticators
 from postillion.mda.agent import MdaAgent, MdaJob
@@ -44,8 +43,6 @@ from postillion.table.values import Userinfo
 
 logger = logging.getLogger("postillion.parent")
 
-#: The unprivileged user the roles run as when the daemon starts as root.
-DEFAULT_QUEUE_USER: Final = "_postillion"
 #: Seconds a role has to say Hello after it is started.
 START_TIMEOUT: Final = 60.0
 #: Restart back-off: the first restart waits this long, each quick death
@@ -81,7 +78,7 @@ def role_user(config: Config) -> tuple[int, int]:
     """The uid/gid the roles run as: the queue user when root, else ourselves."""
     if os.geteuid() != 0:
         return os.getuid(), os.getgid()
-    name = getattr(config, "queue_user", None) or DEFAULT_QUEUE_USER
+    name = config.processes.queue_user
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
@@ -91,11 +88,6 @@ def role_user(config: Config) -> tuple[int, int]:
     if entry.pw_uid == 0 or entry.pw_gid == 0:
         raise StartupError(f"the queue user {name} is root; it must be an unprivileged user")
     return entry.pw_uid, entry.pw_gid
-
-
-def smtp_workers(config: Config) -> int:
-    workers = getattr(config, "smtp_workers", None)
-    return int(workers) if workers else max(1, os.cpu_count() or 1)
 
 
 def own_spool(spool: Path, uid: int, gid: int) -> None:
@@ -112,17 +104,6 @@ def own_spool(spool: Path, uid: int, gid: int) -> None:
             os.lchown(path, uid, gid)
     if stat.S_IMODE(st.st_mode) != 0o711:
         spool.chmod(0o711)
-
-
-def config_fd(config: Config) -> int:
-    """A memfd holding the pickled Config, for one role to read."""
-    fd = os.memfd_create("postillion-config", 0)
-    data = pickle.dumps(config)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
 
 
 class Parent:
@@ -178,7 +159,7 @@ class Parent:
                 reason = os.strerror(e.errno) if e.errno else str(e)
                 raise StartupError(f"{decl.pos}: cannot listen on {decl.address} port "
                                    f"{decl.effective_port}: {reason}") from None
-        self.smtp = [Role("smtp", i) for i in range(smtp_workers(self.config))]
+        self.smtp = [Role("smtp", i) for i in range(self.config.processes.effective_smtp_workers())]
         pairs = [socket.socketpair() for _ in self.smtp]
         for role, (queue_end, smtp_end) in zip(self.smtp, pairs):
             role.peer = smtp_end
@@ -209,25 +190,25 @@ class Parent:
     def _spawn(self, role: Role, peers: list[socket.socket], first: bool = False) -> None:
         """Exec one role with its descriptors; the parent keeps its channel end."""
         ours, theirs = socket.socketpair()
-        cfg = config_fd(self.config)
         listeners: list[tuple[int, int]] = []
         if role.name == "smtp":
             listeners = [(i, s.fileno()) for i, socks in enumerate(self.sockets) for s in socks]
         args = RoleArgs(role=role.name, index=role.index, parent=os.getpid(),
-                        channel=theirs.fileno(), config=cfg, spool=str(self.spool),
+                        channel=theirs.fileno(), spool=str(self.spool),
                         uid=self.uid, gid=self.gid, foreground=self.foreground,
                         verbose=self.verbose, paused=tuple(sorted(self.paused)), first=first,
                         peers=tuple(p.fileno() for p in peers), listeners=tuple(listeners))
-        fds = (theirs.fileno(), cfg, *args.peers, *(fd for _, fd in listeners))
+        start = write_start(args, self.config)
+        fds = (theirs.fileno(), start, *args.peers, *(fd for _, fd in listeners))
         try:
             # Started from the event loop's thread, which lives as long as
             # the parent: the parent-death signal follows the forking thread.
             role.proc = subprocess.Popen(
-                [sys.executable, "-m", "postillion.daemon.roles", args.to_json()],
+                [sys.executable, "-m", "postillion.daemon.roles", role.name, str(start)],
                 pass_fds=fds, cwd="/", stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
-            os.close(cfg)
+            os.close(start)
             for peer in peers:
                 peer.close()
         role.started = time.monotonic()

@@ -1,9 +1,10 @@
-"""The unprivileged roles: `python -m postillion.daemon.roles ARGS`.
+"""The unprivileged roles: `python -m postillion.daemon.roles ROLE FD`.
 
-The parent (`parent.py`) execs each role as root with its descriptors: the
-channel to the parent, the configuration (pickled, in a memfd: the parent
-parsed it, so every process runs the very same one), the channels to the
-other roles, and for smtp the listening sockets.  A role opens what needs
+The parent (`parent.py`) execs each role as root with its descriptors: FD,
+a memfd holding the role's RoleArgs and the configuration (pickled: the
+parent parsed it, so every process runs the very same one), the channel to
+the parent, the channels to the other roles, and for smtp the listening
+sockets.  A role opens what needs
 root (tables, TLS keys: the certificates are loaded while building each
 listener's context) and the spool directory, then drops to the queue user
 for good, asks to die with the parent, and says Hello.
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import pickle
@@ -63,7 +63,6 @@ class RoleArgs:
     index: int                     # smtp process number, from 0
     parent: int                    # the parent's pid (die with it)
     channel: int                   # fd: the channel to the parent
-    config: int                    # fd: memfd holding the pickled Config
     spool: str                     # the spool directory
     uid: int                       # the queue user, or our own uid when not root
     gid: int
@@ -74,24 +73,24 @@ class RoleArgs:
     peers: tuple[int, ...] = ()    # fds: channels to the other role(s)
     listeners: tuple[tuple[int, int], ...] = field(default=())  # (listener index, fd)
 
-    def to_json(self) -> str:
-        return json.dumps({k: getattr(self, k) for k in self.__dataclass_fields__})
 
-    @classmethod
-    def from_json(cls, text: str) -> RoleArgs:
-        raw = json.loads(text)
-        raw["paused"] = tuple(raw["paused"])
-        raw["peers"] = tuple(raw["peers"])
-        raw["listeners"] = tuple(tuple(x) for x in raw["listeners"])
-        return cls(**raw)
+def write_start(args: RoleArgs, config: Config) -> int:
+    """A memfd holding what one role starts from (the parent writes it)."""
+    fd = os.memfd_create(f"postillion-{args.role}", 0)
+    view = memoryview(pickle.dumps((args, config)))
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
-def read_config(fd: int) -> Config:
+def read_start(fd: int) -> tuple[RoleArgs, Config]:
+    """The role's side: root wrote it, so unpickling it is safe."""
     with os.fdopen(fd, "rb") as f:
-        config = pickle.load(f)
-    if not isinstance(config, Config):
-        raise TypeError("the parent sent no Config")
-    return config
+        args, config = pickle.load(f)
+    if not isinstance(args, RoleArgs) or not isinstance(config, Config):
+        raise TypeError("the parent sent no RoleArgs and Config")
+    return args, config
 
 
 def become(args: RoleArgs) -> None:
@@ -312,10 +311,10 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = RoleArgs.from_json(argv[0])
+    """`ROLE FD`: the role's name (for ps), and where its start is."""
+    args, config = read_start(int(argv[1]))
     log.setup(foreground=args.foreground, verbose=args.verbose, announce=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # ^C is the parent's to handle
-    config = read_config(args.config)
     run = smtp_role if args.role == "smtp" else queue_role
     try:
         import uvloop
@@ -331,4 +330,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # Run as the imported module, not as __main__: the pickled RoleArgs
+    # names postillion.daemon.roles, and there must be one such class.
+    from postillion.daemon import roles
+    sys.exit(roles.main(sys.argv[1:]))
