@@ -200,13 +200,20 @@ async def smtp_role(args: RoleArgs, config: Config) -> None:
 
 
 class QueueLink:
-    """The smtp side of the queue channel: commits go out in order; while no
-    queue process listens (it is being restarted) they wait here, and the
-    new one also finds them on disk -- scheduling twice is harmless."""
+    """The smtp side of the queue channel.
+
+    Envelopes committed in one turn of the event loop (a group commit's
+    batch) leave in one Committed frame.  While no queue process listens
+    (it is being restarted) they wait here, at most BACKLOG_MAX of them; the
+    new queue process also finds them on disk when it starts, and
+    scheduling an envelope twice is harmless."""
+
+    BACKLOG_MAX = 100_000
 
     def __init__(self) -> None:
         self.channel: ch.Channel | None = None
         self.backlog: list[str] = []
+        self._batch: list[str] = []
 
     def connect(self, sock: socket.socket) -> None:
         if self.channel is not None:
@@ -221,16 +228,27 @@ class QueueLink:
         logger.warning("queue channel: unexpected %s", type(frame).__name__)
 
     def committed(self, envelope: Envelope) -> None:
-        self._send([envelope.to_bytes().decode("utf-8", "surrogateescape")])
+        if not self._batch:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._batch.append(envelope.to_bytes().decode("utf-8", "surrogateescape"))
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        self._send(batch)
 
     def _send(self, envelopes: list[str]) -> None:
-        if self.channel is None or self.channel.closed.is_set():
-            self.backlog += envelopes
-            return
-        try:
-            self.channel.send(ch.Committed(tuple(envelopes)))
-        except ConnectionError:
-            self.backlog += envelopes
+        if self.channel is not None and not self.channel.closed.is_set():
+            try:
+                self.channel.send(ch.Committed(tuple(envelopes)))
+                return
+            except ConnectionError:
+                pass
+        self.backlog += envelopes
+        if len(self.backlog) > self.BACKLOG_MAX:
+            logger.warning("queue channel down: %d commits not announced; the queue "
+                           "process finds them on disk when it starts",
+                           len(self.backlog) - self.BACKLOG_MAX)
+            del self.backlog[:len(self.backlog) - self.BACKLOG_MAX]
 
 
 async def queue_role(args: RoleArgs, config: Config) -> None:
