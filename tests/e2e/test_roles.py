@@ -174,3 +174,24 @@ def test_kill_the_parent_and_every_role_dies_then_a_restart_delivers(daemon):
     assert daemon.delivered("alice") == []
     daemon.start()
     assert len(daemon.wait_delivered("alice", 5)) == 5
+
+
+def test_system_passwords_are_checked_by_the_parent(daemon, as_root):
+    """`auth` without a table: the smtp process, as _postillion, cannot read
+    /etc/shadow; it asks the parent, over its channel."""
+    import base64
+
+    from tests.sysuser import system_user
+    text = daemon.config.read_text()
+    daemon.config.write_text(text.replace(f"port {daemon.port} ",
+                                          f"port {daemon.port} auth-optional insecure-auth "))
+    daemon.start()
+    password = "through the parent"
+    with system_user(password) as user:
+        for secret, code in ((password, 235), ("wrong", 535)):
+            with smtplib.SMTP(daemon.host, daemon.port, timeout=20) as client:
+                client.ehlo("client.example.net")
+                token = base64.b64encode(f"\0{user}\0{secret}".encode()).decode()
+                assert client.docmd("AUTH", f"PLAIN {token}")[0] == code
+    log = daemon.wait_log(f"smtp authentication user={user} result=ok")
+    assert password not in log
