@@ -58,12 +58,15 @@ def required_services(config: Config) -> dict[str, set[Service]]:
     return needs
 
 
-async def open_tables(config: Config) -> dict[str, Table]:
-    """Open every declared table and check it serves what the config asks of it."""
+async def open_tables(config: Config, only: set[str] | None = None) -> dict[str, Table]:
+    """Open every declared table (or those named in `only`) and check it
+    serves what the config asks of it."""
     tables: dict[str, Table] = {}
     needs = required_services(config)
     try:
         for decl in config.tables.values():
+            if only is not None and decl.name not in only:
+                continue
             table = make_table(decl, config.limits.sub_addr_delim)
             tables[decl.name] = table
             await table.open()
@@ -73,6 +76,12 @@ async def open_tables(config: Config) -> dict[str, Table]:
         await close_tables(tables)
         raise StartupError(str(e)) from None
     return tables
+
+
+def delivery_tables(config: Config) -> set[str]:
+    """The tables a delivery reads (the actions' userbases): all the queue
+    process opens -- credentials and the rest stay in the smtp processes."""
+    return {a.userbase for a in config.actions.values() if a.userbase is not None}
 
 
 def make_table(decl: TableDecl, sub_addr_delim: str = "+") -> Table:

@@ -38,7 +38,7 @@ from typing import Any
 from postillion import channel as ch
 from postillion import log
 from postillion.config.model import Config
-from postillion.daemon import Daemon, StartupError, open_tables
+from postillion.daemon import Daemon, StartupError, delivery_tables, open_tables
 from postillion.errors import PermFail, Reply, TempFail
 from postillion.lookup.auth import AuthResult, Authenticators
 from postillion.mda.agent import MdaJob
@@ -300,7 +300,7 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
             Reply(451, "4.2.0", answer.reason)
         raise kind(reply, answer.reason)
 
-    daemon.tables = await open_tables(config)     # as root
+    daemon.tables = await open_tables(config, delivery_tables(config))     # as root
     become(args)
     for fd in args.peers:
         listen_smtp(socket.socket(fileno=fd))
