@@ -114,9 +114,33 @@ class AuthAnswer(Frame):
     result: str
 
 
+@dataclass(frozen=True, slots=True)
+class Admit(Frame):
+    """smtp -> parent: may a client from `ip` open a session on listener N?"""
+    id: int
+    listener: int
+    ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted(Frame):
+    """parent -> smtp: 1 yes, 0 no (a session limit is reached)."""
+    id: int
+    ok: int
+
+
+@dataclass(frozen=True, slots=True)
+class Left(Frame):
+    """smtp -> parent: a session admitted on listener N has ended."""
+    listener: int
+    ip: str
+
+
 #: Every frame type, by the name it travels under: one explicit registry.
+#: (Defined after the classes: a slotted dataclass cannot register itself.)
 TYPES: Final[dict[str, type[Frame]]] = {cls.__name__: cls for cls in (
-    Hello, Committed, QueuePeer, Deliver, Delivered, AuthCheck, AuthAnswer)}
+    Hello, Committed, QueuePeer, Deliver, Delivered, AuthCheck, AuthAnswer, Admit, Admitted,
+    Left)}
 
 
 def encode(frame: Frame) -> bytes:

@@ -100,6 +100,7 @@ class InProcess:
         for listener in self.daemon.listeners:
             limits = dataclasses.replace(listener.ctx.limits, **changes)
             listener.ctx = dataclasses.replace(listener.ctx, limits=limits)
+            listener.gate.limits = limits     # the session limits are the gate's
 
     def queued(self) -> list:
         return [p for p in self.fixture.queued_files() if "corrupt" not in p.parts]

@@ -195,3 +195,46 @@ def test_system_passwords_are_checked_by_the_parent(daemon, as_root):
                 assert client.docmd("AUTH", f"PLAIN {token}")[0] == code
     log = daemon.wait_log(f"smtp authentication user={user} result=ok")
     assert password not in log
+
+
+def test_session_limits_count_across_every_smtp_process(daemon):
+    """max-sessions-per-ip is one count for the daemon, not one per smtp
+    process: the parent keeps it (Postfix's anvil), and forgets the
+    sessions of a process that dies."""
+    daemon.config.write_text("smtp workers 2\nsmtp limit max-sessions-per-ip 4\n"
+                             + daemon.config.read_text())
+    daemon.start()
+
+    def connect() -> tuple[socket.socket, bytes]:
+        c = socket.create_connection((daemon.host, daemon.port), timeout=10)
+        return c, c.recv(512)
+
+    held = []
+    try:
+        for _ in range(4):
+            c, greeting = connect()
+            assert greeting.startswith(b"220"), greeting
+            held.append(c)
+        c, greeting = connect()
+        c.close()
+        assert greeting.startswith(b"421 4.7.0"), greeting
+        held.pop().close()
+        time.sleep(0.3)
+        c, greeting = connect()
+        assert greeting.startswith(b"220"), greeting
+        held.append(c)
+        # A process that dies gives its sessions back.
+        holders = procs.holders(daemon.proc.pid, daemon.port)
+        victim = max(holders, key=holders.get)
+        procs.kill(victim)
+        time.sleep(0.5)
+        freed = holders[victim]
+        fresh = []
+        for _ in range(freed):
+            c, greeting = connect()
+            assert greeting.startswith(b"220"), greeting
+            fresh.append(c)
+        held += fresh
+    finally:
+        for c in held:
+            c.close()

@@ -16,6 +16,7 @@ with it (parent-death signal), and the kernel releases the spool lock.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import pwd
@@ -38,7 +39,7 @@ from postillion.lookup.auth import Authenticators
 from postillion.mda.agent import MdaAgent, MdaJob
 from postillion.queue.lock import SpoolBusy, SpoolLock
 from postillion.queue.store import QueueStore
-from postillion.smtp.server import bind
+from postillion.smtp.server import Gate, bind
 from postillion.table.values import Userinfo
 
 logger = logging.getLogger("postillion.parent")
@@ -66,6 +67,7 @@ class Role:
     started: float = 0.0
     backoff: float = RESTART_MIN
     peer: socket.socket | None = None   # smtp: the queue's end of our pair, until sent
+    admitted: collections.Counter[tuple[int, str]] = field(default_factory=collections.Counter)
 
     @property
     def label(self) -> str:
@@ -118,6 +120,8 @@ class Parent:
         self.mda = MdaAgent()
         self.authenticators = Authenticators(config.limits)
         self.sockets: list[list[socket.socket]] = []
+        #: Session counts per listener, across every smtp process (anvil).
+        self.gates = [Gate(config.limits) for _ in config.listeners]
         self.queue = Role("queue", 0)
         self.smtp: list[Role] = []
         self.uid = self.gid = -1
@@ -224,6 +228,13 @@ class Parent:
         elif isinstance(frame, ch.Deliver) and role.name == "queue":
             result, reason = await self._deliver(frame)
             self._answer(role, ch.Delivered(frame.id, result, reason))
+        elif isinstance(frame, ch.Admit) and role.name == "smtp" and frame.listener < len(self.gates):
+            ok = self.gates[frame.listener].take(frame.ip)
+            if ok:
+                role.admitted[(frame.listener, frame.ip)] += 1
+            self._answer(role, ch.Admitted(frame.id, int(ok)))
+        elif isinstance(frame, ch.Left) and role.name == "smtp":
+            self._left(role, frame.listener, frame.ip)
         elif isinstance(frame, ch.AuthCheck) and role.name == "smtp":
             result = await self.authenticators.get(None).check(frame.user, frame.password)
             self._answer(role, ch.AuthAnswer(frame.id, result.value))
@@ -231,6 +242,21 @@ class Parent:
             # A role that sends what it never should is not trusted again.
             logger.error("%s sent %s; stopping it", role.label, type(frame).__name__)
             self._kill(role)
+
+    def _left(self, role: Role, listener: int, ip: str) -> None:
+        key = (listener, ip)
+        if role.admitted[key] <= 0:
+            return               # not ours to give back: ignore, never go negative
+        role.admitted[key] -= 1
+        if role.admitted[key] == 0:
+            del role.admitted[key]
+        self.gates[listener].leave(ip)
+
+    def _forget_sessions(self, role: Role) -> None:
+        """A role that died holds no session any more."""
+        for (listener, ip), count in list(role.admitted.items()):
+            for _ in range(count):
+                self._left(role, listener, ip)
 
     def _answer(self, role: Role, frame: ch.Frame) -> None:
         if role.channel is not None and not role.channel.closed.is_set():
@@ -260,6 +286,7 @@ class Parent:
             assert role.channel is not None and role.proc is not None
             await role.channel.closed.wait()
             status = await self._reap(role)
+            self._forget_sessions(role)
             if self._stopping.is_set():
                 return
             lived = time.monotonic() - role.started

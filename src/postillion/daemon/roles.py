@@ -161,12 +161,34 @@ class RemoteSystemAuth:
             return AuthResult.TEMPFAIL
 
 
+class RemoteGate:
+    """A listener's session limits, counted by the parent across every smtp
+    process (Postfix's anvil): one small round trip per connection."""
+
+    def __init__(self, parent: ch.Channel, requests: Requests, listener: int) -> None:
+        self.parent, self.requests, self.listener = parent, requests, listener
+
+    async def admit(self, ip: str) -> bool:
+        try:
+            answer = await ask(self.parent, self.requests,
+                               lambda rid: ch.Admit(rid, self.listener, ip))
+        except (ConnectionError, TimeoutError):
+            return False
+        return isinstance(answer, ch.Admitted) and answer.ok == 1
+
+    def leave(self, ip: str) -> None:
+        try:
+            self.parent.send(ch.Left(self.listener, ip))
+        except ConnectionError:
+            pass
+
+
 async def smtp_role(args: RoleArgs, config: Config) -> None:
     requests = Requests()
     stopping = asyncio.Event()
 
     async def on_parent(frame: ch.Frame) -> None:
-        if isinstance(frame, ch.AuthAnswer):
+        if isinstance(frame, (ch.AuthAnswer, ch.Admitted)):
             requests.answer(frame.id, frame)
         elif isinstance(frame, ch.QueuePeer) and frame.fds:
             queue.connect(socket.socket(fileno=os.dup(frame.fds[0])))
@@ -186,6 +208,7 @@ async def smtp_role(args: RoleArgs, config: Config) -> None:
     for index, fd in args.listeners:
         socks.setdefault(index, []).append(socket.socket(fileno=fd))
     for index, listener in enumerate(listeners):
+        listener.gate = RemoteGate(parent, requests, index)  # type: ignore[assignment]
         await listener.start(socks.get(index, []))
         daemon.listeners.append(listener)
     parent.send(ch.Hello("smtp", os.getpid()))

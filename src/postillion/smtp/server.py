@@ -15,7 +15,7 @@ import logging
 import socket
 from typing import Any, Mapping
 
-from postillion.config.model import Config, ListenDecl
+from postillion.config.model import Config, Limits, ListenDecl
 from postillion.errors import Reply
 from postillion.lookup.auth import Authenticators
 from postillion.smtp.session import Session, SessionContext
@@ -111,6 +111,34 @@ def bind(decl: ListenDecl, hosts: list[str] | None) -> list[socket.socket]:
     return socks
 
 
+class Gate:
+    """Who may open a session: `max-sessions` per listener and
+    `max-sessions-per-ip`, counted here -- for a daemon in one process.
+    The smtp processes share one count, kept by the parent (Postfix's
+    anvil); their gate asks it (daemon/roles.py)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.total = 0
+        self.per_ip: collections.Counter[str] = collections.Counter()
+
+    async def admit(self, ip: str) -> bool:
+        return self.take(ip)
+
+    def take(self, ip: str) -> bool:
+        if self.total >= self.limits.max_sessions or self.per_ip[ip] >= self.limits.max_sessions_per_ip:
+            return False
+        self.total += 1
+        self.per_ip[ip] += 1
+        return True
+
+    def leave(self, ip: str) -> None:
+        self.total -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+
+
 class Listener:
     """One `listen on` statement bound to a socket."""
 
@@ -121,7 +149,7 @@ class Listener:
         self.ctx = ctx
         self.hosts = hosts
         self.sessions: set[asyncio.Task[None]] = set()
-        self.per_ip: collections.Counter[str] = collections.Counter()
+        self.gate = Gate(ctx.limits)
         self.servers: list[asyncio.base_events.Server] = []
 
     async def start(self, socks: list[socket.socket] | None = None) -> None:
@@ -149,8 +177,7 @@ class Listener:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else "local"
-        limits = self.ctx.limits
-        if len(self.sessions) >= limits.max_sessions or self.per_ip[ip] >= limits.max_sessions_per_ip:
+        if not await self.gate.admit(ip):
             writer.write(REPLY_BUSY.to_bytes())
             try:
                 await asyncio.wait_for(writer.drain(), 5)
@@ -161,16 +188,13 @@ class Listener:
         task = asyncio.current_task()
         assert task is not None
         self.sessions.add(task)
-        self.per_ip[ip] += 1
         try:
             await Session(self.ctx, reader, writer).run()
         except Exception:
             logger.exception("session crashed")  # a bug must cost one session, not the daemon
         finally:
             self.sessions.discard(task)
-            self.per_ip[ip] -= 1
-            if self.per_ip[ip] <= 0:
-                del self.per_ip[ip]
+            self.gate.leave(ip)
 
     async def stop(self) -> None:
         for server in self.servers:
