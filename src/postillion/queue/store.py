@@ -522,7 +522,15 @@ class QueueStore:
     def _remove_sync(self, envelope: Envelope, last: bool) -> None:
         directory = self._message_dir(envelope.msgid)
         if last:
-            shutil.rmtree(directory)
+            # A message directory holds only files (the message, envelopes):
+            # unlink them and rmdir -- rmtree's walk costs several times more
+            # per delivery, and only something unexpected inside needs it.
+            try:
+                for name in os.listdir(directory):
+                    os.unlink(directory / name)
+                os.rmdir(directory)
+            except IsADirectoryError:
+                shutil.rmtree(directory)
         else:
             (directory / format_evpid(envelope.id)).unlink(missing_ok=True)
 
