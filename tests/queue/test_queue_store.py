@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from postillion.errors import TempFail
-from postillion.fsutil import SYNCFS
+from postillion import fsutil
 from postillion.queue.envelope import Envelope, format_evpid, format_msgid
 from postillion.queue.store import Incoming, QueueStore, storage_reply
 
@@ -51,6 +51,23 @@ async def reopened(root: Path) -> list[Envelope]:
     return await QueueStore(root).open()
 
 
+class FailingFlush:
+    """The real `fsync_together`, except that the n-th file or directory it
+    is given (0-based, counted across calls once armed) reports `code`."""
+
+    def __init__(self, n: int, code: int = errno.EIO) -> None:
+        self.n, self.code, self.seen, self.armed, self.failed = n, code, 0, False, False
+
+    def __call__(self, syncs):
+        errors = fsutil.fsync_together(syncs)
+        if self.armed:
+            if self.seen <= self.n < self.seen + len(syncs):
+                self.failed = True
+                errors[self.n - self.seen] = OSError(self.code, os.strerror(self.code))
+            self.seen += len(syncs)
+        return errors
+
+
 class FailAt:
     """A seam: the wrapped call fails (EIO, or `code`) on its n-th use (0-based) once armed."""
 
@@ -67,6 +84,23 @@ class FailAt:
                     self.failed = True
                     raise OSError(self.code, os.strerror(self.code))
         return self.real(*args)
+
+
+def each(sync):
+    """A batch flush (the store's `flush` seam) that calls `sync(fd)` for each
+    file and directory in turn, so a per-descriptor seam sees them all."""
+
+    def flush(syncs):
+        errors = []
+        for fd, _data_only in syncs:
+            try:
+                sync(fd)
+                errors.append(None)
+            except OSError as e:
+                errors.append(e)
+        return errors
+
+    return flush
 
 
 # -- commit and reopen -------------------------------------------------------------
@@ -107,7 +141,7 @@ async def test_every_file_and_directory_is_fsynced_before_commit_returns(tmp_pat
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         os.fsync(fd)
 
-    store = await opened(tmp_path, fsync=recording_fsync)
+    store = await opened(tmp_path, fsync=recording_fsync, flush=each(recording_fsync))
     synced.clear()
     incoming, envelopes = await received(store)
     staging = str(incoming.path)
@@ -219,7 +253,7 @@ async def test_failing_fsync_at_each_step_leaves_nothing_queued(tmp_path):
     for n in range(50):
         root = tmp_path / f"run{n}"
         fsync = FailAt(os.fsync, n)
-        store = await opened(root, fsync=fsync)
+        store = await opened(root, fsync=fsync, flush=each(fsync))
         fsync.armed = True
         incoming, envelopes = await received(store, nrcpt=2)
         try:
@@ -240,15 +274,20 @@ async def test_failing_fsync_at_each_step_leaves_nothing_queued(tmp_path):
     assert steps == 7
 
 
-@pytest.mark.parametrize("syncfs", [None, SYNCFS], ids=["fsync", "syncfs"])
-async def test_no_space_at_each_commit_step_is_452_and_leaves_nothing_queued(tmp_path, syncfs):
+@pytest.mark.parametrize("together", [False, True], ids=["each", "together"])
+async def test_no_space_at_each_commit_step_is_452_and_leaves_nothing_queued(tmp_path, together):
     """ENOSPC (or EDQUOT) from the flush -- delayed allocation, metadata --
-    fails the message with 452 4.3.1 at whichever step it comes."""
+    fails the message with 452 4.3.1 at whichever step it comes, whether the
+    flushes come one by one or from the real batch call (`fsync_together`)."""
     steps = 0
     for n in range(50):
         root = tmp_path / f"run{n}"
-        sync = FailAt(SYNCFS if syncfs else os.fsync, n, errno.ENOSPC)
-        store = await opened(root, **({"syncfs": sync} if syncfs else {"fsync": sync}))
+        if together:
+            sync = FailingFlush(n, errno.ENOSPC)
+            store = await opened(root, flush=sync)
+        else:
+            sync = FailAt(os.fsync, n, errno.ENOSPC)
+            store = await opened(root, fsync=sync, flush=each(sync))
         sync.armed = True
         incoming, envelopes = await received(store, nrcpt=2)
         try:
@@ -260,7 +299,7 @@ async def test_no_space_at_each_commit_step_is_452_and_leaves_nothing_queued(tmp
             continue
         assert not sync.failed
         break
-    assert steps == (2 if syncfs else 7)
+    assert steps == 7
     rename = FailAt(os.rename, 0, errno.EDQUOT)
     store = await opened(tmp_path / "rename", rename=rename)
     rename.armed = True
@@ -323,7 +362,7 @@ async def test_commits_arriving_during_a_flush_wait_for_the_next_batch(tmp_path)
         os.fsync(fd)
 
     store = await opened(tmp_path)
-    store._fsync = slow_fsync
+    store._flush = each(slow_fsync)
     a = await received(store, nrcpt=1)
     t_a = asyncio.create_task(store.commit(*a))
     await asyncio.wait_for(asyncio.to_thread(first.wait, 10), 10)  # flush of A is running
@@ -347,7 +386,7 @@ async def test_commit_cancelled_before_its_flush_is_dropped(tmp_path):
         os.fsync(fd)
 
     store = await opened(tmp_path)
-    store._fsync = slow_fsync
+    store._flush = each(slow_fsync)
     a = await received(store, nrcpt=1)
     b = await received(store, nrcpt=1)
     t_a = asyncio.create_task(store.commit(*a))
@@ -512,48 +551,59 @@ async def test_create_before_open_is_a_bug(tmp_path):
         await QueueStore(tmp_path).create()
 
 
-# -- group commit with syncfs (what the daemon uses on Linux) ----------------------
 
 
-def test_syncfs_is_available_here():
-    # CI runs on Linux: the daemon's group commit must get its syncfs.
-    assert SYNCFS is not None
+# -- the batch flushes its own files, nothing else --------------------------------
 
 
-async def test_syncfs_commit_then_reopen_without_any_fsync(tmp_path):
-    fsyncs: list[int] = []
-    store = await opened(tmp_path, fsync=lambda fd: fsyncs.append(fd), syncfs=SYNCFS)
-    incoming, envelopes = await received(store, nrcpt=3)
-    before = len(fsyncs)
-    await store.commit(incoming, envelopes)
-    assert len(fsyncs) == before  # the batch was made durable by syncfs alone
-    assert sorted(e.id for e in await reopened(tmp_path)) == sorted(e.id for e in envelopes)
+async def test_a_batch_flushes_only_its_own_files_and_directories(tmp_path):
+    """Each batch hands the kernel two sets of flushes, each at once: every
+    file of its messages (fdatasync) with their directories (fsync), then the
+    directories the moves into queue/ touched.  Nothing else: not a message
+    still being received beside them, not the spool, not the file system."""
+    calls: list[dict[str, bool]] = []
 
+    def recording(syncs):
+        calls.append({os.readlink(f"/proc/self/fd/{fd}"): data_only for fd, data_only in syncs})
+        assert len(calls[-1]) == len(syncs)  # each file or directory once a call
+        return fsutil.fsync_together(syncs)
 
-async def test_syncfs_two_flushes_per_batch_whatever_its_size(tmp_path):
-    calls = 0
-
-    def counting(fd: int) -> None:
-        nonlocal calls
-        calls += 1
-        SYNCFS(fd)
-
-    store = await opened(tmp_path, syncfs=counting)
-    pairs = [await received(store, nrcpt=1) for _ in range(30)]
+    store = await opened(tmp_path, flush=recording)
+    bystander, _ = await received(store)
+    bystander._file.flush()
+    pairs = [await received(store, nrcpt=2) for _ in range(30)]
+    staging = {i.msgid: str(i.path) for i, _ in pairs}
     await asyncio.gather(*(store.commit(i, e) for i, e in pairs))
-    assert calls == 2 * store.batches and store.batches < 30
-    assert len(await reopened(tmp_path)) == 30
+
+    assert len(calls) == 2 * store.batches and store.batches < 30
+    files = {path for call in calls[0::2] for path, data_only in call.items() if data_only}
+    assert files == {f"{staging[i.msgid]}/{name}" for i, envelopes in pairs
+                     for name in ("message", *(format_evpid(e.id) for e in envelopes))}
+    assert {p for call in calls[0::2] for p, data_only in call.items() if not data_only} == set(staging.values())
+    buckets = {str(tmp_path / "queue" / f"{i.msgid >> 24:02x}") for i, _ in pairs}
+    moved = calls[1::2]
+    assert all(not data_only for call in moved for data_only in call.values())
+    assert {p for call in moved for p in call} == buckets | {str(tmp_path / "incoming"), str(tmp_path / "queue")}
+    assert all(str(tmp_path / "incoming") in call for call in moved)
+    assert not any(str(bystander.path) in p for call in calls for p in call)
+    assert len(await reopened(tmp_path)) == 60
 
 
-@pytest.mark.parametrize("failing_call", [0, 1], ids=["after-writes", "after-renames"])
-async def test_failing_syncfs_leaves_nothing_queued(tmp_path, failing_call):
-    syncfs = FailAt(SYNCFS, failing_call)
-    store = await opened(tmp_path, syncfs=syncfs)
-    syncfs.armed = True
-    incoming, envelopes = await received(store, nrcpt=2)
-    with pytest.raises(TempFail) as e:
-        await store.commit(incoming, envelopes)
-    assert syncfs.failed
-    assert (e.value.reply.code, e.value.reply.enhanced) == (421, "4.3.0")
-    assert_nothing_queued(tmp_path, store)
-    assert await reopened(tmp_path) == []
+async def test_a_failed_flush_in_the_real_batch_call_fails_only_its_message(tmp_path):
+    doomed: set[str] = set()
+
+    def flush(syncs):
+        errors = fsutil.fsync_together(syncs)
+        return [OSError(errno.EIO, "injected") if doomed & {os.readlink(f"/proc/self/fd/{fd}")} else error
+                for (fd, _), error in zip(syncs, errors)]
+
+    store = await opened(tmp_path, flush=flush)
+    batch = [await received(store) for _ in range(5)]
+    doomed.add(f"{batch[3][0].path}/message")
+    results = await asyncio.gather(*(store.commit(i, e) for i, e in batch), return_exceptions=True)
+    assert [isinstance(r, TempFail) for r in results] == [False, False, False, True, False]
+    assert triple(results[3].reply) == BROKEN
+    ok = {i.msgid for n, (i, _) in enumerate(batch) if n != 3}
+    assert set(store.msgids()) == ok
+    assert {e.msgid for e in await reopened(tmp_path)} == ok
+    assert os.listdir(tmp_path / "incoming") == []

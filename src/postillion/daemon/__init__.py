@@ -22,7 +22,6 @@ from postillion import log
 from postillion.config import support as config_support
 from postillion.config.model import ActionDecl, Config, ListenDecl, TableDecl
 from postillion.errors import MailError, PermFail, Reply, TempFail
-from postillion.fsutil import SYNCFS
 from postillion.lookup.auth import Authenticators
 from postillion.lookup.expand import Expander, userinfo
 from postillion.mda.agent import MdaAgent, MdaJob
@@ -109,7 +108,7 @@ class Daemon:
         self.spool = spool
         self.tables: dict[str, Table] = {}
         self.lock = SpoolLock(spool)
-        self.store = QueueStore(spool, syncfs=SYNCFS)  # group commit: 2 flushes a batch
+        self.store = QueueStore(spool)
         # AUTH checks in threads of their own, never ahead of the queue's flushes.
         self.authenticators = Authenticators(config.limits)
         self.scheduler: Scheduler | None = None

@@ -5,21 +5,37 @@ Messages are received in `incoming/<msgid>/` and moved whole into
 crash (recover.py).
 
 A session streams DATA into an `Incoming`, then calls `commit()`; only when
-that returns may it send 250.  `commit()` fsyncs the message, each envelope
-and every directory the move touched, so a crash or power cut afterwards can
-duplicate a delivery but never lose one.  Concurrent commits are flushed
-together (group commit): one executor job for the whole batch, instead of N
-sessions queueing N serial disk flushes.  With `syncfs` (Linux; the daemon
-passes `fsutil.SYNCFS`) a batch costs two file-system flushes whatever its
-size: one after every file is written, one after every rename.  Without
-it, each file is fsynced and each directory once per batch.
+that returns may it send 250, so a crash or power cut afterwards can
+duplicate a delivery but never lose one (docs/architecture.md).  What must
+be on disk by then, and what puts it there:
+
+- the data of the message file and of each envelope file: fdatasync(2).
+  It also writes the metadata needed to read the data back -- on Linux the
+  file size and block allocation of a file just written -- and skips only
+  the timestamps, which no reader of the queue looks at;
+- the names of those files in `incoming/<msgid>/`: fsync of that directory;
+- the move of `incoming/<msgid>` to `queue/XX/<msgid>`: fsync of
+  `queue/XX`, of `queue/` when XX is new, and of `incoming/`.
+
+The files are flushed before the move: whatever a crash interrupts,
+`queue/` holds only whole messages.
+
+Concurrent commits are flushed together (group commit): one executor job
+for the whole batch.  It writes every file of the batch, then hands all of
+their flushes to the kernel at once (`fsutil.fsync_together`), so they
+share a journal commit and a disk cache flush instead of waiting for one
+each; renames every message, then flushes the directories they touched, at
+once too.  Only the batch's own files and directories are flushed: a 250
+never waits for the dirty data of other programs on the same file system,
+as it would with syncfs(2) or sync(2).
 
 The blocking file system work runs in a thread executor, never on the event
 loop, and not in the loop's default executor either: the store owns a small
 one (`THREADS`), so that a flush, which every `250` waits for, never queues
 behind password hashing or anything else the process runs in threads.
-`fsync`, `syncfs` and `rename` are injectable so tests can make each step
-fail; so is the executor (the store then does not own it).
+`fsync` (single flushes: updates, recovery), `flush` (a batch's flushes)
+and `rename` are injectable so tests can make each step fail; so is the
+executor (the store then does not own it).
 
 Every disk error reaches the client through one mapping, `storage_reply`: a
 full spool (ENOSPC, EDQUOT) is `452 4.3.1`, and the session goes on; any
@@ -37,11 +53,11 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Literal, TypeVar
 
-from postillion.fsutil import fsync_dir
+from postillion.fsutil import fsync_dir, fsync_together
 from postillion.errors import Reply, TempFail
 from postillion.queue import layout
 from postillion.queue.envelope import Envelope, format_evpid, format_msgid, new_msgid
@@ -133,7 +149,23 @@ class _Txn:
     envelopes: tuple[Envelope, ...]
     payloads: tuple[bytes, ...]
     future: asyncio.Future[None]
+    fds: list[int] = field(default_factory=list)  # envelope files, open until flushed
     final: Path | None = None  # set once renamed into queue/
+
+
+@dataclass(slots=True)
+class _Flush:
+    """One flush of a group commit: fdatasync of a file of the batch (open
+    as `fd`), or fsync of a directory (`fd` None), for the txns at `indexes`."""
+
+    indexes: tuple[int, ...]
+    path: Path
+    fd: int | None = None
+    ok: bool = True
+
+    @property
+    def call(self) -> str:
+        return "fsync" if self.fd is None else "fdatasync"
 
 
 class QueueStore:
@@ -150,8 +182,8 @@ class QueueStore:
         root: Path | str,
         *,
         fsync: Callable[[int], None] = os.fsync,
+        flush: Callable[[Sequence[tuple[int, bool]]], list[OSError | None]] = fsync_together,
         rename: Callable[[Path, Path], None] = os.rename,
-        syncfs: Callable[[int], None] | None = None,
         executor: Executor | None = None,
     ) -> None:
         self.root = Path(root)
@@ -163,7 +195,7 @@ class QueueStore:
         """Number of group-commit flushes run so far (one executor job each)."""
         self._fsync = fsync
         self._rename = rename
-        self._syncfs = syncfs
+        self._flush = flush
         self._owns_executor = executor is None
         self._executor: Executor = executor if executor is not None else ThreadPoolExecutor(
             THREADS, thread_name_prefix="postillion-queue")
@@ -363,21 +395,33 @@ class QueueStore:
     def _flush_batch(self, txns: list[_Txn], dropped: list[_Txn]) -> list[TempFail | None]:
         """The executor job of one batch; returns a failure per txn (or None).
 
-        Write every txn's files, make them durable, move each message into
-        queue/, make the moves durable -- per file and directory with fsync,
-        or with one syncfs per phase for the whole batch.
+        Three steps, each for the whole batch: write every txn's files;
+        flush them and their message directories, all at once; move each
+        message into queue/ and flush the directories the moves touched, all
+        at once.  A failure fails only the txns it concerns; their files are
+        removed.
         """
         for txn in dropped:
             self._discard_sync(txn.incoming)
         errors: list[TempFail | None] = [None] * len(txns)
-        whole_fs = self._syncfs is not None
-        for i, txn in enumerate(txns):
-            try:
-                self._write_txn(txn, sync=not whole_fs)
-            except OSError as e:
-                errors[i] = _tempfail(f"write {txn.incoming.path}", e)
-        if whole_fs:
-            self._sync_fs_for([i for i, e in enumerate(errors) if e is None], errors)
+        try:
+            for i, txn in enumerate(txns):
+                try:
+                    self._write_txn(txn)
+                except OSError as e:
+                    errors[i] = _tempfail(f"write {txn.incoming.path}", e)
+            jobs: list[_Flush] = []
+            for i, txn in enumerate(txns):
+                if errors[i] is None:
+                    path = txn.incoming.path
+                    jobs.append(_Flush((i,), path / layout.MESSAGE, txn.incoming._file.fileno()))
+                    jobs.extend(_Flush((i,), path / format_evpid(e.id), fd)
+                                for e, fd in zip(txn.envelopes, txn.fds))
+                    jobs.append(_Flush((i,), path))
+            self._flush_together(jobs, errors)
+        finally:
+            for txn in txns:
+                _close_files(txn)
         new_buckets: set[str] = set()
         by_bucket: dict[str, list[int]] = {}
         for i, txn in enumerate(txns):
@@ -396,72 +440,66 @@ class QueueStore:
                 by_bucket.setdefault(bucket, []).append(i)
             except OSError as e:
                 errors[i] = _tempfail(f"rename {txn.incoming.path}", e)
-        moved = [i for i, t in enumerate(txns) if t.final is not None]
-        if whole_fs:
-            if moved and self._sync_fs_for(moved, errors):
-                self._durable_buckets |= new_buckets
-        else:
+        moved = tuple(i for i, t in enumerate(txns) if t.final is not None)
+        if moved:
+            jobs = [_Flush(tuple(indexes), self.queue_dir / bucket) for bucket, indexes in by_bucket.items()]
+            jobs.append(_Flush(moved, self.incoming_dir))
+            created = _Flush(tuple(i for b in new_buckets for i in by_bucket.get(b, ())), self.queue_dir)
             if new_buckets:
-                affected = [i for b in new_buckets for i in by_bucket.get(b, ())]
-                if self._sync_dir_for(self.queue_dir, affected, errors):
-                    self._durable_buckets |= new_buckets
-            for bucket, indexes in by_bucket.items():
-                self._sync_dir_for(self.queue_dir / bucket, indexes, errors)
-            if moved:
-                self._sync_dir_for(self.incoming_dir, moved, errors)
+                jobs.append(created)
+            self._flush_together(jobs, errors)
+            if created.ok:
+                self._durable_buckets |= new_buckets
         for i, txn in enumerate(txns):
             if errors[i] is not None:
                 with contextlib.suppress(OSError):
                     layout.remove_any(txn.final or txn.incoming.path)
         return errors
 
-    def _write_txn(self, txn: _Txn, sync: bool = True) -> None:
-        """Write a txn's envelopes and close its message; fsync each unless
-        the batch is made durable by syncfs instead."""
-        file = txn.incoming._file
-        try:
-            file.flush()
-            if sync:
-                self._fsync(file.fileno())
-        finally:
-            with contextlib.suppress(OSError):
-                file.close()
+    def _write_txn(self, txn: _Txn) -> None:
+        """Write out the rest of the message and every envelope file; all
+        stay open (the message in `incoming._file`, the envelopes in
+        `txn.fds`) for the batch's flush, which `_close_files` ends."""
+        txn.incoming._file.flush()
         for envelope, payload in zip(txn.envelopes, txn.payloads):
-            self._write_file(txn.incoming.path / format_evpid(envelope.id), payload,
-                             exclusive=True, sync=sync)
-        if sync:
-            self._fsync_dir(txn.incoming.path)
+            path = txn.incoming.path / format_evpid(envelope.id)
+            txn.fds.append(_create_file(path, payload))
 
-    def _sync_fs_for(self, indexes: list[int], errors: list[TempFail | None]) -> bool:
-        """One syncfs for every txn of the batch; on failure fail them all."""
-        if not indexes:
-            return True
-        return self._sync_for(indexes, errors, f"syncfs {self.root}", self._syncfs_root)
-
-    def _sync_dir_for(self, path: Path, indexes: list[int], errors: list[TempFail | None]) -> bool:
-        """fsync one directory shared by several txns; on failure fail them all."""
-        return self._sync_for(indexes, errors, f"fsync {path}", lambda: self._fsync_dir(path))
+    def _flush_together(self, jobs: list[_Flush], errors: list[TempFail | None]) -> None:
+        """Flush every file and directory of `jobs` in one `fsync_together`
+        call, so the disk sees them together (see fsutil).  A failed flush,
+        or a directory that cannot be opened, fails each txn it was for
+        (`job.indexes`) and clears `job.ok`."""
+        syncs: list[tuple[int, bool]] = []
+        flushed: list[_Flush] = []
+        opened: list[int] = []
+        try:
+            for job in jobs:
+                if job.fd is not None:
+                    syncs.append((job.fd, True))
+                    flushed.append(job)
+                    continue
+                try:
+                    fd = os.open(job.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                except OSError as e:
+                    self._failed(job, e, errors)
+                    continue
+                opened.append(fd)
+                syncs.append((fd, False))
+                flushed.append(job)
+            for job, error in zip(flushed, self._flush(syncs), strict=True):
+                if error is not None:
+                    self._failed(job, error, errors)
+        finally:
+            for fd in opened:
+                os.close(fd)
 
     @staticmethod
-    def _sync_for(indexes: list[int], errors: list[TempFail | None], what: str,
-                  sync: Callable[[], None]) -> bool:
-        """Run one flush shared by the txns at `indexes`; a failure fails each."""
-        try:
-            sync()
-            return True
-        except OSError as e:
-            for i in indexes:
-                if errors[i] is None:
-                    errors[i] = _tempfail(what, e)
-            return False
-
-    def _syncfs_root(self) -> None:
-        assert self._syncfs is not None
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            self._syncfs(fd)
-        finally:
-            os.close(fd)
+    def _failed(job: _Flush, error: OSError, errors: list[TempFail | None]) -> None:
+        job.ok = False
+        for i in job.indexes:
+            if errors[i] is None:
+                errors[i] = _tempfail(f"{job.call} {job.path}", error)
 
     # -- after delivery attempts -------------------------------------------
 
@@ -489,7 +527,7 @@ class QueueStore:
         final = directory / format_evpid(envelope.id)
         temp = directory / (final.name + layout.TMP_SUFFIX)
         try:
-            self._write_file(temp, payload, exclusive=False)
+            self._write_file(temp, payload)
             self._rename(temp, final)
         except OSError:
             with contextlib.suppress(OSError):
@@ -578,20 +616,44 @@ class QueueStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
-    def _write_file(self, path: Path, data: bytes, *, exclusive: bool, sync: bool = True) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
-        fd = os.open(path, flags, layout.FILE_MODE)
+    def _write_file(self, path: Path, data: bytes) -> None:
+        """Write `path` whole (created or truncated) and fsync it."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, layout.FILE_MODE)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if sync:
-                self._fsync(fd)
+            _write_all(fd, data)
+            self._fsync(fd)
         finally:
             os.close(fd)
 
     def _fsync_dir(self, path: Path) -> None:
         fsync_dir(path, self._fsync)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _create_file(path: Path, data: bytes) -> int:
+    """A new file `path` holding `data`, left open: its fd, to flush and close."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, layout.FILE_MODE)
+    try:
+        _write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _close_files(txn: _Txn) -> None:
+    """Close what `_write_txn` left open; nothing is written by closing."""
+    with contextlib.suppress(OSError):
+        txn.incoming._file.close()
+    for fd in txn.fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    txn.fds.clear()
 
 
 def _refusal(incoming: Incoming, envelopes: Sequence[Envelope]) -> TempFail | None:
