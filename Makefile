@@ -29,7 +29,7 @@ test: $(STAMP) test-deps system-user
 # Debian packages the tests drive: swaks as a real peer, sqlite3 and openssl as the
 # README's blocks call them (tests/docs), passwd (useradd/chpasswd/userdel) for
 # the system accounts AUTH is tested on.  Installed only when missing.
-TEST_DEBS := swaks sqlite3 openssl passwd
+TEST_DEBS := swaks sqlite3 openssl passwd strace
 test-deps:
 	@missing=""; for p in $(TEST_DEBS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

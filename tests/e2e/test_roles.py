@@ -156,9 +156,11 @@ def test_kill_one_smtp_process_under_load(daemon, as_root):
         time.sleep(0.1)
     assert survivor in procs.roles(daemon.proc.pid, "smtp")
     assert "restarting it in" in daemon.log()
-    # Every connection was greeted by a live process, and quickly.
-    slow = [b for b in banners if b[0] > 1.0 or b[1] != b"220"]
+    # No client waited for a banner: each was greeted quickly, or -- the few
+    # the killed process had just accepted -- closed at once.
+    slow = [b for b in banners if b[0] > 1.0 or b[1] not in (b"220", b"")]
     assert not slow, slow[:5]
+    assert len([b for b in banners if b[1] == b""]) <= 4      # at most one per load thread
     assert len(acked) > 20
     assert len(daemon.wait_delivered("alice", len(acked), timeout=60)) >= len(acked)
 
