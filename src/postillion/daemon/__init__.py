@@ -77,6 +77,24 @@ async def open_tables(config: Config, only: set[str] | None = None) -> dict[str,
     return tables
 
 
+def lock_spool(lock: SpoolLock) -> None:
+    """Take the spool's lock, or StartupError naming the spool (and holder)."""
+    try:
+        lock.acquire()
+    except SpoolBusy as e:
+        raise StartupError(str(e)) from None
+    except OSError as e:
+        raise StartupError(f"queue {lock.path.parent}: {e.strerror or e}") from None
+
+
+def listen_error(decl: ListenDecl, error: OSError) -> StartupError:
+    """A listener that cannot be bound, said as the administrator wrote it."""
+    # asyncio's bind error has an errno but no strerror.
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    return StartupError(f"{decl.pos}: cannot listen on {decl.address} port "
+                        f"{decl.effective_port}: {reason}")
+
+
 def delivery_tables(config: Config) -> set[str]:
     """The tables a delivery reads (the actions' userbases): all the queue
     process opens -- credentials and the rest stay in the smtp processes."""
@@ -122,12 +140,7 @@ class Daemon:
         self._scheduler_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        try:
-            self.lock.acquire()       # before anything touches the queue or a port
-        except SpoolBusy as e:
-            raise StartupError(str(e)) from None
-        except OSError as e:
-            raise StartupError(f"queue {self.spool}: {e.strerror or e}") from None
+        lock_spool(self.lock)       # before anything touches the queue or a port
         try:
             await self._start()
         except BaseException:
@@ -194,10 +207,7 @@ class Daemon:
             try:
                 await listener.start()
             except OSError as e:
-                # asyncio's bind error has an errno but no strerror.
-                reason = os.strerror(e.errno) if e.errno else str(e)
-                raise StartupError(f"{decl.pos}: cannot listen on {decl.address} port "
-                                   f"{decl.effective_port}: {reason}") from None
+                raise listen_error(decl, e) from None
             self.listeners.append(listener)
         # Deliveries start only once every listener is bound: a daemon that
         # fails to start has delivered nothing.

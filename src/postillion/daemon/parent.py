@@ -32,12 +32,12 @@ from typing import Final
 
 from postillion import channel as ch
 from postillion.config.model import Config
-from postillion.daemon import Daemon, StartupError
+from postillion.daemon import Daemon, StartupError, listen_error, lock_spool
 from postillion.daemon.roles import RoleArgs, write_start
 from postillion.errors import MailError, PermFail
 from postillion.lookup.auth import Authenticators
 from postillion.mda.agent import MdaAgent, MdaJob
-from postillion.queue.lock import SpoolBusy, SpoolLock
+from postillion.queue.lock import SpoolLock
 from postillion.queue.store import QueueStore
 from postillion.smtp.server import Gate, bind
 from postillion.table.values import Userinfo
@@ -131,12 +131,7 @@ class Parent:
     # -- start ----------------------------------------------------------------
 
     async def start(self) -> None:
-        try:
-            self.lock.acquire()       # before anything touches the queue or a port
-        except SpoolBusy as e:
-            raise StartupError(str(e)) from None
-        except OSError as e:
-            raise StartupError(f"queue {self.spool}: {e.strerror or e}") from None
+        lock_spool(self.lock)       # before anything touches the queue or a port
         try:
             await self._start()
         except BaseException:
@@ -160,9 +155,7 @@ class Parent:
             try:
                 self.sockets.append(bind(decl, listener.hosts))
             except OSError as e:
-                reason = os.strerror(e.errno) if e.errno else str(e)
-                raise StartupError(f"{decl.pos}: cannot listen on {decl.address} port "
-                                   f"{decl.effective_port}: {reason}") from None
+                raise listen_error(decl, e) from None
         self.smtp = [Role("smtp", i) for i in range(self.config.processes.effective_smtp_workers())]
         pairs = [socket.socketpair() for _ in self.smtp]
         for role, (queue_end, smtp_end) in zip(self.smtp, pairs):
