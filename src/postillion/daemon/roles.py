@@ -328,6 +328,7 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     for fd in args.peers:
         listen_smtp(socket.socket(fileno=fd))
     daemon.deliver = deliver
+    daemon.store.display = args.spool
     envelopes = await daemon.store.open(clean_incoming=args.first)
     daemon.scheduler = Scheduler(daemon.store, daemon.dispatch)
     for env in envelopes:

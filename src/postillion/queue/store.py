@@ -187,6 +187,8 @@ class QueueStore:
         executor: Executor | None = None,
     ) -> None:
         self.root = Path(root)
+        #: The spool as the log names it (a role works in it by a relative path).
+        self.display = str(self.root)
         self.incoming_dir = self.root / layout.INCOMING
         self.queue_dir = self.root / layout.QUEUE
         self.corrupt_dir = self.root / layout.CORRUPT
@@ -242,7 +244,7 @@ class QueueStore:
         self._durable_buckets = buckets
         for envelope in envelopes:
             self._index.setdefault(envelope.msgid, set()).add(envelope.id)
-        log.info("queue opened path=%s envelopes=%d messages=%d", self.root, len(envelopes), len(self._index))
+        log.info("queue opened path=%s envelopes=%d messages=%d", self.display, len(envelopes), len(self._index))
         return envelopes
 
     # -- receiving ---------------------------------------------------------
