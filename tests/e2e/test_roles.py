@@ -240,3 +240,27 @@ def test_session_limits_count_across_every_smtp_process(daemon):
     finally:
         for c in held:
             c.close()
+
+
+def test_kill_the_queue_process_mail_keeps_flowing_exactly_once(daemon, as_root):
+    """The queue process restarted while mail arrives: the smtp processes
+    keep accepting (their commits wait for the new queue process, which
+    also finds them on disk), and each message is delivered once."""
+    daemon.start()
+    for i in range(3):
+        assert send_one(daemon, i)
+    daemon.wait_delivered("alice", 3)
+    [queue] = procs.roles(daemon.proc.pid, "queue")
+    procs.kill(queue)
+    for i in range(3, 8):
+        assert send_one(daemon, i)          # accepted while no queue process runs
+    deadline = time.monotonic() + 20
+    while procs.roles(daemon.proc.pid, "queue") in ([], [queue]):
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.1)
+    for i in range(8, 10):
+        assert send_one(daemon, i)
+    assert len(daemon.wait_delivered("alice", 10, timeout=30)) == 10
+    time.sleep(1.0)
+    assert len(daemon.delivered("alice")) == 10           # none twice
+    assert "queue process (pid" in daemon.log() and "restarting it in" in daemon.log()

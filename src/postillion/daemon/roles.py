@@ -288,14 +288,20 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     async def on_smtp(frame: ch.Frame) -> None:
         if not isinstance(frame, ch.Committed):
             raise ch.ChannelError(f"unexpected {type(frame).__name__}")
+        if daemon.scheduler is None:
+            return      # the scan about to run finds them: commits are durable first
         for text in frame.envelopes:
             try:
                 envelope = Envelope.from_bytes(text.encode("utf-8", "surrogateescape"))
             except ValueError as e:
                 logger.error("queue: a committed envelope does not parse: %s", e)
                 continue
+            # A frame that waited while this process restarted may name an
+            # envelope the scan found (and perhaps delivered already).
+            if envelope.id in daemon.store.evpids(envelope.msgid) or \
+                    not daemon.store.message_path(envelope.msgid).exists():
+                continue
             daemon.store.adopt(envelope)
-            assert daemon.scheduler is not None
             daemon.scheduler.schedule(envelope)
 
     smtp_channels: list[ch.Channel] = []
