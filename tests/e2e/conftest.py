@@ -37,23 +37,31 @@ def _ephemeral_range() -> range:
         return range(32768, 61000)
 
 
+#: Every port free_port has handed out in this test run: two draws for one
+#: daemon's listeners (or for two daemons) must never pick the same port,
+#: which random draws do now and then over a few thousand calls.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free now and outside the kernel's ephemeral range.
+    """A port that is free now, outside the kernel's ephemeral range, and
+    not handed out before in this run.
 
     A port from bind(0) is ephemeral: between the probe and the daemon's
     bind, any test's outgoing connection may take it ("address already in
     use").  Ports below the ephemeral range are only ever taken by listeners.
     """
     ephemeral = _ephemeral_range()
-    for _ in range(200):
+    for _ in range(500):
         port = random.randrange(10000, 65536)
-        if port in ephemeral:
+        if port in ephemeral or port in _HANDED_OUT:
             continue
         with socket.socket() as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise AssertionError("no free port outside the ephemeral range")
 
