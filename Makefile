@@ -28,10 +28,13 @@ test: $(STAMP) test-deps system-user
 
 # Debian packages the tests drive: swaks as a real peer, sqlite3 and openssl as the
 # README's blocks call them (tests/docs), passwd (useradd/chpasswd/userdel) for
-# the system accounts AUTH is tested on.  Installed only when missing.
-TEST_DEBS := swaks sqlite3 openssl passwd strace
+# the system accounts AUTH is tested on, strace for the fsync-before-250 test,
+# python3-venv for the system-wide install that tests run as a normal user
+# (tests/sysvenv.py).  Installed only when missing.
+TEST_DEBS := swaks sqlite3 openssl passwd strace python3-venv
 test-deps:
-	@missing=""; for p in $(TEST_DEBS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(TEST_DEBS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

@@ -1,0 +1,94 @@
+"""Not root at all: a normal user starts the daemon (a developer's `make
+run`, as that user), every process runs as that user, and mail is delivered
+as that user.  Postillion runs from a system-wide install (tests/sysvenv.py),
+because the suite's own interpreter may sit where only root can go."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import smtplib
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import sysuser, sysvenv
+from tests.e2e import procs
+from tests.e2e.conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def venv() -> Iterator[Path]:
+    built = sysvenv.build()
+    try:
+        yield built
+    finally:
+        sysvenv.remove(built)
+
+
+@contextlib.contextmanager
+def normal_user() -> Iterator[pwd.struct_passwd]:
+    name = "pdev" + secrets.token_hex(5)
+    sysuser.run("useradd", "--no-create-home", "--shell", "/bin/sh", name)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        sysuser.run("userdel", name)
+
+
+def test_a_normal_user_runs_every_process_as_itself_and_delivers_as_itself(venv):
+    assert os.geteuid() == 0, "the test makes a user and switches to it: run the suite as root"
+    with normal_user() as user:
+        work = Path(tempfile.mkdtemp(prefix="postillion-user-"))
+        work.chmod(0o755)
+        os.chown(work, user.pw_uid, user.pw_gid)
+        port = free_port()
+        log = work / "daemon.log"
+        argv = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+                "--", str(venv / "bin/postillion"), "run", "--demo", "-d", "-D", f"port={port}"]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, cwd=work, stdout=out, stderr=subprocess.STDOUT,
+                                    env={"PATH": "/usr/bin:/bin", "HOME": str(work)},
+                                    start_new_session=True)
+        try:
+            deadline = time.monotonic() + 30
+            while "postillion ready" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                client.sendmail("bob@example.test", ["alice@example.test"],
+                                b"Subject: as a user\r\n\r\nhello\r\n")
+                # A session is open: every process of the daemon is the user.
+                tree = [proc.pid, *procs.children(proc.pid)]
+                assert len(procs.roles(proc.pid, "smtp")) >= 1
+                assert len(procs.roles(proc.pid, "queue")) == 1
+                for pid in tree:
+                    uids = procs.status(pid)["Uid"].split()
+                    assert set(uids) == {str(user.pw_uid)}, (pid, procs.argv(pid), uids)
+            new = work / "var/mail/example.test/alice/Maildir/new"
+            deadline = time.monotonic() + 20
+            while not (new.is_dir() and any(new.iterdir())):
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            [message] = list(new.iterdir())
+            assert os.stat(message).st_uid == user.pw_uid
+            assert b"as a user" in message.read_bytes()
+            text = log.read_text()
+            assert f"as uid {user.pw_uid}" in text
+            assert "result=Ok stat=Delivered" in text or "result=Ok" in text
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 15)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, 9)
+                    proc.wait(timeout=5)
+            shutil.rmtree(work, ignore_errors=True)
