@@ -172,3 +172,34 @@ async def test_default_userbase_is_the_system_password_database(tmp_path):
     with pytest.raises(PermFail) as e:
         await expander.expand("no-such-user-here@localhost", config.actions["sys"])
     assert e.value.reply.enhanced == "5.1.1"
+
+
+RELAY_CONFIG = """\
+table users { alice = "1000:1000:/home/alice" }
+table aliases { list = "alice, remote@example.net" }
+action "local" maildir alias <aliases> userbase <users>
+action "out" relay
+match from any for domain example.test action "local"
+match from local for any action "out"
+"""
+
+
+async def test_relay_action_relays_the_address_as_written(tmp_path):
+    config = parse(RELAY_CONFIG, str(tmp_path / "smtpd.conf"))
+    tables = await open_tables(config)
+    ruleset = Ruleset(config, tables)
+
+    async def route(address):
+        return await ruleset.match(INTERNAL, "", address)
+
+    expander = Expander(tables, config.limits, route)
+    try:
+        [d] = await expander.expand("Someone+Tag@Example.NET", config.actions["out"])
+        assert (d.dispatcher, d.user, d.dest, d.agent) == ("out", "", "Someone+Tag@Example.NET", "mta")
+        # An alias target outside our domains goes through the rules again: relayed.
+        deliveries = await expander.expand("list@example.test", config.actions["local"])
+        assert sorted((d.agent, d.dest) for d in deliveries) == [
+            ("mda", "alice@example.test"), ("mta", "remote@example.net")]
+    finally:
+        for t in tables.values():
+            await t.close()

@@ -131,6 +131,7 @@ class Daemon:
         self.authenticators = Authenticators(config.limits)
         self.scheduler: Scheduler | None = None
         self.listeners: list[Listener] = []
+        self.local_ctx: SessionContext | None = None     # set by prepare()
         self.mda = MdaAgent()
         #: How a job is delivered: here, by the agent; in the queue process,
         #: by asking the parent (daemon/roles.py).
@@ -168,6 +169,9 @@ class Daemon:
         expander = Expander(self.tables, self.config.limits, route)
         ctx = SessionContext(hostname=self.config.hostname, limits=self.config.limits,
                              ruleset=ruleset, expander=expander, store=self.store)
+        # Bounces enter the queue through a session on this listener-less
+        # context: `from local`, no AUTH, no TLS (smtp/inject.py).
+        self.local_ctx = ctx
         listeners = []
         for decl in self.config.listeners:
             try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Final, Mapping
+from typing import Awaitable, Callable, Final, Literal, Mapping
 
 from postillion.config.model import ActionDecl, Limits
 from postillion.errors import MailError, PermFail, Reply, TempFail
@@ -40,12 +40,18 @@ MAX_TARGETS = 1000  # a bound on the fan-out of one expansion, against table loo
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One final local delivery: the envelope the queue will hold for it."""
+    """One final delivery: the envelope the queue will hold for it.
+
+    `agent` is the envelope's type: "mda" for a local delivery, "mta" for an
+    address a `relay` action sends on (then `user` is empty: nobody's
+    account is involved, and the address is relayed as it was found).
+    """
 
     dispatcher: str        # the action's name
-    user: str              # userbase name the agent delivers as
+    user: str              # userbase name the agent delivers as ("" to relay)
     dest: str              # the expanded address (user@domain)
     subaddress: str = ""   # the `+tag`, kept for delivery-time use
+    agent: Literal["mda", "mta"] = "mda"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +119,12 @@ class Expander:
             seen += 1
             if node.depth > self._limits.expand_depth or seen > MAX_TARGETS:
                 raise expansion_problem(rcpt, f"expansion deeper than {self._limits.expand_depth}")
-            if node.kind == "address":
+            if node.kind == "address" and node.action.method == "relay":
+                # Relayed as written: the next hop expands its own addresses.
+                delivery = Delivery(node.action.name, "", node.value, agent="mta")
+                deliveries.setdefault((delivery.dispatcher, "", delivery.dest), delivery)
+                children = []
+            elif node.kind == "address":
                 children = await self._address(node, rcpt)
             else:
                 children, delivery = await self._user(node, rcpt)

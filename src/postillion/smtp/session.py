@@ -626,7 +626,7 @@ class Session:
             notify = params.get("NOTIFY", "")
             for d in deliveries:
                 out.append(incoming.envelope(
-                    dispatcher=d.dispatcher, type="mda",
+                    dispatcher=d.dispatcher, type=d.agent,
                     smtpname=self.hostname, helo=clean(self.helo), hostname=self.rdns,
                     sockaddr=self.peer, sender=tx.sender, rcpt=rcpt, dest=d.dest,
                     ctime=now, mda_user=d.user, mda_subaddress=d.subaddress,

@@ -1,0 +1,165 @@
+"""Local injection: a message enters the queue through an SMTP session with
+ourselves, as OpenSMTPD's bounces do.
+
+A delivery status notification (and, later, `postillion sendmail`) must go
+where any local mail to that address goes: through the rules (`from local`),
+recipient expansion, the `Received:` header, the durable commit and the
+`smtp` log lines.  Rather than a second path that would drift from the
+first, the message is sent over a socketpair to a real `Session` built on
+the listener-less context (`from local`, no AUTH, no TLS), by a client that
+speaks just enough SMTP to a peer it knows.  What the session answers is
+what the injector gets: `250` means the message is queued, durably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from postillion.errors import Reply
+from postillion.smtp.session import Session, SessionContext
+
+#: The whole exchange, from the banner to the reply after the dot, must end
+#: within this many seconds (a commit waits for a disk flush, nothing else).
+INJECT_TIMEOUT: Final = 120.0
+#: Longest reply line the injector reads from our own session.
+MAX_REPLY_LINE: Final = 4096
+#: Most lines of one reply (EHLO's keywords are the longest).
+MAX_REPLY_LINES: Final = 64
+#: The message is written in pieces of this size.
+WRITE_CHUNK: Final = 64 * 1024
+
+_CLIENT_NAME: Final = "localhost"
+
+
+@dataclass(frozen=True, slots=True)
+class InjectResult:
+    """What the local session answered: one reply per recipient (in order),
+    and the reply to the end of data (None when no recipient was accepted or
+    an earlier step failed; `failed` then says which reply ended it)."""
+
+    rcpt_replies: tuple[Reply, ...]
+    final: Reply | None
+    failed: Reply | None = None
+
+    @property
+    def queued(self) -> bool:
+        return self.final is not None and self.final.code == 250
+
+
+class _ProtocolError(Exception):
+    pass
+
+
+async def inject(ctx: SessionContext, sender: str, rcpts: Sequence[str], message: bytes,
+                 timeout: float = INJECT_TIMEOUT) -> InjectResult:
+    """Queue `message` from `sender` ("" for `<>`) to `rcpts` through a local
+    session on `ctx`.  Never raises for an SMTP refusal: the replies say it;
+    a broken exchange (timeout, our session closing) gives a `451 4.3.0`."""
+    ours, theirs = socket.socketpair()
+    server_reader, server_writer = await asyncio.open_connection(sock=ours)
+    session = asyncio.create_task(Session(ctx, server_reader, server_writer).run())
+    reader, writer = await asyncio.open_connection(sock=theirs, limit=MAX_REPLY_LINE)
+    try:
+        async with asyncio.timeout(timeout):
+            return await _exchange(reader, writer, sender, rcpts, message)
+    except (asyncio.TimeoutError, OSError, _ProtocolError, asyncio.IncompleteReadError) as e:
+        return InjectResult((), None, Reply(451, "4.3.0", f"Local injection failed: {type(e).__name__}"))
+    finally:
+        writer.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(session), 10)
+        except (asyncio.TimeoutError, Exception):
+            session.cancel()
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sender: str,
+                    rcpts: Sequence[str], message: bytes) -> InjectResult:
+    if (banner := await _reply(reader)).code != 220:
+        return InjectResult((), None, banner)
+    ehlo = await _command(reader, writer, f"EHLO {_CLIENT_NAME}")
+    if ehlo.code != 250:
+        return InjectResult((), None, ehlo)
+    utf8 = not (sender.isascii() and all(r.isascii() for r in rcpts))
+    mail = await _command(reader, writer, f"MAIL FROM:<{sender}>" + (" SMTPUTF8" if utf8 else ""))
+    if mail.code != 250:
+        return InjectResult((), None, mail)
+    replies = []
+    for rcpt in rcpts:
+        replies.append(await _command(reader, writer, f"RCPT TO:<{rcpt}>"))
+    if not any(r.code == 250 for r in replies):
+        await _quit(reader, writer)
+        return InjectResult(tuple(replies), None)
+    data = await _command(reader, writer, "DATA")
+    if data.code != 354:
+        return InjectResult(tuple(replies), None, data)
+    for piece in _stuffed(message):
+        writer.write(piece)
+        await writer.drain()
+    writer.write(b".\r\n")
+    final = await _reply(reader)
+    await _quit(reader, writer)
+    return InjectResult(tuple(replies), final)
+
+
+def _stuffed(message: bytes) -> list[bytes]:
+    """The message as DATA carries it: CRLF line ends, leading dots doubled,
+    a final CRLF; in pieces of about WRITE_CHUNK."""
+    lines = message.replace(b"\r\n", b"\n").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out, piece, size = [], [], 0
+    for line in lines:
+        line = line.rstrip(b"\r")
+        if line.startswith(b"."):
+            line = b"." + line
+        piece.append(line + b"\r\n")
+        size += len(line) + 2
+        if size >= WRITE_CHUNK:
+            out.append(b"".join(piece))
+            piece, size = [], 0
+    if piece:
+        out.append(b"".join(piece))
+    return out
+
+
+async def _command(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: str) -> Reply:
+    if "\r" in line or "\n" in line:
+        raise _ProtocolError("CR or LF in a command")
+    writer.write(line.encode("utf-8") + b"\r\n")
+    await writer.drain()
+    return await _reply(reader)
+
+
+async def _quit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        await _command(reader, writer, "QUIT")
+    except (OSError, _ProtocolError, asyncio.IncompleteReadError):
+        pass
+
+
+async def _reply(reader: asyncio.StreamReader) -> Reply:
+    """One (possibly multi-line) reply of our own session."""
+    texts = []
+    for _ in range(MAX_REPLY_LINES):
+        try:
+            raw = await reader.readuntil(b"\r\n")
+        except asyncio.LimitOverrunError as e:
+            raise _ProtocolError("reply line too long") from e
+        line = raw[:-2].decode("utf-8", "replace")
+        if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
+            raise _ProtocolError(f"malformed reply {line[:40]!r}")
+        texts.append(line[4:])
+        if line[3:4] != "-":
+            code = int(line[:3])
+            if not 200 <= code <= 599:
+                raise _ProtocolError(f"reply code out of range {code}")
+            first = texts[0]
+            enhanced, _, rest = first.partition(" ")
+            if enhanced.count(".") == 2 and enhanced.replace(".", "").isdigit():
+                return Reply(code, enhanced, rest, tuple(texts[1:]))
+            return Reply(code, "", first, tuple(texts[1:]))
+    raise _ProtocolError("reply with too many lines")
