@@ -27,6 +27,7 @@ from postillion.lookup.expand import Expander, userinfo
 from postillion.mda.agent import MdaAgent, MdaJob
 from postillion.queue.envelope import Envelope
 from postillion.queue.lock import SpoolBusy, SpoolLock
+from postillion.queue.agents import Agents
 from postillion.queue.scheduler import Scheduler
 from postillion.queue.store import QueueStore
 from postillion.rules import Ruleset, SessionFacts
@@ -132,6 +133,8 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         self.listeners: list[Listener] = []
         self.local_ctx: SessionContext | None = None     # set by prepare()
+        #: Envelope type -> agent; the scheduler sees only this door.
+        self.agents = Agents({"mda": self.dispatch})
         self.mda = MdaAgent()
         #: How a job is delivered: here, by the agent; in the queue process,
         #: by asking the parent (daemon/roles.py).
@@ -200,7 +203,7 @@ class Daemon:
         except OSError as e:
             raise StartupError(f"queue {self.spool}: {e.strerror or e}"
                                f"{f': {e.filename}' if e.filename else ''}") from None
-        self.scheduler = Scheduler(self.store, self.dispatch)
+        self.scheduler = Scheduler(self.store, self.agents.deliver)
         # The store schedules what it commits: an envelope is never durable
         # yet unscheduled, even if its session dies right after the commit.
         self.store.on_commit = self.scheduler.schedule
@@ -220,7 +223,8 @@ class Daemon:
         logger.info("postillion ready: %d envelope(s) in queue", len(envelopes))
 
     async def dispatch(self, env: Envelope) -> None:
-        """Deliver one envelope, log the outcome in the mda layout, re-raise failures."""
+        """The local (`mda`) agent: deliver one envelope as its user, log the
+        outcome in the mda layout, re-raise failures."""
         sid = log.new_id()
         user = env.mda_user
         try:

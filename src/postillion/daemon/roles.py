@@ -336,7 +336,7 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     daemon.deliver = deliver
     daemon.store.display = args.spool
     envelopes = await daemon.store.open(clean_incoming=args.first)
-    daemon.scheduler = Scheduler(daemon.store, daemon.dispatch)
+    daemon.scheduler = Scheduler(daemon.store, daemon.agents.deliver)
     for env in envelopes:
         daemon.scheduler.schedule(env)
     task = None
