@@ -59,6 +59,39 @@ async def test_a_big_frame_crosses_in_pieces():
     b.close()
 
 
+async def test_descriptors_queued_behind_a_full_socket_survive_the_sender_closing_them():
+    """A frame that waits for room keeps its own duplicates: the caller may
+    close its descriptor at once (as the parent does after QueuePeer)."""
+    a_sock, b_sock = socket.socketpair()
+    got: asyncio.Queue[ch.Frame] = asyncio.Queue()
+
+    async def keep(frame: ch.Frame) -> None:
+        fds = tuple(os.dup(f) for f in frame.fds)
+        await got.put(type(frame)(**{k: getattr(frame, k) for k in frame.__dataclass_fields__
+                                     if k != "fds"}, fds=fds))
+
+    a = ch.Channel(a_sock, keep, "a")
+    big = ch.Committed(tuple("x" * 1000 for _ in range(3000)))    # more than the socket holds
+    a.send(big)
+    assert a._out, "the socket must be full for this test to mean anything"
+    r, w = os.pipe()
+    a.send(ch.Inject(1, "", ("a@x",), fds=(r,)))
+    os.close(r)                                   # ours to close at once
+    b = ch.Channel(b_sock, keep, "b")             # now the other side reads
+    try:
+        assert await asyncio.wait_for(got.get(), 10) == big
+        frame = await asyncio.wait_for(got.get(), 10)
+        assert isinstance(frame, ch.Inject)
+        [fd] = frame.fds
+        os.write(w, b"still open")
+        assert os.read(fd, 10) == b"still open"
+        os.close(fd)
+    finally:
+        os.close(w)
+        a.close()
+        b.close()
+
+
 @pytest.mark.parametrize("body", [
     b"not json", b"[1, 2]", b'{"type": "Nope"}', b'{"type": "Hello", "role": "smtp"}',
     b'{"type": "Hello", "role": 5, "pid": 1}', b'{"type": "Hello", "role": "q", "pid": true}',

@@ -1,6 +1,6 @@
 """Channels between the daemon's processes: small typed frames over a socketpair.
 
-The parent, the smtp processes and the queue process talk as OpenSMTPD's do
+The parent, the smtp processes, the queue and the mta process talk as OpenSMTPD's do
 with imsg: one frame type per message, a frozen dataclass encoded once,
 optionally carrying file descriptors (SCM_RIGHTS).  On the wire a frame is a
 4-octet big-endian length, then that many octets of JSON (`{"type": ...,
@@ -136,11 +136,50 @@ class Left(Frame):
     ip: str
 
 
+@dataclass(frozen=True, slots=True)
+class Inject(Frame):
+    """queue -> smtp: queue the message in fds[0] (a memfd) from `sender` to
+    `rcpts` through a local session (a bounce: smtp/inject.py)."""
+    id: int
+    sender: str
+    rcpts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Injected(Frame):
+    """smtp -> queue: how an Inject ended: the reply to the end of data, or
+    the one that refused it (`code` 250 = queued)."""
+    id: int
+    code: int
+    enhanced: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Relay(Frame):
+    """queue -> mta: relay this envelope (the JSON the queue stores); the
+    message is fds[0], opened read-only by the queue."""
+    id: int
+    envelope: str
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed(Frame):
+    """mta -> queue: how a Relay ended: ok, tempfail or permfail, with the
+    reply that decided it (the next hop's, or ours) and a reason for the log."""
+    id: int
+    result: str
+    code: int
+    enhanced: str
+    text: str
+    reason: str
+
+
 #: Every frame type, by the name it travels under: one explicit registry.
 #: (Defined after the classes: a slotted dataclass cannot register itself.)
 TYPES: Final[dict[str, type[Frame]]] = {cls.__name__: cls for cls in (
     Hello, Committed, QueuePeer, Deliver, Delivered, AuthCheck, AuthAnswer, Admit, Admitted,
-    Left)}
+    Left, Inject, Injected, Relay, Relayed)}
 
 
 def encode(frame: Frame) -> bytes:
@@ -224,17 +263,20 @@ class Channel:
         self._loop.add_reader(sock.fileno(), self._readable)
 
     def send(self, frame: Frame) -> None:
-        """Queue a frame; descriptors are duplicated by the kernel as sent
-        (the caller still owns and closes its own)."""
+        """Queue a frame.  The caller still owns and may close its
+        descriptors as soon as this returns: a frame that cannot leave at
+        once keeps duplicates of them until it does."""
         if self.closed.is_set():
             raise ConnectionError(f"{self.name} is closed")
         data = encode(frame)
         if self._out:
-            self._out.append((data, frame.fds))
+            self._out.append((data, tuple(os.dup(fd) for fd in frame.fds)))
             return
-        self._write(data, frame.fds)
+        self._write(data, frame.fds, owned=False)
 
-    def _write(self, data: bytes, fds: Sequence[int]) -> None:
+    def _write(self, data: bytes, fds: Sequence[int], owned: bool) -> None:
+        """Send what the socket takes; `owned`: `fds` are our duplicates,
+        closed once they have gone."""
         try:
             if fds:
                 ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
@@ -244,10 +286,19 @@ class Channel:
         except BlockingIOError:
             sent = 0
         except OSError as e:
+            if owned:
+                _close_all(fds)
             self._close(f"write: {e.strerror or e}")
             return
+        if sent == 0 and fds:
+            # Nothing left, so neither did the descriptors: keep them for later.
+            keep = tuple(fds) if owned else tuple(os.dup(fd) for fd in fds)
+            self._out.appendleft((data, keep))
+            self._loop.add_writer(self.sock.fileno(), self._writable)
+            return
+        if owned:
+            _close_all(fds)       # they went with the first octet
         if sent < len(data):
-            # The descriptors went with the first octet; the rest is plain.
             self._out.appendleft((data[sent:], ()))
             self._loop.add_writer(self.sock.fileno(), self._writable)
 
@@ -256,9 +307,13 @@ class Channel:
         pending, self._out = self._out, deque()
         while pending:
             data, fds = pending.popleft()
-            self._write(data, fds)
+            self._write(data, fds, owned=True)
             if self._out:      # blocked again: keep the rest in order behind it
                 self._out.extend(pending)
+                return
+            if self.closed.is_set():
+                for _, rest in pending:
+                    _close_all(rest)
                 return
 
     def _readable(self) -> None:
@@ -317,7 +372,17 @@ class Channel:
         self.sock.close()
         while self._fds:
             os.close(self._fds.popleft())
+        while self._out:
+            _close_all(self._out.popleft()[1])
         self.closed.set()
 
     def close(self) -> None:
         self._close(None)
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
