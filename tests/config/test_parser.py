@@ -334,3 +334,18 @@ def test_default_hostname_is_the_machines_name_never_localhost(monkeypatch: pyte
     monkeypatch.undo()
     if not os.path.exists("/etc/mailname"):
         assert files_module.default_hostname() not in ("localhost", "localhost.localdomain")
+
+
+def test_mta_nameserver_is_an_ip_with_an_optional_port():
+    from postillion.config import parse
+    from postillion.config.errors import ConfigError
+    config = parse("mta nameserver 127.0.0.1 port 5353\nmta nameserver 2001:db8::53\n", "x.conf")
+    assert config.mta.nameservers == (("127.0.0.1", 5353), ("2001:db8::53", 53))
+    assert parse("", "x.conf").mta.nameservers == ()
+    for bad, col in (("mta nameserver ns1.example.org\n", 16), ("mta nameserver 127.0.0.1 port 0\n", 31)):
+        try:
+            parse(bad, "x.conf")
+        except ConfigError as e:
+            assert f"x.conf:1:{col}:" in str(e), str(e)
+        else:
+            raise AssertionError(f"accepted {bad!r}")

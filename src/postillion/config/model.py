@@ -312,10 +312,14 @@ class MtaLimit:
 
 @dataclass(frozen=True, slots=True)
 class MtaOptions:
-    """`mta max-deferred N` and the `mta limit` lines, in order written."""
+    """`mta max-deferred N`, the `mta limit` lines in order written, and
+    `mta nameserver` (ours: a resolver other than the system's)."""
 
     max_deferred: int = 100               # mta max-deferred: envelopes held per relay
     limits: tuple[MtaLimit, ...] = ()
+    #: `mta nameserver IP [port N]`: the DNS servers the MTA asks, in order;
+    #: none (the default) = the system's, from /etc/resolv.conf.
+    nameservers: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

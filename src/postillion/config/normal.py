@@ -235,6 +235,8 @@ class _Writer:
                               + ",".join(duration_text(x) for x in c.bounce.warn_interval))
         if c.mta.max_deferred != MtaOptions().max_deferred:
             self.lines.append(f"mta max-deferred {c.mta.max_deferred}")
+        for address, port in c.mta.nameservers:
+            self.lines.append(f"mta nameserver {address}" + (f" port {port}" if port != 53 else ""))
         for limit in c.mta.limits:
             where = f"for domain {q(limit.domain)} " if limit.domain else ""
             if limit.key == "family":

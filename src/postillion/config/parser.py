@@ -60,6 +60,8 @@ conformance`, which lists where OpenSMTPD 6.8's checker disagrees):
 
 from __future__ import annotations
 
+import ipaddress
+
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -214,6 +216,7 @@ class _State:
     # `queue`, `bounce`, `mta`, `mda`, `scheduler`, `processes`: (section, field) -> value
     options: dict[tuple[str, str], tuple[object, Position]] = field(default_factory=dict)
     mta_limits: list[MtaLimit] = field(default_factory=list)
+    mta_nameservers: list[tuple[str, int]] = field(default_factory=list)
     mda_wrappers: dict[str, tuple[str, Position]] = field(default_factory=dict)
     features: list[Feature] = field(default_factory=list)
     # The first rule of each grammar: "match" / "2012".
@@ -1029,8 +1032,23 @@ class Parser:
         self.use("bounce warn-interval", opt.pos)
 
     def _mta(self, s: Stream, kw: Token) -> None:
-        opt = self._sub_option(s, "mta", ["max-deferred", "limit"])
-        if opt.text == "max-deferred":
+        opt = self._sub_option(s, "mta", ["max-deferred", "limit", "nameserver"])
+        if opt.text == "nameserver":
+            # Ours: which DNS server to ask (a local resolver, a test zone);
+            # without it the system's /etc/resolv.conf, as every MTA.
+            tok = s.expect_value('an IP address after "nameserver"')
+            try:
+                address = str(ipaddress.ip_address(tok.text))
+            except ValueError:
+                raise Syntax(tok.pos, f"expected an IP address after \"nameserver\", "
+                                      f"got {tok.describe()}") from None
+            port = 53
+            if s.is_word("port"):
+                s.next()
+                port = values.number(s.expect_value('a port number after "port"'), "port", 1, 65535)
+            self.st.mta_nameservers.append((address, port))
+            self.use("mta nameserver", opt.pos)
+        elif opt.text == "max-deferred":
             self._set("mta", "max_deferred",
                       values.number(s.expect_value('a number after "max-deferred"'),
                                     "max-deferred"), opt)
@@ -1116,7 +1134,8 @@ class Parser:
 
         mda = replace(section(MdaOptions, "mda"),
                       wrappers=tuple((n, c) for n, (c, _) in st.mda_wrappers.items()))
-        mta = replace(section(MtaOptions, "mta"), limits=tuple(st.mta_limits))
+        mta = replace(section(MtaOptions, "mta"), limits=tuple(st.mta_limits),
+                      nameservers=tuple(st.mta_nameservers))
         return Config(
             path=path,
             hostname=hostname,
