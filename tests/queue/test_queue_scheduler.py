@@ -99,6 +99,10 @@ def test_due_queue_orders_replaces_and_limits():
 # -- outcomes ----------------------------------------------------------------------
 
 
+async def no_dsn(envelope: Envelope) -> None:
+    """A bounce hook for tests whose senders get no DSN."""
+
+
 async def test_success_removes_the_envelopes(tmp_path):
     store, envelopes = await queue_with(tmp_path, nrcpt=3)
     delivered: list[str] = []
@@ -107,7 +111,7 @@ async def test_success_removes_the_envelopes(tmp_path):
         assert store.message_path(envelope.msgid).exists()
         delivered.append(envelope.dest)
 
-    scheduler = Scheduler(store, deliver)
+    scheduler = Scheduler(store, deliver, bounce=no_dsn)
     for envelope in envelopes:
         scheduler.schedule(envelope)
     async with Running(scheduler):
@@ -124,7 +128,7 @@ async def test_new_commits_reach_the_scheduler_through_on_commit(tmp_path):
     async def deliver(envelope: Envelope) -> None:
         delivered.append(envelope.id)
 
-    scheduler = Scheduler(store, deliver)
+    scheduler = Scheduler(store, deliver, bounce=no_dsn)
     store.on_commit = scheduler.schedule
     async with Running(scheduler):
         incoming = await store.create()
@@ -145,7 +149,7 @@ async def test_tempfail_retries_with_backoff_and_saves_state(tmp_path):
         if len(attempts) < 3:
             raise TempFail(BUSY)
 
-    scheduler = Scheduler(store, deliver, base_delay=0.05)
+    scheduler = Scheduler(store, deliver, bounce=no_dsn, base_delay=0.05)
     scheduler.schedule(envelope)
     async with Running(scheduler):
         await wait_until(lambda: store.msgids() == [])
@@ -169,7 +173,7 @@ async def test_restart_keeps_the_retry_time(tmp_path):
     async def deliver(env: Envelope) -> None:
         calls.append(env)
 
-    scheduler = Scheduler(store, deliver, base_delay=3600.0)
+    scheduler = Scheduler(store, deliver, bounce=no_dsn, base_delay=3600.0)
     scheduler.schedule(waiting)
     async with Running(scheduler):
         await asyncio.sleep(0.05)
@@ -196,18 +200,15 @@ async def test_permfail_bounces_then_removes(tmp_path):
     assert bounced[0].errorline == "550 5.1.1 Invalid recipient"
 
 
-async def test_permfail_without_bounce_hook_removes_and_warns(tmp_path, caplog):
-    store, (envelope,) = await queue_with(tmp_path)
+async def test_no_scheduler_gives_up_without_a_bounce_hook(tmp_path):
+    """No envelope leaves the queue without a DSN or an explicit remove."""
+    store, _ = await queue_with(tmp_path)
 
     async def deliver(env: Envelope) -> None:
         raise PermFail(UNKNOWN)
 
-    scheduler = Scheduler(store, deliver)
-    scheduler.schedule(envelope)
-    with caplog.at_level(logging.WARNING, logger="postillion.queue"):
-        async with Running(scheduler):
-            await wait_until(lambda: store.msgids() == [])
-    assert "no-bounce" in caplog.text and f"{envelope.id:016x}" in caplog.text
+    with pytest.raises(TypeError):
+        Scheduler(store, deliver)  # type: ignore[call-arg]
 
 
 async def test_failed_bounce_keeps_the_envelope_and_tries_again(tmp_path):
@@ -283,7 +284,7 @@ async def test_a_bug_in_deliver_does_not_lose_mail_or_stop_the_loop(tmp_path, ca
         if env.id == envelopes[0].id and calls[env.id] == 1:
             raise ZeroDivisionError("agent bug")
 
-    scheduler = Scheduler(store, deliver, base_delay=0.02)
+    scheduler = Scheduler(store, deliver, bounce=no_dsn, base_delay=0.02)
     for envelope in envelopes:
         scheduler.schedule(envelope)
     with caplog.at_level(logging.ERROR, logger="postillion.queue"):
@@ -305,7 +306,7 @@ async def test_in_flight_deliveries_are_bounded(tmp_path):
         current -= 1
         done += 1
 
-    scheduler = Scheduler(store, deliver, max_inflight=2)
+    scheduler = Scheduler(store, deliver, bounce=no_dsn, max_inflight=2)
     for envelope in envelopes:
         scheduler.schedule(envelope)
     async with Running(scheduler):
@@ -321,7 +322,7 @@ async def test_stop_waits_a_bounded_time_and_keeps_the_envelope(tmp_path):
         started.set()
         await asyncio.sleep(3600)
 
-    scheduler = Scheduler(store, deliver)
+    scheduler = Scheduler(store, deliver, bounce=no_dsn)
     scheduler.schedule(envelope)
     task = asyncio.create_task(scheduler.run())
     await asyncio.wait_for(started.wait(), 5)
@@ -346,7 +347,7 @@ async def test_cancelling_run_cancels_deliveries(tmp_path):
             cancelled.set()
             raise
 
-    scheduler = Scheduler(store, deliver)
+    scheduler = Scheduler(store, deliver, bounce=no_dsn)
     scheduler.schedule(envelope)
     task = asyncio.create_task(scheduler.run())
     await asyncio.wait_for(started.wait(), 5)

@@ -32,7 +32,9 @@ IMPLEMENTED: frozenset[str] = frozenset({
     "hostname", "smtp max-message-size", "smtp sub-addr-delim",
     "smtp limit max-rcpt", "smtp limit max-mails",
     "smtp limit max-sessions", "smtp limit max-sessions-per-ip",
-    "queue min-free",
+    "queue min-free", "queue ttl", "action ttl",
+    # bounces (daemon/bounces.py, queue/bounce.py)
+    "bounce warn-interval",
     # processes (the supervisor: how many smtp processes, which user they run as)
     "smtp workers", "queue user",
     # TLS, AUTH and listener options (smtp/, tls.py, lookup/auth.py)

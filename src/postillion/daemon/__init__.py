@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from postillion import log
@@ -27,11 +27,14 @@ from postillion.lookup.expand import Expander, userinfo
 from postillion.mda.agent import MdaAgent, MdaJob
 from postillion.queue.envelope import Envelope
 from postillion.queue.lock import SpoolBusy, SpoolLock
+from postillion.daemon.bounces import Bouncer
+from postillion.mta.agent import MtaAgent
 from postillion.queue.agents import Agents
 from postillion.queue.scheduler import Scheduler
 from postillion.queue.store import QueueStore
 from postillion.rules import Ruleset, SessionFacts
 from postillion.smtp import interfaces
+from postillion.smtp.inject import inject
 from postillion.smtp.interfaces import ListenAddressError
 from postillion.smtp.server import Listener, ListenerError, listen_family, listener_context
 from postillion.smtp.session import SessionContext
@@ -133,6 +136,7 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         self.listeners: list[Listener] = []
         self.local_ctx: SessionContext | None = None     # set by prepare()
+        self.mta: MtaAgent | None = None                 # set by start()
         #: Envelope type -> agent; the scheduler sees only this door.
         self.agents = Agents({"mda": self.dispatch})
         self.mda = MdaAgent()
@@ -171,7 +175,8 @@ class Daemon:
 
         expander = Expander(self.tables, self.config.limits, route)
         ctx = SessionContext(hostname=self.config.hostname, limits=self.config.limits,
-                             ruleset=ruleset, expander=expander, store=self.store)
+                             ruleset=ruleset, expander=expander, store=self.store,
+                             queue_ttl=self.config.queue.ttl)
         # Bounces enter the queue through a session on this listener-less
         # context: `from local`, no AUTH, no TLS (smtp/inject.py).
         self.local_ctx = ctx
@@ -198,12 +203,17 @@ class Daemon:
     async def _start(self) -> None:
         listeners = await self.prepare()
         self.mda.start()
+        self.mta = MtaAgent(self.config, self.tables)
+        self.agents.register("mta", self.relay)
         try:
             envelopes = await self.store.open()
         except OSError as e:
             raise StartupError(f"queue {self.spool}: {e.strerror or e}"
                                f"{f': {e.filename}' if e.filename else ''}") from None
-        self.scheduler = Scheduler(self.store, self.agents.deliver)
+        bouncer = Bouncer(self.store, self.config.hostname, self.inject,
+                          self.config.bounce.warn_interval)
+        self.scheduler = Scheduler(self.store, self.agents.deliver,
+                                   bounce=bouncer.failed, warn=bouncer.delayed)
         # The store schedules what it commits: an envelope is never durable
         # yet unscheduled, even if its session dies right after the commit.
         self.store.on_commit = self.scheduler.schedule
@@ -221,6 +231,18 @@ class Daemon:
         if "mda" not in self.paused:
             self._scheduler_task = asyncio.create_task(self.scheduler.run())
         logger.info("postillion ready: %d envelope(s) in queue", len(envelopes))
+
+    async def inject(self, sender: str, rcpts: Sequence[str], message: bytes) -> Reply:
+        """Queue a message through a local session (a bounce); the reply says
+        whether it was queued (250)."""
+        assert self.local_ctx is not None
+        return (await inject(self.local_ctx, sender, rcpts, message)).reply
+
+    async def relay(self, env: Envelope) -> None:
+        """The mta agent, in this process: the message from the spool."""
+        assert self.mta is not None
+        with open(self.store.message_path(env.msgid), "rb") as message:
+            await self.mta.relay(env, message)
 
     async def dispatch(self, env: Envelope) -> None:
         """The local (`mda`) agent: deliver one envelope as its user, log the
@@ -265,6 +287,8 @@ class Daemon:
             self._scheduler_task.cancel()
             await asyncio.gather(self._scheduler_task, return_exceptions=True)
         await self.store.close()
+        if self.mta is not None:
+            await self.mta.stop()
         self.authenticators.close()
         await self.mda.stop()
         await close_tables(self.tables)

@@ -59,7 +59,7 @@ STOP_TIMEOUT: Final = 10.0
 class Role:
     """One role process the parent watches."""
 
-    name: str                       # "queue" or "smtp"
+    name: str                       # "queue", "smtp" or "mta"
     index: int
     proc: subprocess.Popen[bytes] | None = None
     channel: ch.Channel | None = None
@@ -73,7 +73,7 @@ class Role:
     def label(self) -> str:
         pid = self.proc.pid if self.proc is not None else "-"
         return f"{self.name} process {self.index} (pid {pid})" if self.name == "smtp" \
-            else f"queue process (pid {pid})"
+            else f"{self.name} process (pid {pid})"
 
 
 def role_user(config: Config) -> tuple[int, int]:
@@ -90,6 +90,11 @@ def role_user(config: Config) -> tuple[int, int]:
     if entry.pw_uid == 0 or entry.pw_gid == 0:
         raise StartupError(f"the queue user {name} is root; it must be an unprivileged user")
     return entry.pw_uid, entry.pw_gid
+
+
+def relays(config: Config) -> bool:
+    """Whether any action relays: only then is there an mta process."""
+    return any(action.method == "relay" for action in config.actions.values())
 
 
 def own_spool(spool: Path, uid: int, gid: int) -> None:
@@ -124,6 +129,8 @@ class Parent:
         self.gates = [Gate(config.limits) for _ in config.listeners]
         self.queue = Role("queue", 0)
         self.smtp: list[Role] = []
+        #: The mta process, when an action relays (nothing else makes mta envelopes).
+        self.mta: Role | None = Role("mta", 0) if relays(config) else None
         self.uid = self.gid = -1
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -160,18 +167,26 @@ class Parent:
         pairs = [socket.socketpair() for _ in self.smtp]
         for role, (queue_end, smtp_end) in zip(self.smtp, pairs):
             role.peer = smtp_end
-        self._spawn(self.queue, [q for q, _ in pairs], first=True)
+        mta_pair = socket.socketpair() if self.mta is not None else None
+        self._spawn(self.queue, [q for q, _ in pairs], first=True,
+                    mta=mta_pair[0] if mta_pair else None)
         await self._wait_hello(self.queue)
+        if self.mta is not None and mta_pair is not None:
+            self._spawn(self.mta, [], mta=mta_pair[1])
+            await self._wait_hello(self.mta)
         for role in self.smtp:
             assert role.peer is not None
             peer, role.peer = role.peer, None
             self._spawn(role, [peer])
         for role in self.smtp:
             await self._wait_hello(role)
-        for role in (self.queue, *self.smtp):
+        for role in self.roles():
             self._watch(role)
-        logger.info("postillion ready: %d smtp process(es), queue process, as uid %d",
-                    len(self.smtp), self.uid)
+        logger.info("postillion ready: %d smtp process(es), queue process%s, as uid %d",
+                    len(self.smtp), ", mta process" if self.mta is not None else "", self.uid)
+
+    def roles(self) -> list[Role]:
+        return [self.queue, *self.smtp, *([self.mta] if self.mta is not None else [])]
 
     async def _wait_hello(self, role: Role) -> None:
         assert role.channel is not None
@@ -184,8 +199,11 @@ class Parent:
         if not role.hello.is_set():
             raise StartupError(f"the {role.label} did not start (see the lines above)")
 
-    def _spawn(self, role: Role, peers: list[socket.socket], first: bool = False) -> None:
-        """Exec one role with its descriptors; the parent keeps its channel end."""
+    def _spawn(self, role: Role, peers: list[socket.socket], first: bool = False,
+               mta: socket.socket | None = None) -> None:
+        """Exec one role with its descriptors; the parent keeps its channel end.
+        `peers`: channels between the queue and the smtp processes; `mta`:
+        the one between the queue and the mta process."""
         ours, theirs = socket.socketpair()
         listeners: list[tuple[int, int]] = []
         if role.name == "smtp":
@@ -194,9 +212,11 @@ class Parent:
                         channel=theirs.fileno(), spool=str(self.spool),
                         uid=self.uid, gid=self.gid, foreground=self.foreground,
                         verbose=self.verbose, paused=tuple(sorted(self.paused)), first=first,
-                        peers=tuple(p.fileno() for p in peers), listeners=tuple(listeners))
+                        peers=tuple(p.fileno() for p in peers), listeners=tuple(listeners),
+                        mta=mta.fileno() if mta is not None else -1)
         start = write_start(args, self.config)
-        fds = (theirs.fileno(), start, *args.peers, *(fd for _, fd in listeners))
+        fds = (theirs.fileno(), start, *args.peers, *(fd for _, fd in listeners),
+               *([mta.fileno()] if mta is not None else []))
         try:
             # Started from the event loop's thread, which lives as long as
             # the parent: the parent-death signal follows the forking thread.
@@ -208,6 +228,8 @@ class Parent:
             os.close(start)
             for peer in peers:
                 peer.close()
+            if mta is not None:
+                mta.close()
         role.started = time.monotonic()
         role.hello = asyncio.Event()
         role.channel = ch.Channel(ours, lambda frame, r=role: self._on_frame(r, frame),
@@ -300,6 +322,14 @@ class Parent:
                 self._kill(role)
 
     def _restart(self, role: Role) -> None:
+        if role.name == "mta":
+            queue_end, mta_end = socket.socketpair()
+            try:
+                self._answer(self.queue, ch.QueuePeer("mta", fds=(queue_end.fileno(),)))
+            finally:
+                queue_end.close()
+            self._spawn(role, [], mta=mta_end)
+            return
         if role.name == "smtp":
             queue_end, smtp_end = socket.socketpair()
             try:
@@ -314,8 +344,15 @@ class Parent:
                 self._answer(smtp_role, ch.QueuePeer("queue", fds=(smtp_end.fileno(),)))
             finally:
                 smtp_end.close()
+        to_mta = None
+        if self.mta is not None:
+            for_mta, to_mta = socket.socketpair()
+            try:
+                self._answer(self.mta, ch.QueuePeer("queue", fds=(for_mta.fileno(),)))
+            finally:
+                for_mta.close()
         # Not the first start: smtp processes are receiving into incoming/.
-        self._spawn(role, [q for q, _ in pairs], first=False)
+        self._spawn(role, [q for q, _ in pairs], first=False, mta=to_mta)
 
     async def _reap(self, role: Role) -> str:
         assert role.proc is not None
@@ -349,6 +386,8 @@ class Parent:
         self._stopping.set()
         await self._terminate(self.smtp)     # no new mail first...
         await self._terminate([self.queue])  # ...then the deliveries it asked for
+        if self.mta is not None:
+            await self._terminate([self.mta])
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -375,7 +414,7 @@ class Parent:
             await self.stop()
 
     def _hangup(self) -> None:
-        for role in (self.queue, *self.smtp):
+        for role in self.roles():
             if role.proc is not None and role.proc.poll() is None:
                 role.proc.send_signal(signal.SIGHUP)
 

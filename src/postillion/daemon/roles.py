@@ -13,9 +13,12 @@ for good, asks to die with the parent, and says Hello.
   message to the spool itself (group commit, fsync before 250) and tells the
   queue process which envelopes it committed.  System passwords are checked
   by the parent, which alone may read /etc/shadow.
-* **queue**: recovers the spool, schedules, and dispatches each due envelope
-  by asking the parent to deliver it (the parent starts the per-uid
-  delivery workers); applies the results.
+* **queue**: recovers the spool, schedules, and dispatches each due envelope:
+  a local one by asking the parent to deliver it (the parent starts the
+  per-uid delivery workers), a relayed one to the mta process; applies the
+  results, and queues bounces through an smtp process.
+* **mta** (when an action relays): DNS, routes, the SMTP client; each
+  message arrives as an open descriptor, never the spool.
 
 A role exits when its parent channel closes, on SIGTERM (after finishing
 what it can), and when the parent dies (SIGKILL from the kernel).
@@ -31,6 +34,7 @@ import pickle
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,19 +42,26 @@ from typing import Any
 from postillion import channel as ch
 from postillion import log
 from postillion.config.model import Config
-from postillion.daemon import Daemon, StartupError, delivery_tables, open_tables
-from postillion.errors import PermFail, Reply, TempFail
+from postillion.daemon import Daemon, StartupError, close_tables, delivery_tables, open_tables
+from postillion.daemon.bounces import Bouncer
+from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.lookup.auth import AuthResult, Authenticators
 from postillion.mda.agent import MdaJob
+from postillion.mta.agent import MtaAgent, relay_tables
 from postillion.privileges import die_with_parent, drop_privileges
 from postillion.queue.envelope import Envelope
 from postillion.queue.scheduler import Scheduler
+from postillion.smtp.inject import inject
 
 logger = logging.getLogger("postillion.role")
 
 #: Longest a role waits for the parent's answer to a request: a delivery
 #: (the worker's own timeout is 300 s) or a system password check.
 REQUEST_TIMEOUT = 330.0
+#: Longest the queue waits for the mta process's answer about one envelope:
+#: a connect (30 s), replies (300 s each) and the wait after the dot (600 s)
+#: of a slow next hop, with room for a few of them.
+RELAY_TIMEOUT = 1800.0
 #: A role stopping gives deliveries in flight this long (as the daemon does).
 STOP_GRACE = 5.0
 
@@ -59,7 +70,7 @@ STOP_GRACE = 5.0
 class RoleArgs:
     """What the parent tells a role on its command line (JSON)."""
 
-    role: str                      # "smtp" or "queue"
+    role: str                      # "smtp", "queue" or "mta"
     index: int                     # smtp process number, from 0
     parent: int                    # the parent's pid (die with it)
     channel: int                   # fd: the channel to the parent
@@ -72,6 +83,7 @@ class RoleArgs:
     first: bool = True             # queue: the first start, clean incoming/
     peers: tuple[int, ...] = ()    # fds: channels to the other role(s)
     listeners: tuple[tuple[int, int], ...] = field(default=())  # (listener index, fd)
+    mta: int = -1                  # fd: queue <-> mta channel (queue and mta), -1 none
 
 
 def write_start(args: RoleArgs, config: Config) -> int:
@@ -91,6 +103,26 @@ def read_start(fd: int) -> tuple[RoleArgs, Config]:
     if not isinstance(args, RoleArgs) or not isinstance(config, Config):
         raise TypeError("the parent sent no RoleArgs and Config")
     return args, config
+
+
+#: An injected message may exceed the size limit by this much: the DSN's
+#: own headers and parts around a returned message.
+INJECT_SLACK = 256 * 1024
+
+
+def read_memfd(fd: int, limit: int) -> bytes:
+    """The whole content of a descriptor another role filled (the channel
+    closes it after the handler)."""
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = os.pread(fd, min(1 << 20, limit + 1 - size), size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise ValueError(f"message longer than {limit} octets")
+    return b"".join(chunks)
 
 
 def become(args: RoleArgs) -> None:
@@ -193,7 +225,17 @@ async def smtp_role(args: RoleArgs, config: Config) -> None:
         elif isinstance(frame, ch.QueuePeer) and frame.fds:
             queue.connect(socket.socket(fileno=os.dup(frame.fds[0])))
 
-    queue = QueueLink()
+    async def injected(frame: ch.Inject) -> ch.Injected:
+        """A bounce from the queue: queued through a local session."""
+        try:
+            message = read_memfd(frame.fds[0], config.limits.max_message_size + INJECT_SLACK)
+        except (OSError, ValueError) as e:
+            return ch.Injected(frame.id, 451, "4.3.0", f"Local injection failed: {e}")
+        assert daemon.local_ctx is not None
+        reply = (await inject(daemon.local_ctx, frame.sender, frame.rcpts, message)).reply
+        return ch.Injected(frame.id, reply.code, reply.enhanced, reply.text)
+
+    queue = QueueLink(injected)
     parent = ch.Channel(socket.socket(fileno=args.channel), on_parent, "parent channel")
     daemon = Daemon(config, Path("."))
     daemon.authenticators = Authenticators(config.limits,
@@ -233,22 +275,28 @@ class QueueLink:
 
     BACKLOG_MAX = 100_000
 
-    def __init__(self) -> None:
+    def __init__(self, injected: Callable[[ch.Inject], Awaitable[ch.Injected]]) -> None:
         self.channel: ch.Channel | None = None
         self.backlog: list[str] = []
         self._batch: list[str] = []
+        self._injected = injected
 
     def connect(self, sock: socket.socket) -> None:
         if self.channel is not None:
             self.channel.close()
-        self.channel = ch.Channel(sock, self._ignore, "queue channel")
+        self.channel = ch.Channel(sock, self._on_frame, "queue channel")
         if self.backlog:
             pending, self.backlog = self.backlog, []
             self._send(pending)
 
-    @staticmethod
-    async def _ignore(frame: ch.Frame) -> None:
-        logger.warning("queue channel: unexpected %s", type(frame).__name__)
+    async def _on_frame(self, frame: ch.Frame) -> None:
+        if not isinstance(frame, ch.Inject) or len(frame.fds) != 1:
+            logger.warning("queue channel: unexpected %s", type(frame).__name__)
+            return
+        channel = self.channel
+        answer = await self._injected(frame)
+        if channel is not None and not channel.closed.is_set():
+            channel.send(answer)
 
     def committed(self, envelope: Envelope) -> None:
         if not self._batch:
@@ -282,10 +330,56 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     async def on_parent(frame: ch.Frame) -> None:
         if isinstance(frame, ch.Delivered):
             requests.answer(frame.id, frame)
+        elif isinstance(frame, ch.QueuePeer) and frame.fds and frame.peer == "mta":
+            connect_mta(socket.socket(fileno=os.dup(frame.fds[0])))
         elif isinstance(frame, ch.QueuePeer) and frame.fds:
             listen_smtp(socket.socket(fileno=os.dup(frame.fds[0])))
 
+    relays = Requests()
+    mta_link: list[ch.Channel] = []
+
+    async def on_mta(frame: ch.Frame) -> None:
+        if not isinstance(frame, ch.Relayed):
+            raise ch.ChannelError(f"unexpected {type(frame).__name__}")
+        relays.answer(frame.id, frame)
+
+    def connect_mta(sock: socket.socket) -> None:
+        for old in mta_link:
+            old.close()
+        relays.fail_all()            # what the old mta process had is tried again
+        mta_link[:] = [ch.Channel(sock, on_mta, "mta channel")]
+
+    async def relay(env: Envelope) -> None:
+        """The mta agent: the mta process relays, we apply its answer."""
+        live = [c for c in mta_link if not c.closed.is_set()]
+        if not live:
+            raise TempFail(Reply(451, "4.3.0", "Relaying is not available now"),
+                           "no mta process")
+        rid, future = relays.new()
+        try:
+            fd = os.open(daemon.store.message_path(env.msgid), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                live[0].send(ch.Relay(rid, env.to_bytes().decode("utf-8", "surrogateescape"),
+                                      fds=(fd,)))
+            finally:
+                os.close(fd)
+            async with asyncio.timeout(RELAY_TIMEOUT):
+                answer = await future
+        except (ConnectionError, TimeoutError) as e:
+            raise TempFail(Reply(451, "4.3.0", "Relay not answered"),
+                           f"the mta process did not answer: {e}") from None
+        finally:
+            relays.forget(rid)
+        assert isinstance(answer, ch.Relayed)
+        raise_outcome(answer)
+
+    injections = Requests()
+    turn = itertools.count()
+
     async def on_smtp(frame: ch.Frame) -> None:
+        if isinstance(frame, ch.Injected):
+            injections.answer(frame.id, frame)
+            return
         if not isinstance(frame, ch.Committed):
             raise ch.ChannelError(f"unexpected {type(frame).__name__}")
         if daemon.scheduler is None:
@@ -329,14 +423,44 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
             Reply(451, "4.2.0", answer.reason)
         raise kind(reply, answer.reason)
 
+    async def send(sender: str, rcpts: Sequence[str], message: bytes) -> Reply:
+        """Queue a bounce through an smtp process (its rules, its commit)."""
+        live = [c for c in smtp_channels if not c.closed.is_set()]
+        if not live:
+            return Reply(451, "4.3.0", "No smtp process to queue the message")
+        channel = live[next(turn) % len(live)]
+        rid, future = injections.new()
+        try:
+            fd = os.memfd_create("postillion-inject", 0)
+            try:
+                view = memoryview(message)
+                while view:
+                    view = view[os.write(fd, view):]
+                channel.send(ch.Inject(rid, sender, tuple(rcpts), fds=(fd,)))
+            finally:
+                os.close(fd)
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                answer = await future
+            assert isinstance(answer, ch.Injected)
+            return Reply(answer.code, answer.enhanced, answer.text)
+        except (ConnectionError, TimeoutError, ValueError) as e:
+            return Reply(451, "4.3.0", f"Not queued: the smtp process did not answer ({e})")
+        finally:
+            injections.forget(rid)
+
     daemon.tables = await open_tables(config, delivery_tables(config))     # as root
     become(args)
     for fd in args.peers:
         listen_smtp(socket.socket(fileno=fd))
+    if args.mta >= 0:
+        connect_mta(socket.socket(fileno=args.mta))
+    daemon.agents.register("mta", relay)
     daemon.deliver = deliver
     daemon.store.display = args.spool
     envelopes = await daemon.store.open(clean_incoming=args.first)
-    daemon.scheduler = Scheduler(daemon.store, daemon.agents.deliver)
+    bouncer = Bouncer(daemon.store, config.hostname, send, config.bounce.warn_interval)
+    daemon.scheduler = Scheduler(daemon.store, daemon.agents.deliver,
+                                 bounce=bouncer.failed, warn=bouncer.delayed)
     for env in envelopes:
         daemon.scheduler.schedule(env)
     task = None
@@ -354,8 +478,84 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     requests.fail_all()
+    relays.fail_all()
     daemon.scheduler = None
     await daemon.stop()
+
+
+def raise_outcome(answer: ch.Relayed) -> None:
+    """Apply an mta answer: return on ok, else raise what it says."""
+    if answer.result == "ok":
+        return
+    try:
+        reply = Reply(answer.code, answer.enhanced, answer.text)
+    except ValueError:
+        reply = Reply(451, "4.3.0", "Relay failed")
+    if answer.result == "permfail" and reply.code >= 500:
+        raise PermFail(reply, answer.reason)
+    if reply.code < 400:
+        reply = Reply(451, "4.3.0", reply.text)
+    raise TempFail(reply, answer.reason)
+
+
+async def mta_role(args: RoleArgs, config: Config) -> None:
+    """Relays what the queue hands it (mta/agent.py): DNS, routes, the
+    SMTP client.  It never sees the spool: each message arrives as an open
+    descriptor."""
+    stopping = asyncio.Event()
+    queue: list[ch.Channel] = []
+
+    async def on_parent(frame: ch.Frame) -> None:
+        if isinstance(frame, ch.QueuePeer) and frame.fds and frame.peer == "queue":
+            connect(socket.socket(fileno=os.dup(frame.fds[0])))
+
+    async def on_queue(frame: ch.Frame) -> None:
+        if not isinstance(frame, ch.Relay) or len(frame.fds) != 1:
+            raise ch.ChannelError(f"unexpected {type(frame).__name__}")
+        channel = queue[-1] if queue else None
+        answer = await relay_one(agent, frame)
+        if channel is not None and not channel.closed.is_set():
+            channel.send(answer)
+
+    def connect(sock: socket.socket) -> None:
+        for old in queue:
+            old.close()
+        queue[:] = [ch.Channel(sock, on_queue, "queue channel")]
+
+    parent = ch.Channel(socket.socket(fileno=args.channel), on_parent, "parent channel")
+    daemon = Daemon(config, Path("/nonexistent"))
+    daemon.tables = await open_tables(config, relay_tables(config))     # as root
+    agent = MtaAgent(config, daemon.tables)
+    become(args)
+    os.chdir("/")                    # nothing of the spool is ours to touch
+    if args.mta >= 0:
+        connect(socket.socket(fileno=args.mta))
+    parent.send(ch.Hello("mta", os.getpid()))
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(daemon.update_tables()))
+    await asyncio.wait([asyncio.ensure_future(parent.closed.wait()),
+                        asyncio.ensure_future(stopping.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    await agent.stop()
+    await close_tables(daemon.tables)
+
+
+async def relay_one(agent: MtaAgent, frame: ch.Relay) -> ch.Relayed:
+    try:
+        envelope = Envelope.from_bytes(frame.envelope.encode("utf-8", "surrogateescape"))
+    except ValueError as e:
+        return ch.Relayed(frame.id, "tempfail", 451, "4.3.0", "Envelope unreadable", str(e))
+    try:
+        with os.fdopen(os.dup(frame.fds[0]), "rb") as message:
+            await agent.relay(envelope, message)
+    except MailError as e:
+        result = "permfail" if isinstance(e, PermFail) else "tempfail"
+        return ch.Relayed(frame.id, result, e.reply.code, e.reply.enhanced, e.reply.text, e.reason)
+    except Exception as e:       # a bug costs this envelope a retry, not the process
+        logger.exception("mta: relaying %016x failed", envelope.id)
+        return ch.Relayed(frame.id, "tempfail", 451, "4.3.0", "Internal error", repr(e))
+    return ch.Relayed(frame.id, "ok", 250, "2.0.0", "Relayed", "")
 
 
 def main(argv: list[str]) -> int:
@@ -363,7 +563,7 @@ def main(argv: list[str]) -> int:
     args, config = read_start(int(argv[1]))
     log.setup(foreground=args.foreground, verbose=args.verbose, announce=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # ^C is the parent's to handle
-    run = smtp_role if args.role == "smtp" else queue_role
+    run = {"smtp": smtp_role, "queue": queue_role, "mta": mta_role}[args.role]
     try:
         import uvloop
         runner = uvloop.run

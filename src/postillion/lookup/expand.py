@@ -52,6 +52,7 @@ class Delivery:
     dest: str              # the expanded address (user@domain)
     subaddress: str = ""   # the `+tag`, kept for delivery-time use
     agent: Literal["mda", "mta"] = "mda"
+    ttl: float | None = None  # the action's `ttl` (None: `queue ttl`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +122,8 @@ class Expander:
                 raise expansion_problem(rcpt, f"expansion deeper than {self._limits.expand_depth}")
             if node.kind == "address" and node.action.method == "relay":
                 # Relayed as written: the next hop expands its own addresses.
-                delivery = Delivery(node.action.name, "", node.value, agent="mta")
+                delivery = Delivery(node.action.name, "", node.value, agent="mta",
+                                    ttl=node.action.ttl)
                 deliveries.setdefault((delivery.dispatcher, "", delivery.dest), delivery)
                 children = []
             elif node.kind == "address":
@@ -158,7 +160,7 @@ class Expander:
         if await self._userinfo(action, user) is None:
             raise invalid_recipient(rcpt)
         dest = f"{user}@{node.domain}" if node.domain else user
-        return [], Delivery(action.name, user, dest, tag)
+        return [], Delivery(action.name, user, dest, tag, ttl=action.ttl)
 
     async def _children(self, node: _Node, targets: ExpandList, rcpt: str,
                         parent_user: str = "") -> list[_Node]:

@@ -33,7 +33,13 @@ Deliver = Callable[[Envelope], Awaitable[None]]
 Bounce = Callable[[Envelope], Awaitable[None]]
 """Queues a DSN for an envelope we give up on; esc_class/esc_code/errorline
 say why (5 = permanent failure, 4.4.7 = expired).  Raising keeps the
-envelope, and the bounce is tried again later."""
+envelope, and the bounce is tried again later.  Deciding that the sender
+gets no DSN (null sender, NOTIFY=NEVER) is the hook's to do and to log."""
+
+Warn = Callable[[Envelope, float], Awaitable[Envelope]]
+"""After a temporary failure, with the next attempt's time: may queue a
+"delayed" DSN, and returns the envelope to save (it records what was
+reported).  Its failures never cost the envelope anything."""
 
 MAX_SLEEP: Final = 60.0
 """Longest single sleep in seconds, so a wall-clock jump cannot stall us."""
@@ -124,8 +130,10 @@ class Scheduler:
     `base_delay` is the backoff base for local (`mda`) and bounce
     envelopes (10 s), `base_delay_mta` for remote ones (400 s).  `bounce` is
     called for expired and permanently failed envelopes before they are
-    removed; without it they are removed with a warning that no DSN went out.
-    `clock` gives epoch seconds (tests pass a fake one).
+    removed: there is no way to give up on an envelope without it (an
+    envelope leaves the queue delivered, bounced, or by an explicit
+    remove).  `warn` is called after each temporary failure.  `clock` gives
+    epoch seconds (tests pass a fake one).
     """
 
     def __init__(
@@ -133,17 +141,19 @@ class Scheduler:
         store: EnvelopeStore,
         deliver: Deliver,
         *,
+        bounce: Bounce,
+        warn: Warn | None = None,
         base_delay: float = 10.0,
         base_delay_mta: float = 400.0,
         max_inflight: int = 5000,
         clock: Callable[[], float] = time.time,
-        bounce: Bounce | None = None,
     ) -> None:
         if base_delay <= 0 or base_delay_mta <= 0 or max_inflight < 1:
             raise ValueError("base delays and max_inflight must be positive")
         self._store = store
         self._deliver = deliver
         self._bounce = bounce
+        self._warn = warn
         self._base_delay = base_delay
         self._base_delay_mta = base_delay_mta
         self._max_inflight = max_inflight
@@ -269,6 +279,11 @@ class Scheduler:
             await self._expire(envelope)
             return
         due = min(next_attempt(envelope.ctime, envelope.retry, self._base(envelope), now), envelope.expires)
+        if self._warn is not None:
+            try:
+                envelope = await self._warn(envelope, due)
+            except Exception:
+                log.exception("queue warn-failed evpid=%016x", envelope.id)
         if await self._save(envelope):
             self._due.push(envelope, due)
             log.debug("queue retry evpid=%016x retry=%d next=%.0fs", envelope.id, envelope.retry, due - now)
@@ -287,21 +302,19 @@ class Scheduler:
     async def _give_up(self, envelope: Envelope, why: str) -> None:
         """Bounce, then remove.  If the bounce cannot be queued, keep the
         envelope (with its outcome saved) and try the bounce again later."""
-        if self._bounce is None:
-            log.warning(
-                "queue no-bounce evpid=%016x reason=%s error=%r: no bounce hook, the sender is not notified",
-                envelope.id, why, envelope.errorline,
-            )
-        else:
-            try:
-                await self._bounce(envelope)
-            except Exception:
+        try:
+            await self._bounce(envelope)
+        except Exception as e:
+            if isinstance(e, MailError):
+                log.warning("queue bounce-failed evpid=%016x reason=%s error=%r",
+                            envelope.id, why, e.reason)
+            else:
                 log.exception("queue bounce-failed evpid=%016x reason=%s", envelope.id, why)
-                now = self._clock()
-                envelope = envelope.replace(retry=envelope.retry + 1, last_try=now)
-                if await self._save(envelope):
-                    self._due.push(envelope, next_attempt(envelope.ctime, envelope.retry, self._base(envelope), now))
-                return
+            now = self._clock()
+            envelope = envelope.replace(retry=envelope.retry + 1, last_try=now)
+            if await self._save(envelope):
+                self._due.push(envelope, next_attempt(envelope.ctime, envelope.retry, self._base(envelope), now))
+            return
         await self._forget(envelope)
 
     async def _save(self, envelope: Envelope) -> bool:

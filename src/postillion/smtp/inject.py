@@ -49,6 +49,17 @@ class InjectResult:
     def queued(self) -> bool:
         return self.final is not None and self.final.code == 250
 
+    @property
+    def reply(self) -> Reply:
+        """The one reply that sums it up: the end of data's, else the one
+        that refused (the first refused recipient when none was accepted)."""
+        if self.final is not None:
+            return self.final
+        if self.failed is not None:
+            return self.failed
+        return next((r for r in self.rcpt_replies if r.code != 250),
+                    Reply(451, "4.3.0", "Not queued"))
+
 
 class _ProtocolError(Exception):
     pass

@@ -36,7 +36,7 @@ from postillion.config.model import Limits, ListenDecl
 from postillion.errors import LookupUnavailable, MailError, Reply
 from postillion.lookup.auth import Authenticator, AuthResult
 from postillion.lookup.expand import Delivery, Expander
-from postillion.queue.envelope import Envelope
+from postillion.queue.envelope import DEFAULT_TTL, Envelope
 from postillion.queue.store import NO_SPACE, Incoming, QueueStore, storage_reply
 from postillion.rules import Ruleset, SessionFacts, is_local_address
 from postillion.smtp import protocol as p
@@ -80,6 +80,7 @@ class SessionContext:
     senders: Table | None = None
     hostnames: Table | None = None
     tuning: Tuning = DEFAULT_TUNING
+    queue_ttl: float = DEFAULT_TTL      # `queue ttl`: an envelope's lifetime unless its action says
 
 
 def features(decl: ListenDecl | None) -> p.Features:
@@ -634,6 +635,7 @@ class Session:
                     dsn_notify=frozenset(notify.split(",")) if notify else frozenset(),
                     dsn_ret=tx.params.get("RET", ""), dsn_envid=tx.params.get("ENVID", ""),
                     dsn_orcpt=params.get("ORCPT", ""),
+                    ttl=d.ttl if d.ttl is not None else self.ctx.queue_ttl,
                     tag=self.ctx.listen.tag if self.ctx.listen is not None and self.ctx.listen.tag else ""))
         return out
 
