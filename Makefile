@@ -30,8 +30,10 @@ test: $(STAMP) test-deps system-user
 # README's blocks call them (tests/docs), passwd (useradd/chpasswd/userdel) for
 # the system accounts AUTH is tested on, strace for the fsync-before-250 test,
 # python3-venv for the system-wide install that tests run as a normal user
-# (tests/sysvenv.py).  Installed only when missing.
-TEST_DEBS := swaks sqlite3 openssl passwd strace python3-venv
+# (tests/sysvenv.py), dnsmasq-base as the loopback DNS server of the MTA's
+# tests (tests/dnsserver.py; the binary alone: no service starts, no
+# resolv.conf is touched).  Installed only when missing.
+TEST_DEBS := swaks sqlite3 openssl passwd strace python3-venv dnsmasq-base
 test-deps:
 	@missing=""; for p in $(TEST_DEBS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
