@@ -1,0 +1,1 @@
+"""The MTA: relays mail to other hosts."""
