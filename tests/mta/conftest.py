@@ -1,6 +1,31 @@
-"""The e2e fixtures the client's tests reuse: the real daemon in-process
-(`secure_uvloop`: STARTTLS, SMTPS and submission listeners, a trustme CA,
-a credentials table) as the peer to relay to."""
+"""The client's tests: the e2e fixtures they reuse, and both event loops.
+
+`secure_uvloop` is the real daemon in-process (STARTTLS, SMTPS and
+submission listeners, a trustme CA, a credentials table), the peer to
+relay to.  The session tests run on plain asyncio and on uvloop (which
+the daemon uses when installed): STARTTLS's "nothing may be buffered
+before the handshake" rests on how each loop starts TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
 
 from tests.e2e.conftest import daemon  # noqa: F401  (fixture)
 from tests.e2e.inproc import secure_uvloop  # noqa: F401  (fixture)
+
+LOOPS: dict[str, object] = {"asyncio": asyncio.new_event_loop}
+try:
+    import uvloop
+    LOOPS["uvloop"] = uvloop.new_event_loop
+except ImportError:       # the `speed` extra is optional: plain asyncio only
+    pass
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_asyncio_loop_factories(config, item):
+    if item.module is not None and item.module.__name__.endswith("test_client_session"):
+        return LOOPS
+    return {"asyncio": asyncio.new_event_loop}

@@ -85,10 +85,14 @@ class Peer:
     conns: list[Conn] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
     server: asyncio.AbstractServer | None = None
+    tasks: set[asyncio.Task] = field(default_factory=set)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Conn(reader, writer)
         self.conns.append(conn)
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
         try:
             await self.handler(conn)
         except (TimeoutError, EOFError, ConnectionError, ssl.SSLError):
@@ -96,6 +100,7 @@ class Peer:
         except Exception as e:  # noqa: BLE001  (a script's failure: __aexit__ reports it)
             self.errors.append(e)
         finally:
+            self.tasks.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -108,6 +113,10 @@ class Peer:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
+        for task in list(self.tasks):       # scripts still stalling: the test is over
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=2)
         for conn in self.conns:
             conn.writer.close()
         with contextlib.suppress(Exception):

@@ -11,6 +11,7 @@ runs with short timeouts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import ssl
 import tracemalloc
@@ -29,8 +30,10 @@ from .peers import Conn, Peer, dialogue, ehlo_reply
 
 FAST = ClientLimits(connect_timeout=5, tls_timeout=5, reply_timeout=5, data_end_timeout=5,
                     send_timeout=5, quit_timeout=2)
-SHORT = ClientLimits(connect_timeout=2, tls_timeout=2, reply_timeout=0.3, data_end_timeout=0.3,
-                     send_timeout=0.5, quit_timeout=0.3)
+#: A short wait where the test makes the peer stall; the other waits stay
+#: long enough for a loaded machine.
+SHORT = ClientLimits(connect_timeout=5, tls_timeout=5, reply_timeout=5, data_end_timeout=0.3,
+                     send_timeout=0.5, quit_timeout=1)
 MESSAGE = b"Subject: relayed\r\nFrom: gilles@example.test\r\n\r\nhello\r\n.dot line\r\n"
 
 
@@ -291,6 +294,47 @@ async def test_helo_when_ehlo_refused_and_nothing_needed():
         assert caught.value.phase is Phase.HELLO
 
 
+@pytest.mark.parametrize("final", ["235 2.7.0 ok", "534 5.7.9 Mechanism too weak"])
+async def test_auth_login_when_plain_is_not_offered(final: str):
+    """STARTTLS verified against a CA of the test's own, then AUTH LOGIN;
+    534 is a temporary failure of the route with the peer's reason."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("relay.example.test").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    seen: list[str] = []
+
+    async def handler(conn: Conn) -> None:
+        await conn.send("220 ready\r\n")
+        await conn.line()
+        await conn.send(ehlo_reply(("STARTTLS", "AUTH PLAIN LOGIN")))
+        assert await conn.line() == "STARTTLS"
+        await conn.send("220 go ahead\r\n")
+        await conn.start_tls(server_ctx)
+        assert (await conn.line()).startswith("EHLO ")
+        await conn.send(ehlo_reply(("PIPELINING", "AUTH LOGIN CRAM-MD5")))
+        for challenge in ("", "334 VXNlcm5hbWU6\r\n", "334 UGFzc3dvcmQ6\r\n"):
+            await conn.send(challenge)
+            seen.append(await conn.line())
+        await conn.send(final + "\r\n")
+        if final.startswith("2"):
+            assert await conn.line() == "QUIT"
+            await conn.send("221 bye\r\n")
+
+    cfg_fields = {"scheme": "smtp+tls", "tls_context": client_ctx,
+                  "server_name": "relay.example.test", "credentials": Credentials("user", "pass word")}
+    async with Peer(handler) as peer:
+        if final.startswith("2"):
+            async with await open_session(config(peer.port, **cfg_fields)) as session:
+                assert session.tls is not None and session.tls[1] == "YES"
+        else:
+            with pytest.raises(RouteError, match="AUTH rejected: 534 5.7.9 Mechanism too weak") as caught:
+                await open_session(config(peer.port, **cfg_fields))
+            assert caught.value.phase is Phase.AUTH and caught.value.reply.code == 451
+    assert seen == ["AUTH LOGIN", "dXNlcg==", "cGFzcyB3b3Jk"]
+
+
 # -- hostile peers ------------------------------------------------------------
 
 async def hostile_greeting(conn: Conn, greeting: bytes) -> None:
@@ -384,10 +428,11 @@ async def test_stall_after_data_command():
         await asyncio.sleep(3)
 
     async with Peer(handler) as peer:
-        async with await open_session(config(peer.port, scheme="smtp+notls", limits=SHORT)) as session:
+        limits = dataclasses.replace(SHORT, reply_timeout=1.0)
+        async with await open_session(config(peer.port, scheme="smtp+notls", limits=limits)) as session:
             result = await session.send(tx("a@x.test"), io.BytesIO(MESSAGE))
         assert result.recipients[0].outcome is Outcome.TEMPFAIL
-        assert "waiting for the reply to DATA" in result.error
+        assert "timeout after 1s waiting for the reply to DATA" in result.error
 
 
 async def test_peer_that_stops_reading_the_message():
@@ -404,7 +449,7 @@ async def test_peer_that_stops_reading_the_message():
     async with Peer(handler) as peer:
         cfg = config(peer.port, scheme="smtp+notls", limits=SHORT)
         async with await open_session(cfg) as session:
-            result = await session.send(tx("a@x.test"), io.BytesIO((b"y" * 998 + b"\r\n") * 40000))
+            result = await session.send(tx("a@x.test"), io.BytesIO((b"y" * 998 + b"\r\n") * 8000))
         assert result.recipients[0].outcome is Outcome.TEMPFAIL
         assert "did not take our data" in result.error
 
