@@ -1,6 +1,7 @@
 """Scripted SMTP/LMTP peers on loopback for the client's tests.
 
-Each peer is an asyncio server on 127.0.0.1, port 0, in the test's own
+Each peer is an asyncio server on 127.0.0.1, port 0 (or the host and port
+given: an MX listens on port 25 of its own loopback address), in the test's own
 event loop.  A connection records every read (to see what the client
 pipelined into one write) and every command line; `dialogue` answers a
 whole SMTP or LMTP session with replies chosen per recipient, and the
@@ -106,7 +107,7 @@ class Peer:
                 await writer.wait_closed()
 
     async def __aenter__(self) -> Self:
-        self.server = await asyncio.start_server(self._accept, self.host, 0)
+        self.server = await asyncio.start_server(self._accept, self.host, self.port)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 

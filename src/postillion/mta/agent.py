@@ -1,19 +1,66 @@
-"""The mta agent: relays one envelope at a time for the scheduler.
+"""The mta agent: relays envelopes for the scheduler, one `relay()` call each.
 
-Placeholder until the MTA lands: the daemon refuses `action ... relay` at
-start (config/support.py), so nothing reaches it; should an mta envelope
-be found in a queue anyway, it stays queued.
+Envelopes are sorted by relay (`mta/relay.py`: the recipient domain or the
+smarthost, and how to reach it); each relay has a `Connector` that holds
+its waiting envelopes, finds its hosts (DNS, `mta/dns.py`) and sources (the
+`src` table), asks its `RouteTable` (`mta/routes.py`) which route the next
+session may take, and runs the sessions (`mta/session.py`).  A session
+takes the envelopes of one message together (one MAIL, a RCPT each), then
+the next message of the relay, up to `session-mail-max`.
+
+Errors land where they belong: a connect, TLS, greeting or EHLO failure
+counts against its route and the envelopes go back to wait for another
+route; when the relay has no usable route left, or its DNS answer is a
+failure, its waiting envelopes fail with that (temporarily, or permanently
+for a domain that does not exist or accepts no mail).  A recipient's reply
+decides that recipient only.  Each outcome is logged as an `mta delivery`
+line (docs/logs.md) and returned to the scheduler, which retries, bounces or
+removes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import BinaryIO
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import BinaryIO, Final
 
-from postillion.config.model import Config
-from postillion.errors import Reply, TempFail
+from postillion import log
+from postillion.config.lexer import Kind, Token
+from postillion.config.model import ActionDecl, Config, Position, RelayHost
+from postillion.config.relay import parse_url
+from postillion.config.stream import Syntax
+from postillion.errors import LookupUnavailable, MailError, PermFail, Reply, TempFail
+from postillion.mta._events import ClientLimits, Outcome, Recipient, Transaction
+from postillion.mta.dns import MxResolver
+from postillion.mta.limits import MtaLimits, limits_for
+from postillion.mta.relay import Relay, relay_for
+from postillion.mta.routes import ErrorKind, MtaState, Route, RouteTable, Wait, helo_name
+from postillion.mta.session import ClientConfig, Phase, RouteError, open_session
 from postillion.queue.envelope import Envelope
+from postillion.table.services import Service
 from postillion.table.table import Table
+
+logger = logging.getLogger("postillion.mta")
+
+#: Most recipients of one message sent in one transaction (RFC 5321 §4.5.3.1.8
+#: says a server takes at least 100); more go in a further transaction.
+MAX_RCPT: Final = 100
+#: Longest a connector waits before asking its route table again when it
+#: has envelopes but no route (a session closing wakes it sooner).
+MAX_WAIT: Final = 5.0
+NO_ACTION: Final = Reply(451, "4.3.0", "No such relay action in the configuration")
+
+
+@dataclass(eq=False)
+class _Job:
+    envelope: Envelope
+    message: BinaryIO
+    done: asyncio.Future[None]
+    queued: float = field(default_factory=time.monotonic)
 
 
 def relay_tables(config: Config) -> set[str]:
@@ -29,12 +76,325 @@ def relay_tables(config: Config) -> set[str]:
 
 
 class MtaAgent:
-    def __init__(self, config: Config, tables: Mapping[str, Table]) -> None:
+    """`relay(envelope, message)`: returns once relayed, raises TempFail or
+    PermFail otherwise.  `message` is the queue's message file, open for
+    reading; it stays the caller's."""
+
+    def __init__(self, config: Config, tables: Mapping[str, Table], *,
+                 resolver: MxResolver | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 client_limits: ClientLimits | None = None) -> None:
         self.config = config
         self.tables = tables
+        self.resolver = resolver if resolver is not None else \
+            MxResolver(list(config.mta.nameservers) or None)
+        self.state = MtaState(clock)
+        self.clock = clock
+        self.client_limits = client_limits
+        self.connectors: dict[Relay, Connector] = {}
 
     async def relay(self, envelope: Envelope, message: BinaryIO) -> None:
-        raise TempFail(Reply(451, "4.3.0", "Relaying is not available"), "no MTA yet")
+        action = self.config.actions.get(envelope.dispatcher)
+        if action is None or action.method != "relay":
+            raise TempFail(NO_ACTION, f"no relay action {envelope.dispatcher!r}")
+        domain = envelope.dest.rpartition("@")[2]
+        relay = relay_for(action, domain, relayhost=await self._smarthost(action, domain),
+                          hostname=self.config.hostname)
+        connector = self.connectors.get(relay)
+        if connector is None:
+            connector = self.connectors[relay] = Connector(self, relay, action)
+        job = _Job(envelope, message, asyncio.get_running_loop().create_future())
+        connector.submit(job)
+        await job.done
+
+    async def _smarthost(self, action: ActionDecl, domain: str) -> RelayHost | None:
+        """`host <t>` (a smarthost fetched in turn) or `domain <t>` (one per
+        recipient domain): the relay URL, parsed as `relay host` would."""
+        if action.host_table is None and action.domain is None:
+            return None
+        if action.host_table is not None:
+            value = await self.tables[action.host_table].fetch(Service.RELAYHOST)
+        else:
+            assert action.domain is not None
+            value = await self.tables[action.domain].lookup(Service.RELAYHOST, domain.lower())
+        if value is None:
+            raise TempFail(Reply(451, "4.3.0", "No relay host for this domain"),
+                           f"no relayhost for {domain} in the action's table")
+        try:
+            return parse_relay_url(value.url)
+        except ValueError as e:
+            raise LookupUnavailable(f"relayhost {value.url!r}: {e}") from None
 
     async def stop(self) -> None:
         """End the sessions still open (the tables are the caller's)."""
+        for connector in list(self.connectors.values()):
+            await connector.stop()
+
+
+def parse_relay_url(url: str) -> RelayHost:
+    """A relay URL from a table, checked as the config parser checks
+    `relay host URL` (the one parser of relay URLs)."""
+    try:
+        relay, _ = parse_url(Token(Kind.STRING, url, Position("<table>", 1, 1)))
+    except Syntax as e:
+        raise ValueError(e.message) from None
+    return relay
+
+
+class Connector:
+    """One relay: its waiting envelopes, its routes and its sessions."""
+
+    def __init__(self, agent: MtaAgent, relay: Relay, action: ActionDecl) -> None:
+        self.agent = agent
+        self.relay = relay
+        self.action = action
+        self.limits: MtaLimits = limits_for(agent.config.mta,
+                                            None if relay.as_host else relay.domain)
+        self.routes = RouteTable(relay, self.limits, agent.state)
+        self.pending: deque[_Job] = deque()
+        self.sessions: set[asyncio.Task[None]] = set()
+        self.wake = asyncio.Event()
+        self.runner: asyncio.Task[None] | None = None
+
+    def submit(self, job: _Job) -> None:
+        self.pending.append(job)
+        self.wake.set()
+        if self.runner is None or self.runner.done():
+            # Started on the next turn: the scheduler hands every envelope of
+            # a message over in one turn, so they share one transaction.
+            self.runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self.runner, *self.sessions) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._fail_all(TempFail(Reply(451, "4.3.0", "Relaying stopped"), "mta stopping"))
+
+    # -- opening sessions -------------------------------------------------------
+
+    async def _run(self) -> None:
+        await asyncio.sleep(0)
+        while self.pending:
+            try:
+                await self._refresh()
+            except MailError as e:
+                logger.info("mta relay %s: %s", self.relay, e.reason)
+                self._fail_all(e)
+                return
+            choice = self.routes.choose()
+            if isinstance(choice, Wait):
+                if choice.error is not None:
+                    self._fail_all(choice.error)
+                    return
+                self.wake.clear()
+                delay = MAX_WAIT if choice.until is None else \
+                    max(0.0, min(MAX_WAIT, choice.until - self.agent.clock()))
+                try:
+                    await asyncio.wait_for(self.wake.wait(), delay)
+                except TimeoutError:
+                    pass
+                continue
+            group = self._claim()
+            if not group:
+                break
+            self.routes.session_opened(choice)
+            task = asyncio.get_running_loop().create_task(self._session(choice, group))
+            self.sessions.add(task)
+            task.add_done_callback(self.sessions.discard)
+            await asyncio.sleep(0)
+
+    async def _refresh(self) -> None:
+        """Hosts from DNS (the resolver caches), sources from the `src` table."""
+        resolver = self.agent.resolver
+        if self.relay.as_host:
+            addresses = await resolver.addresses(self.relay.domain)
+            self.routes.set_hosts([(0, self.relay.domain.strip("[]"), addresses)])
+        else:
+            hosts = await resolver.mx(self.relay.domain, backup=self.relay.backup)
+            self.routes.set_hosts([(h.preference, h.name, h.addresses) for h in hosts])
+        if self.relay.src is not None:
+            entries = await self.agent.tables[self.relay.src].dump(Service.SOURCE)
+            sources = [str(value.address) for _, value in entries]  # type: ignore[attr-defined]
+            if not sources:
+                raise LookupUnavailable(f"src table {self.relay.src!r} is empty")
+            self.routes.set_sources(sources)
+
+    def _claim(self) -> list[_Job]:
+        """The next message's envelopes (one transaction), oldest first."""
+        if not self.pending:
+            return []
+        first = self.pending.popleft()
+        group, rest = [first], deque()
+        while self.pending:
+            job = self.pending.popleft()
+            if job.envelope.msgid == first.envelope.msgid and \
+                    job.envelope.sender == first.envelope.sender and len(group) < MAX_RCPT:
+                group.append(job)
+            else:
+                rest.append(job)
+        self.pending = rest
+        return [j for j in group if not j.done.done()]
+
+    def _fail_all(self, error: MailError) -> None:
+        """Every waiting envelope ends with `error` (a DNS answer, no route),
+        each logged as its delivery."""
+        pending, self.pending = self.pending, deque()
+        sid = log.new_id()
+        result = "PermFail" if isinstance(error, PermFail) else "TempFail"
+        for job in pending:
+            if not job.done.done():
+                self._log_delivery(sid, job, None, result, str(error.reply))
+            self._finish(job, error)
+
+    @staticmethod
+    def _finish(job: _Job, error: MailError | None) -> None:
+        if job.done.done():
+            return
+        if error is None:
+            job.done.set_result(None)
+        else:
+            job.done.set_exception(error)
+
+    # -- one session ------------------------------------------------------------
+
+    async def _session(self, route: Route, group: list[_Job]) -> None:
+        sid = log.new_id()
+        messages = 0
+        try:
+            try:
+                config = await self._client_config(route)
+            except MailError as e:
+                for job in group:
+                    self._log_delivery(sid, job, route, "TempFail", str(e.reply))
+                    self._finish(job, e if isinstance(e, TempFail) else TempFail(e.reply, e.reason))
+                return
+            log.event(sid, "mta", "connecting",
+                      address=f"{self.relay.scheme}://{_hostport(route, self.relay)}",
+                      host=route.host.name or route.host.address)
+            try:
+                session = await open_session(config)
+            except RouteError as e:
+                kind = ErrorKind.SMTP if e.phase in (Phase.GREETING, Phase.HELLO) else ErrorKind.NETWORK
+                log.event(sid, "mta", "error", reason=e.reason)
+                if e.phase is Phase.AUTH:
+                    # Our credentials, not the route: the envelopes wait for a fix.
+                    self.routes.route_ok(route)
+                    for job in group:
+                        self._log_delivery(sid, job, route, "TempFail", str(e.reply))
+                        self._finish(job, e)
+                    return
+                self.routes.route_error(route, e.reason, kind)
+                self.pending.extendleft(reversed(group))      # another route may do
+                return
+            self.routes.route_ok(route)
+            log.event(sid, "mta", "connected")
+            if session.tls is not None:
+                log.event(sid, "mta", "tls", ciphers=session.tls[0])
+            try:
+                while group:
+                    result = await self._send(session, group)
+                    messages += 1
+                    for job, outcome in zip(group, result.recipients):
+                        self._apply(sid, job, route, outcome)
+                    if result.error or not session.usable or \
+                            messages >= self.limits.session_mail_max:
+                        break
+                    group = self._claim()
+            finally:
+                await session.close()
+                log.event(sid, "mta", "disconnected", reason="quit", messages=messages)
+        finally:
+            for job in group:       # anything not answered goes back to wait
+                if not job.done.done():
+                    self.pending.appendleft(job)
+            self.routes.session_closed(route)
+            self.wake.set()
+            if self.pending and (self.runner is None or self.runner.done()):
+                self.runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def _send(self, session, group: list[_Job]):  # type: ignore[no-untyped-def]
+        first = group[0].envelope
+        sender = self.action.mail_from if self.action.mail_from is not None else first.sender
+        transaction = Transaction(
+            sender=sender,
+            recipients=tuple(Recipient(j.envelope.dest, j.envelope.dsn_notify,
+                                       j.envelope.dsn_orcpt, j.envelope.id) for j in group),
+            ret=first.dsn_ret, envid=first.dsn_envid,
+            smtputf8="smtputf8" in first.flags)
+        message = group[0].message
+        await asyncio.to_thread(message.seek, 0)
+        return await session.send(transaction, message)
+
+    def _apply(self, sid: str, job: _Job, route: Route, outcome) -> None:  # type: ignore[no-untyped-def]
+        reply: Reply = outcome.reply
+        if outcome.outcome is Outcome.OK:
+            self._log_delivery(sid, job, route, "Ok", str(reply))
+            self._finish(job, None)
+        elif outcome.outcome is Outcome.PERMFAIL:
+            self._log_delivery(sid, job, route, "PermFail", str(reply))
+            self._finish(job, PermFail(reply, str(reply)))
+        else:
+            self._log_delivery(sid, job, route, "TempFail", str(reply))
+            self._finish(job, TempFail(reply, str(reply)))
+
+    async def _client_config(self, route: Route) -> ClientConfig:
+        relay = self.relay
+        credentials = None
+        if relay.label is not None:
+            assert relay.auth is not None
+            # Looked up at every session: an edited table applies to the next one.
+            credentials = await self.agent.tables[relay.auth].lookup(Service.CREDENTIALS, relay.label)
+            if credentials is None:
+                raise TempFail(Reply(451, "4.7.0", "No credentials for relay label"),
+                               f"no credentials for label {relay.label!r} in table {relay.auth!r}")
+        helo_src = None
+        if relay.helo_src is not None and route.source.address is not None:
+            found = await self.agent.tables[relay.helo_src].lookup(Service.ADDRNAME,
+                                                                   route.source.address)
+            if found is not None:
+                helo_src = {route.source.address: found.name}
+        helo = helo_name(route.source, relay, self.agent.config.hostname, helo_src)
+        ca_file = None
+        if relay.ca is not None:
+            ca_file = self.agent.config.cas[relay.ca].cert
+        scheme = relay.scheme
+        if scheme == "smtp" and relay.verify:
+            scheme = "smtp+tls"
+        server_name = route.host.name       # the MX's or the smarthost's name
+        fields: dict[str, object] = {}
+        if self.agent.client_limits is not None:
+            fields["limits"] = self.agent.client_limits
+        elif self.limits is not None:
+            fields["limits"] = ClientLimits(
+                connect_timeout=self.limits.connect_timeout,
+                reply_timeout=self.limits.reply_timeout,
+                data_end_timeout=self.limits.data_timeout)
+        return ClientConfig(host=route.host.address, scheme=scheme, port=relay.port,
+                            server_name=server_name if not server_name.startswith("[") else "",
+                            helo=helo, source=route.source.address, credentials=credentials,
+                            ca_file=ca_file, **fields)  # type: ignore[arg-type]
+
+    def _log_delivery(self, sid: str, job: _Job, route: Route | None, result: str,
+                      stat: str) -> None:
+        """`mta delivery`; without a route (DNS, no usable route) the relay
+        is named instead of a host."""
+        env = job.envelope
+        if route is None:
+            source, relay = "-", str(self.relay)
+        else:
+            host = route.host
+            source = route.source.address or "-"
+            relay = f"{host.address} ({host.name})" if host.name else host.address
+        log.event(sid, "mta", "delivery", evpid=f"{env.id:016x}",
+                  **{"from": log.path(env.sender)}, to=log.path(env.dest),
+                  rcpt=log.path(env.rcpt) if env.rcpt else "-", source=source, relay=relay,
+                  delay=log.format_delay(time.time() - env.ctime), result=result, stat=stat)
+
+
+def _hostport(route: Route, relay: Relay) -> str:
+    address = route.host.address
+    if ":" in address:
+        address = f"[{address}]"
+    port = relay.effective_port
+    return f"{address}:{port}" if port else address
