@@ -33,7 +33,7 @@ async def test_frames_round_trip_with_descriptors():
     try:
         a.send(ch.Committed(("one", "two")))
         a.send(ch.Deliver(7, 0x1234, 1000, 1000, "bob", "/home/bob", None, "a@x", "b@y",
-                          "b@y", "Return-Path: <a@x>\r\n", fds=(r,)))
+                          "b@y", "Return-Path: <a@x>\r\n", "1.Eab.mx", fds=(r,)))
         first = await asyncio.wait_for(got.get(), 5)
         second = await asyncio.wait_for(got.get(), 5)
         assert first == ch.Committed(("one", "two"))

@@ -89,6 +89,7 @@ class Deliver(Frame):
     rcpt: str
     dest: str
     prefix: str
+    name: str | None       # the envelope's Maildir file name: a repeat replaces it
 
 
 @dataclass(frozen=True, slots=True)

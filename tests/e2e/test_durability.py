@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import smtplib
 import socket
 import time
@@ -46,3 +47,37 @@ def test_sigkill_mid_data_leaves_nothing(daemon):
     daemon.stop()
     assert daemon.delivered("alice") == []
     assert daemon.queued_files() == []
+
+
+def test_a_delivery_repeated_after_a_crash_leaves_one_copy(daemon):
+    """The daemon dies after a Maildir rename but before its envelope is
+    removed: at restart the envelope is delivered again, into the same
+    file name, so the mailbox holds the message once."""
+    daemon.start("-P", "mda")
+    with smtplib.SMTP(daemon.host, daemon.port, timeout=10) as client:
+        client.sendmail("bob@example.test", ["alice@example.test"], b"Subject: once\r\n\r\nonce\r\n")
+    daemon.stop()
+    # The queue as it was before the delivery: what a crash right after the
+    # rename leaves behind (message and envelope still queued).
+    saved = {p.relative_to(daemon.spool): p.read_bytes() for p in daemon.queued_files()}
+    modes = {p.relative_to(daemon.spool): (p.stat().st_uid, p.stat().st_gid)
+             for p in daemon.spool.rglob("*")}
+    daemon.start()
+    [first] = daemon.wait_delivered("alice")
+    daemon.wait_log("result=Ok")
+    daemon.stop()
+    assert not any(p.name == "message" for p in daemon.queued_files())
+    for rel, data in saved.items():             # the crash: the envelope is back
+        path = daemon.spool / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    for rel, (uid, gid) in modes.items():
+        if (daemon.spool / rel).exists():
+            os.chown(daemon.spool / rel, uid, gid)
+    daemon.start()
+    deadline = time.monotonic() + 20
+    while daemon.log().count("result=Ok") < 2:
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)
+    assert daemon.delivered("alice") == [first]
+    assert first.read_bytes().endswith(b"\nonce\n")

@@ -134,3 +134,31 @@ def test_path_templates_cannot_leave_their_directory(tmp_path):
 def test_relative_expanded_path_is_permanent(tmp_path):
     with pytest.raises(PermFail):
         maildir_path(job(tmp_path, template="Maildir"))
+
+
+def test_a_repeated_delivery_of_one_envelope_replaces_its_first_copy(tmp_path):
+    """The daemon died after the rename, before removing the envelope: the
+    retry must not leave the message twice in new/."""
+    root = tmp_path / "Maildir"
+    name = maildir.stable_name(0x1234567800000001, 1765000000.5, "mx.example.org")
+    assert name == "1765000000.E1234567800000001.mx.example.org"
+    first = maildir.deliver(root, PREFIX, io.BytesIO(MESSAGE), name)
+    (root / "tmp" / name).write_bytes(b"half of an attempt that died")   # left by a crash
+    again = maildir.deliver(root, PREFIX, io.BytesIO(MESSAGE), name)
+    assert first == again and [p.name for p in (root / "new").iterdir()] == [name]
+    assert again.read_bytes() == (PREFIX + MESSAGE).replace(b"\r\n", b"\n")
+    assert list((root / "tmp").iterdir()) == []
+    other = maildir.deliver(root, PREFIX, io.BytesIO(MESSAGE),
+                            maildir.stable_name(0x1234567800000002, 1765000000.5, "mx.example.org"))
+    assert other != first and len(list((root / "new").iterdir())) == 2
+
+
+def test_a_stable_name_is_one_path_component(tmp_path):
+    assert "/" not in maildir.stable_name(1 << 32 | 1, 1.0, "a/b:c")
+    with pytest.raises(ValueError):
+        maildir.deliver(tmp_path / "Maildir", b"", io.BytesIO(b"x"), "../escape")
+
+
+def test_the_worker_job_carries_the_name(tmp_path):
+    root, prefix, name = worker.decode_job(worker.encode_job("Maildir", PREFIX, "1.Eab.mx"))
+    assert (root, prefix, name) == ("Maildir", PREFIX, "1.Eab.mx")

@@ -25,6 +25,7 @@ from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.lookup.auth import Authenticators
 from postillion.lookup.expand import Expander, userinfo
 from postillion.mda.agent import MdaAgent, MdaJob
+from postillion.mda.maildir import stable_name
 from postillion.queue.envelope import Envelope
 from postillion.queue.lock import SpoolBusy, SpoolLock
 from postillion.daemon.bounces import Bouncer
@@ -259,7 +260,8 @@ class Daemon:
             user = info.username
             job = MdaJob(message=self.store.message_path(env.msgid), prefix=delivery_prefix(env),
                          path_template=action.path, user=info, sender=env.sender,
-                         rcpt=env.rcpt, dest=env.dest)
+                         rcpt=env.rcpt, dest=env.dest,
+                         name=stable_name(env.id, env.ctime, self.config.hostname))
             await self.deliver(job, env)
         except MailError as e:
             result = log.RESULT_TEMPFAIL if isinstance(e, TempFail) else log.RESULT_PERMFAIL

@@ -282,7 +282,7 @@ class Parent:
         job = MdaJob(message=self.store.message_path(frame.msgid),
                      prefix=frame.prefix.encode("utf-8", "surrogateescape"),
                      path_template=frame.path, user=user, sender=frame.sender,
-                     rcpt=frame.rcpt, dest=frame.dest)
+                     rcpt=frame.rcpt, dest=frame.dest, name=frame.name)
         try:
             await self.mda.deliver_maildir(job)
         except MailError as e:

@@ -411,7 +411,7 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
             answer = await ask(parent, requests, lambda rid: ch.Deliver(
                 rid, env.msgid, job.user.uid, job.user.gid, job.user.username, job.user.home,
                 job.path_template, job.sender, job.rcpt, job.dest,
-                job.prefix.decode("utf-8", "surrogateescape")))
+                job.prefix.decode("utf-8", "surrogateescape"), job.name))
         except (ConnectionError, TimeoutError):
             raise TempFail(Reply(451, "4.3.0", "delivery not answered"),
                            "the parent did not answer the delivery") from None

@@ -55,6 +55,7 @@ class MdaJob:
     sender: str
     rcpt: str
     dest: str
+    name: str | None = None  # the envelope's Maildir file name (maildir.stable_name)
 
 
 def temp(text: str) -> TempFail:
@@ -122,12 +123,13 @@ class Worker:
         ours.setblocking(False)
         self.channel = ours
 
-    async def run(self, root: str, prefix: bytes, fds: list[int]) -> tuple[int, str]:
+    async def run(self, root: str, prefix: bytes, fds: list[int],
+                  name: str | None = None) -> tuple[int, str]:
         """Send one job, wait for its answer; OSError/EOFError if the worker is gone."""
         loop = asyncio.get_running_loop()
         # One job at a time per worker: the send buffer is empty, so this
         # small frame never blocks.
-        socket.send_fds(self.channel, [worker.encode_job(root, prefix)], fds)
+        socket.send_fds(self.channel, [worker.encode_job(root, prefix, name)], fds)
         data = await loop.sock_recv(self.channel, worker.MAX_FRAME)
         if not data:
             raise EOFError("delivery worker died")
@@ -215,12 +217,13 @@ class MdaAgent:
                 raise temp(f"refusing to deliver as root for user {job.user.username}")
             fds, rel = await asyncio.to_thread(_open_job, job.message, root)
             try:
-                await self._run(job.user, rel, job.prefix, fds)
+                await self._run(job.user, rel, job.prefix, fds, job.name)
             finally:
                 for fd in fds:
                     os.close(fd)
 
-    async def _run(self, user: Userinfo, rel: str, prefix: bytes, fds: list[int]) -> None:
+    async def _run(self, user: Userinfo, rel: str, prefix: bytes, fds: list[int],
+                   name: str | None = None) -> None:
         pool = self._pool_for((user.uid, user.gid))
         try:
             w = await pool.acquire()
@@ -229,7 +232,7 @@ class MdaAgent:
         healthy = False
         try:
             async with asyncio.timeout(WORKER_TIMEOUT):
-                status, reason = await w.run(rel, prefix, fds)
+                status, reason = await w.run(rel, prefix, fds, name)
             healthy = True
         except TimeoutError:
             raise temp("delivery timed out") from None
@@ -272,7 +275,7 @@ def _open_job(message: Path, root: Path) -> tuple[list[int], str]:
 def _deliver_here(root: Path, job: MdaJob) -> None:
     try:
         with open(job.message, "rb") as message:
-            maildir.deliver(root, job.prefix, message)
+            maildir.deliver(root, job.prefix, message, job.name)
     except OSError as e:
         status, text = worker.os_error_result(e, str(root))
         raise (perm(text) if status == worker.EX_PERM else temp(text)) from None

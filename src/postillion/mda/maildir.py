@@ -8,6 +8,13 @@ mode 0700 by whoever runs the delivery: the recipient's uid, never root.
 
 The queue stores CRLF line ends (docs/smtp.md); a Maildir holds the local
 convention, LF, which every reader (Dovecot, mutt, Courier) expects.
+
+Redelivery is idempotent: the daemon names each envelope's file after the
+envelope (`stable_name`), so a delivery repeated because the daemon died
+between the rename and the removal of its envelope replaces the first copy
+in `new/` instead of adding a second one.  (A copy the reader has already
+moved to `cur/` is not looked for: that would mean listing `cur/` at every
+delivery.)
 """
 
 from __future__ import annotations
@@ -40,6 +47,13 @@ def ensure_maildir(root: Path) -> None:
         (root / sub).mkdir(mode=0o700, exist_ok=True)
 
 
+def stable_name(evpid: int, ctime: float, hostname: str) -> str:
+    """`ctime.Eevpid.host`: a Maildir name that is unique to the envelope and
+    the same at every attempt (docs/architecture.md, The queue)."""
+    host = hostname.replace("/", "\\057").replace(":", "\\072")
+    return f"{int(ctime)}.E{evpid:016x}.{host}"
+
+
 def unique_name() -> str:
     """`time.MusecPpidQn.host`, the usual maildir unique name."""
     now = time.time()
@@ -47,16 +61,25 @@ def unique_name() -> str:
     return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{host}"
 
 
-def deliver(root: Path, prefix: bytes, message: BinaryIO) -> Path:
+def deliver(root: Path, prefix: bytes, message: BinaryIO, name: str | None = None) -> Path:
     """Write prefix + message into the Maildir at root; return the new file.
 
-    Raises OSError on any failure; the caller maps it (ENOSPC, EDQUOT,
-    EACCES...) to a temporary failure and the tmp file is removed.
+    `name` (`stable_name`) makes a repeated delivery replace its first copy;
+    None draws a fresh unique name.  Raises OSError on any failure; the
+    caller maps it (ENOSPC, EDQUOT, EACCES...) to a temporary failure and
+    the tmp file is removed.
     """
     ensure_maildir(root)
-    name = unique_name()
+    if name is None:
+        name = unique_name()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    else:
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"not a Maildir file name: {name!r}")
+        # An attempt that died before its rename may have left this tmp file.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
     tmp = root / "tmp" / name
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, flags, 0o600)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(prefix.replace(b"\r\n", b"\n"))

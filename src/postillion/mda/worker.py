@@ -62,7 +62,8 @@ def os_error_result(e: OSError, where: str) -> tuple[int, str]:
     return (EX_PERM if e.errno in PERMANENT_ERRNOS else EX_TEMPFAIL), reason
 
 
-def deliver_job(root: str, prefix: bytes, message_fd: int, anchor_fd: int | None) -> tuple[int, str]:
+def deliver_job(root: str, prefix: bytes, message_fd: int, anchor_fd: int | None,
+                name: str | None = None) -> tuple[int, str]:
     """Deliver one message into one Maildir, already running as the user.
 
     With an anchor, `root` is relative to it: the worker changes into the
@@ -73,7 +74,7 @@ def deliver_job(root: str, prefix: bytes, message_fd: int, anchor_fd: int | None
         if anchor_fd is not None:
             os.fchdir(anchor_fd)
         with os.fdopen(message_fd, "rb", closefd=False) as source:
-            deliver(Path(root), prefix, source)
+            deliver(Path(root), prefix, source, name)
     except OSError as e:
         return os_error_result(e, root)
     finally:
@@ -82,13 +83,16 @@ def deliver_job(root: str, prefix: bytes, message_fd: int, anchor_fd: int | None
     return EX_OK, "Delivered"
 
 
-def decode_job(data: bytes) -> tuple[str, bytes]:
+def decode_job(data: bytes) -> tuple[str, bytes, str | None]:
     job = json.loads(data)
-    return str(job["root"]), str(job["prefix"]).encode("utf-8", "surrogateescape")
+    name = job.get("name")
+    return (str(job["root"]), str(job["prefix"]).encode("utf-8", "surrogateescape"),
+            None if name is None else str(name))
 
 
-def encode_job(root: str, prefix: bytes) -> bytes:
-    return json.dumps({"root": root, "prefix": prefix.decode("utf-8", "surrogateescape")}).encode()
+def encode_job(root: str, prefix: bytes, name: str | None = None) -> bytes:
+    return json.dumps({"root": root, "prefix": prefix.decode("utf-8", "surrogateescape"),
+                       "name": name}).encode()
 
 
 def serve(channel: socket.socket) -> None:
@@ -98,11 +102,11 @@ def serve(channel: socket.socket) -> None:
         if not data:
             return                       # EOF: the daemon is gone or retired us
         try:
-            root, prefix = decode_job(data)
+            root, prefix, name = decode_job(data)
             if not fds:
                 result = (EX_TEMPFAIL, "job without its message")
             else:
-                result = deliver_job(root, prefix, fds[0], fds[1] if len(fds) > 1 else None)
+                result = deliver_job(root, prefix, fds[0], fds[1] if len(fds) > 1 else None, name)
         except (ValueError, KeyError, TypeError):
             result = (EX_TEMPFAIL, "malformed job frame")
         finally:
