@@ -31,7 +31,8 @@ HOSTNAME = "mx.example.test"
 
 def _ephemeral_range() -> range:
     try:
-        low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = map(int, f.read().split())
         return range(low, high + 1)
     except (OSError, ValueError):
         return range(32768, 61000)
