@@ -44,7 +44,8 @@ from postillion import log
 from postillion.config.model import Config
 from postillion.daemon import Daemon, StartupError, close_tables, delivery_tables, open_tables
 from postillion.daemon.bounces import Bouncer
-from postillion.errors import MailError, PermFail, Reply, TempFail
+from postillion.daemon.relaying import MtaLink, relay_one
+from postillion.errors import PermFail, Reply, TempFail
 from postillion.lookup.auth import AuthResult, Authenticators
 from postillion.mda.agent import MdaJob
 from postillion.mta.agent import MtaAgent, relay_tables
@@ -58,10 +59,6 @@ logger = logging.getLogger("postillion.role")
 #: Longest a role waits for the parent's answer to a request: a delivery
 #: (the worker's own timeout is 300 s) or a system password check.
 REQUEST_TIMEOUT = 330.0
-#: Longest the queue waits for the mta process's answer about one envelope:
-#: a connect (30 s), replies (300 s each) and the wait after the dot (600 s)
-#: of a slow next hop, with room for a few of them.
-RELAY_TIMEOUT = 1800.0
 #: A role stopping gives deliveries in flight this long (as the daemon does).
 STOP_GRACE = 5.0
 
@@ -331,47 +328,11 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
         if isinstance(frame, ch.Delivered):
             requests.answer(frame.id, frame)
         elif isinstance(frame, ch.QueuePeer) and frame.fds and frame.peer == "mta":
-            connect_mta(socket.socket(fileno=os.dup(frame.fds[0])))
+            mta.connect(socket.socket(fileno=os.dup(frame.fds[0])))
         elif isinstance(frame, ch.QueuePeer) and frame.fds:
             listen_smtp(socket.socket(fileno=os.dup(frame.fds[0])))
 
-    relays = Requests()
-    mta_link: list[ch.Channel] = []
-
-    async def on_mta(frame: ch.Frame) -> None:
-        if not isinstance(frame, ch.Relayed):
-            raise ch.ChannelError(f"unexpected {type(frame).__name__}")
-        relays.answer(frame.id, frame)
-
-    def connect_mta(sock: socket.socket) -> None:
-        for old in mta_link:
-            old.close()
-        relays.fail_all()            # what the old mta process had is tried again
-        mta_link[:] = [ch.Channel(sock, on_mta, "mta channel")]
-
-    async def relay(env: Envelope) -> None:
-        """The mta agent: the mta process relays, we apply its answer."""
-        live = [c for c in mta_link if not c.closed.is_set()]
-        if not live:
-            raise TempFail(Reply(451, "4.3.0", "Relaying is not available now"),
-                           "no mta process")
-        rid, future = relays.new()
-        try:
-            fd = os.open(daemon.store.message_path(env.msgid), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                live[0].send(ch.Relay(rid, env.to_bytes().decode("utf-8", "surrogateescape"),
-                                      fds=(fd,)))
-            finally:
-                os.close(fd)
-            async with asyncio.timeout(RELAY_TIMEOUT):
-                answer = await future
-        except (ConnectionError, TimeoutError) as e:
-            raise TempFail(Reply(451, "4.3.0", "Relay not answered"),
-                           f"the mta process did not answer: {e}") from None
-        finally:
-            relays.forget(rid)
-        assert isinstance(answer, ch.Relayed)
-        raise_outcome(answer)
+    mta = MtaLink(daemon.store.message_path)
 
     injections = Requests()
     turn = itertools.count()
@@ -453,8 +414,8 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     for fd in args.peers:
         listen_smtp(socket.socket(fileno=fd))
     if args.mta >= 0:
-        connect_mta(socket.socket(fileno=args.mta))
-    daemon.agents.register("mta", relay)
+        mta.connect(socket.socket(fileno=args.mta))
+    daemon.agents.register("mta", mta.relay)
     daemon.deliver = deliver
     daemon.store.display = args.spool
     envelopes = await daemon.store.open(clean_incoming=args.first)
@@ -478,24 +439,9 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     requests.fail_all()
-    relays.fail_all()
+    mta.close()
     daemon.scheduler = None
     await daemon.stop()
-
-
-def raise_outcome(answer: ch.Relayed) -> None:
-    """Apply an mta answer: return on ok, else raise what it says."""
-    if answer.result == "ok":
-        return
-    try:
-        reply = Reply(answer.code, answer.enhanced, answer.text)
-    except ValueError:
-        reply = Reply(451, "4.3.0", "Relay failed")
-    if answer.result == "permfail" and reply.code >= 500:
-        raise PermFail(reply, answer.reason)
-    if reply.code < 400:
-        reply = Reply(451, "4.3.0", reply.text)
-    raise TempFail(reply, answer.reason)
 
 
 async def mta_role(args: RoleArgs, config: Config) -> None:
@@ -539,23 +485,6 @@ async def mta_role(args: RoleArgs, config: Config) -> None:
                        return_when=asyncio.FIRST_COMPLETED)
     await agent.stop()
     await close_tables(daemon.tables)
-
-
-async def relay_one(agent: MtaAgent, frame: ch.Relay) -> ch.Relayed:
-    try:
-        envelope = Envelope.from_bytes(frame.envelope.encode("utf-8", "surrogateescape"))
-    except ValueError as e:
-        return ch.Relayed(frame.id, "tempfail", 451, "4.3.0", "Envelope unreadable", str(e))
-    try:
-        with os.fdopen(os.dup(frame.fds[0]), "rb") as message:
-            await agent.relay(envelope, message)
-    except MailError as e:
-        result = "permfail" if isinstance(e, PermFail) else "tempfail"
-        return ch.Relayed(frame.id, result, e.reply.code, e.reply.enhanced, e.reply.text, e.reason)
-    except Exception as e:       # a bug costs this envelope a retry, not the process
-        logger.exception("mta: relaying %016x failed", envelope.id)
-        return ch.Relayed(frame.id, "tempfail", 451, "4.3.0", "Internal error", repr(e))
-    return ch.Relayed(frame.id, "ok", 250, "2.0.0", "Relayed", "")
 
 
 def main(argv: list[str]) -> int:
