@@ -1,5 +1,6 @@
-"""A real system account for AUTH tests: made by `useradd`, given a password
-by `chpasswd` (through PAM, as `passwd` would), removed by `userdel`.
+"""Real system accounts for tests: for AUTH, made by `useradd`, given a
+password by `chpasswd` (through PAM, as `passwd` would); for delivery to
+~/Maildir, one with a home directory; each removed by `userdel`.
 
 Tests run as root.  Other test runs on the machine may hold the shadow lock
 for a moment, so each command is retried a bounded number of times.
@@ -8,6 +9,7 @@ for a moment, so each command is retried a bounded number of times.
 from __future__ import annotations
 
 import contextlib
+import pwd
 import secrets
 import subprocess
 import time
@@ -46,3 +48,15 @@ def system_user(password: str) -> Iterator[str]:
         yield user
     finally:
         run("userdel", user)
+
+
+@contextlib.contextmanager
+def user_with_home() -> Iterator[pwd.struct_passwd]:
+    """A uniquely named account with a home directory (useradd
+    --create-home) and no login shell; removed with its home."""
+    user = "ptest" + secrets.token_hex(6)
+    run("useradd", "--create-home", "--shell", "/usr/sbin/nologin", user)
+    try:
+        yield pwd.getpwnam(user)
+    finally:
+        run("userdel", "--remove", user)
