@@ -19,6 +19,7 @@ import os
 import pwd
 import random
 import shutil
+import signal
 import smtplib
 import tempfile
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from postillion.daemon.bounces import GROUP_DELAY
 from tests.dnsserver import DnsServers, Zones
 from tests.e2e import procs
 from tests.e2e.conftest import Daemon, free_port
@@ -274,4 +276,30 @@ async def test_kill_the_queue_process_the_new_one_reconnects_to_the_mta_process(
     assert r.role("mta") == [mta]                    # the same mta process all along
     for rcpt in ("bob", "carol", "dave"):
         assert "result=Ok" in line_with(log, "mta delivery", f"to=<{rcpt}@remote.test>")
+    await r.until(lambda: not r.queued())
+
+
+async def test_an_smtp_process_dying_with_a_bounce_in_hand_costs_no_wait(relaying):
+    """The DSN is handed to an smtp process (Inject) that dies before it
+    answers: the queue hands it to the next one as soon as there is one
+    (the parent restarts them), rather than waiting out its timeout."""
+    r = relaying
+    await r.start()
+    smtp = r.role("smtp")
+
+    async def refuse(conn: Conn) -> None:
+        await dialogue(conn, rcpt=lambda a: "550 5.1.1 No such user here\r\n")
+
+    async with Peer(refuse, host=r.mx, port=25):
+        await r.send(["nobody@remote.test"], "refused")
+        await r.wait_log("result=PermFail")
+    for pid in smtp:                     # frozen: an Inject sent now is never answered
+        os.kill(pid, signal.SIGSTOP)
+    await asyncio.sleep(GROUP_DELAY + 1.0)       # the DSN is built and handed over
+    for pid in smtp:
+        procs.kill(pid)
+    [dsn_path] = await r.until(lambda: r.daemon.delivered("alice"))
+    assert b"Delivery status notification: failed" in dsn_path.read_bytes()
+    log = await r.wait_log("queue bounce")
+    assert "result=Ok" in line_with(log, "queue bounce", "to=<alice@example.test>")
     await r.until(lambda: not r.queued())

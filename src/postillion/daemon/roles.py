@@ -34,7 +34,7 @@ import pickle
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from postillion.config.model import Config
 from postillion.daemon import Daemon, StartupError, close_tables, delivery_tables, open_tables
 from postillion.daemon.bounces import Bouncer
 from postillion.daemon.relaying import MtaLink, relay_one
+from postillion.daemon.smtplinks import SmtpLinks
 from postillion.errors import PermFail, Reply, TempFail
 from postillion.lookup.auth import AuthResult, Authenticators
 from postillion.mda.agent import MdaJob
@@ -330,19 +331,11 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
         elif isinstance(frame, ch.QueuePeer) and frame.fds and frame.peer == "mta":
             mta.connect(socket.socket(fileno=os.dup(frame.fds[0])))
         elif isinstance(frame, ch.QueuePeer) and frame.fds:
-            listen_smtp(socket.socket(fileno=os.dup(frame.fds[0])))
+            smtp.listen(socket.socket(fileno=os.dup(frame.fds[0])))
 
     mta = MtaLink(daemon.store.message_path)
 
-    injections = Requests()
-    turn = itertools.count()
-
-    async def on_smtp(frame: ch.Frame) -> None:
-        if isinstance(frame, ch.Injected):
-            injections.answer(frame.id, frame)
-            return
-        if not isinstance(frame, ch.Committed):
-            raise ch.ChannelError(f"unexpected {type(frame).__name__}")
+    async def committed(frame: ch.Committed) -> None:
         if daemon.scheduler is None:
             return      # the scan about to run finds them: commits are durable first
         for text in frame.envelopes:
@@ -359,11 +352,7 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
             daemon.store.adopt(envelope)
             daemon.scheduler.schedule(envelope)
 
-    smtp_channels: list[ch.Channel] = []
-
-    def listen_smtp(sock: socket.socket) -> None:
-        smtp_channels[:] = [c for c in smtp_channels if not c.closed.is_set()]
-        smtp_channels.append(ch.Channel(sock, on_smtp, "smtp channel"))
+    smtp = SmtpLinks(committed)
 
     parent = ch.Channel(socket.socket(fileno=args.channel), on_parent, "parent channel")
 
@@ -384,42 +373,17 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
             Reply(451, "4.2.0", answer.reason)
         raise kind(reply, answer.reason)
 
-    async def send(sender: str, rcpts: Sequence[str], message: bytes) -> Reply:
-        """Queue a bounce through an smtp process (its rules, its commit)."""
-        live = [c for c in smtp_channels if not c.closed.is_set()]
-        if not live:
-            return Reply(451, "4.3.0", "No smtp process to queue the message")
-        channel = live[next(turn) % len(live)]
-        rid, future = injections.new()
-        try:
-            fd = os.memfd_create("postillion-inject", 0)
-            try:
-                view = memoryview(message)
-                while view:
-                    view = view[os.write(fd, view):]
-                channel.send(ch.Inject(rid, sender, tuple(rcpts), fds=(fd,)))
-            finally:
-                os.close(fd)
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                answer = await future
-            assert isinstance(answer, ch.Injected)
-            return Reply(answer.code, answer.enhanced, answer.text)
-        except (ConnectionError, TimeoutError, ValueError) as e:
-            return Reply(451, "4.3.0", f"Not queued: the smtp process did not answer ({e})")
-        finally:
-            injections.forget(rid)
-
     daemon.tables = await open_tables(config, delivery_tables(config))     # as root
     become(args)
     for fd in args.peers:
-        listen_smtp(socket.socket(fileno=fd))
+        smtp.listen(socket.socket(fileno=fd))
     if args.mta >= 0:
         mta.connect(socket.socket(fileno=args.mta))
     daemon.agents.register("mta", mta.relay)
     daemon.deliver = deliver
     daemon.store.display = args.spool
     envelopes = await daemon.store.open(clean_incoming=args.first)
-    bouncer = Bouncer(daemon.store, config.hostname, send, config.bounce.warn_interval)
+    bouncer = Bouncer(daemon.store, config.hostname, smtp.send, config.bounce.warn_interval)
     daemon.scheduler = Scheduler(daemon.store, daemon.agents.deliver,
                                  bounce=bouncer.failed, warn=bouncer.delayed)
     for env in envelopes:
@@ -440,6 +404,7 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
         await asyncio.gather(task, return_exceptions=True)
     requests.fail_all()
     mta.close()
+    smtp.close()
     daemon.scheduler = None
     await daemon.stop()
 
