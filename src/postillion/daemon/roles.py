@@ -378,8 +378,11 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     for fd in args.peers:
         smtp.listen(socket.socket(fileno=fd))
     if args.mta >= 0:
+        # Only then: without an action that relays there is no mta process
+        # to wait for, and an mta envelope (queued under an older
+        # configuration) is kept for want of an agent.
         mta.connect(socket.socket(fileno=args.mta))
-    daemon.agents.register("mta", mta.relay)
+        daemon.agents.register("mta", mta.relay)
     daemon.deliver = deliver
     daemon.store.display = args.spool
     envelopes = await daemon.store.open(clean_incoming=args.first)
