@@ -93,7 +93,7 @@ class MtaLink:
         await channel.closed.wait()
         if channel is self.channel:
             self._connected.clear()
-        for rid, (sent_on, future) in list(self._waiting.items()):
+        for sent_on, future in list(self._waiting.values()):
             if sent_on is channel and not future.done():
                 future.set_exception(_Lost(channel.error or "the mta process went away"))
 
