@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Final
 
 from postillion import channel as ch
+from postillion import log
 from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.mta.agent import MtaAgent
 from postillion.queue.envelope import Envelope
@@ -112,7 +113,8 @@ class MtaLink:
             try:
                 answer = await self._ask(channel, envelope)
             except _Lost as e:
-                logger.warning("queue relay-lost evpid=%016x reason=%r%s", envelope.id, str(e),
+                logger.warning("queue relay-lost evpid=%016x reason=%s%s", envelope.id,
+                               log.escape(str(e)),
                                "; sending it again" if sent < self.resends else "")
                 continue
             raise_outcome(answer)

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from postillion import channel as ch
+from postillion import log
 from postillion.daemon.relaying import LINK_WAIT
 from postillion.errors import Reply
 from postillion.smtp.inject import INJECT_TIMEOUT
@@ -89,8 +90,10 @@ class SmtpLinks:
             answer = await self._ask(channel, sender, rcpts, message)
             if answer is not None:
                 return answer
-            logger.warning("queue inject-lost to=<%s> reason=\"the smtp process went away\"%s",
-                           ",".join(rcpts), "; asking another one" if tried < self.tries else "")
+            logger.warning("queue inject-lost to=%s reason=%s%s",
+                           log.escape(",".join(log.path(r) for r in rcpts)),
+                           log.escape(channel.error or "the smtp process went away"),
+                           "; asking another one" if tried < self.tries else "")
             reply = LOST
         return reply
 
