@@ -155,7 +155,8 @@ def accept_all(conn: Conn) -> object:
 
 async def test_the_mta_process_relays_as_the_queue_user(relaying):
     """One mta process, the queue user's (no capabilities, no groups, its
-    working directory /), holding nothing of the spool between relays."""
+    working directory /), holding nothing of the spool between relays, and
+    dying with the parent."""
     r = relaying
     await r.start()
     [mta] = r.role("mta")
@@ -176,6 +177,8 @@ async def test_the_mta_process_relays_as_the_queue_user(relaying):
     assert r.role("mta") == [mta]
     assert spool_fds(mta, r.daemon.spool) == {}        # the message went back when done
     await r.until(lambda: not r.queued())
+    await asyncio.to_thread(r.daemon.kill)             # kill -9 of the parent alone...
+    assert procs.wait_gone([mta], 2.0) == []           # ...and the mta process goes with it
 
 
 async def test_a_5xx_at_rcpt_bounces_through_an_smtp_process(relaying):
