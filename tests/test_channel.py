@@ -135,3 +135,23 @@ def test_any_bytes_are_a_frame_or_a_channel_error(body):
     except ch.ChannelError:
         return
     assert type(frame) in ch.TYPES.values()
+
+
+async def test_a_frame_the_handler_refuses_closes_the_channel():
+    """A well-formed frame of a type this side never expects is treated as
+    a malformed one: the channel ends and the peer is not trusted again."""
+    a_sock, b_sock = socket.socketpair()
+
+    async def refuse(frame: ch.Frame) -> None:
+        raise ch.ChannelError(f"unexpected {type(frame).__name__}")
+
+    async def ignore(frame: ch.Frame) -> None:
+        pass
+
+    a = ch.Channel(a_sock, ignore, "a")
+    b = ch.Channel(b_sock, refuse, "b")
+    a.send(ch.Hello("smtp", 1))
+    await asyncio.wait_for(b.closed.wait(), 5)
+    assert b.error == "unexpected Hello"
+    await asyncio.wait_for(a.closed.wait(), 5)     # and the sender sees its end go
+    a.close()

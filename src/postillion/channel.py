@@ -355,6 +355,11 @@ class Channel:
     async def _dispatch(self, frame: Frame) -> None:
         try:
             await self.handler(frame)
+        except ChannelError as e:
+            # A well-formed frame this side never expects: the peer is not
+            # trusted again, as with a malformed one.
+            logger.error("%s: %s; closing it", self.name, e)
+            self._close(str(e))
         except Exception:
             logger.exception("%s: handling %s failed", self.name, type(frame).__name__)
         finally:

@@ -305,9 +305,10 @@ class Parent:
             if self._stopping.is_set():
                 return
             lived = time.monotonic() - role.started
-            role.backoff = RESTART_MIN if lived >= RESTART_RESET else \
-                min(RESTART_MAX, role.backoff * 2)
-            delay = RESTART_MIN if lived >= RESTART_RESET else role.backoff
+            if lived >= RESTART_RESET:
+                role.backoff = RESTART_MIN
+            delay = role.backoff                      # 1 s, then 2, 4 ... while it dies young
+            role.backoff = min(RESTART_MAX, role.backoff * 2)
             logger.warning("%s exited (%s); restarting it in %gs", role.label, status, delay)
             try:
                 await asyncio.wait_for(self._stopping.wait(), delay)
