@@ -17,8 +17,9 @@ for good, asks to die with the parent, and says Hello.
   a local one by asking the parent to deliver it (the parent starts the
   per-uid delivery workers), a relayed one to the mta process; applies the
   results, and queues bounces through an smtp process.
-* **mta** (when an action relays): DNS, routes, the SMTP client; each
-  message arrives as an open descriptor, never the spool.
+* **mta** (when an action relays or delivers over LMTP): DNS, routes, the
+  SMTP and LMTP client; each message arrives as an open descriptor, never
+  the spool.
 
 A role exits when its parent channel closes, on SIGTERM (after finishing
 what it can), and when the parent dies (SIGKILL from the kernel).
@@ -37,7 +38,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from postillion import channel as ch
 from postillion import log
@@ -48,6 +49,7 @@ from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.lookup.auth import AuthResult, Authenticators
 from postillion.mda.agent import MdaJob
 from postillion.mta.agent import MtaAgent, relay_tables
+from postillion.mta.lmtp import LmtpAgent, LmtpJob
 from postillion.privileges import die_with_parent, drop_privileges
 from postillion.queue.envelope import Envelope
 from postillion.queue.scheduler import Scheduler
@@ -349,29 +351,38 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
         relays.fail_all()            # what the old mta process had is tried again
         mta_link[:] = [ch.Channel(sock, on_mta, "mta channel")]
 
-    async def relay(env: Envelope) -> None:
-        """The mta agent: the mta process relays, we apply its answer."""
+    async def ask_mta(env: Envelope, make: Callable[[int, str, int], ch.Frame]) -> None:
+        """Hand one envelope to the mta process (`make(id, envelope JSON,
+        message fd)` is the frame), apply its answer."""
         live = [c for c in mta_link if not c.closed.is_set()]
         if not live:
-            raise TempFail(Reply(451, "4.3.0", "Relaying is not available now"),
+            raise TempFail(Reply(451, "4.3.0", "Delivery is not available now"),
                            "no mta process")
         rid, future = relays.new()
         try:
             fd = os.open(daemon.store.message_path(env.msgid), os.O_RDONLY | os.O_CLOEXEC)
             try:
-                live[0].send(ch.Relay(rid, env.to_bytes().decode("utf-8", "surrogateescape"),
-                                      fds=(fd,)))
+                live[0].send(make(rid, env.to_bytes().decode("utf-8", "surrogateescape"), fd))
             finally:
                 os.close(fd)
             async with asyncio.timeout(RELAY_TIMEOUT):
                 answer = await future
         except (ConnectionError, TimeoutError) as e:
-            raise TempFail(Reply(451, "4.3.0", "Relay not answered"),
+            raise TempFail(Reply(451, "4.3.0", "Delivery not answered"),
                            f"the mta process did not answer: {e}") from None
         finally:
             relays.forget(rid)
         assert isinstance(answer, ch.Relayed)
         raise_outcome(answer)
+
+    async def relay(env: Envelope) -> None:
+        """The mta agent: the mta process relays, we apply its answer."""
+        await ask_mta(env, lambda rid, text, fd: ch.Relay(rid, text, fds=(fd,)))
+
+    async def lmtp(job: LmtpJob) -> None:
+        """The lmtp method: the mta process delivers (mta/lmtp.py)."""
+        await ask_mta(job.envelope, lambda rid, text, fd: ch.Lmtp(
+            rid, text, job.destination, job.rcpt_to, fds=(fd,)))
 
     injections = Requests()
     turn = itertools.count()
@@ -456,6 +467,7 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
         connect_mta(socket.socket(fileno=args.mta))
     daemon.agents.register("mta", relay)
     daemon.deliver = deliver
+    daemon.lmtp = lmtp
     daemon.store.display = args.spool
     envelopes = await daemon.store.open(clean_incoming=args.first)
     bouncer = Bouncer(daemon.store, config.hostname, send, config.bounce.warn_interval)
@@ -510,10 +522,14 @@ async def mta_role(args: RoleArgs, config: Config) -> None:
             connect(socket.socket(fileno=os.dup(frame.fds[0])))
 
     async def on_queue(frame: ch.Frame) -> None:
-        if not isinstance(frame, ch.Relay) or len(frame.fds) != 1:
+        if not isinstance(frame, (ch.Relay, ch.Lmtp)) or len(frame.fds) != 1:
             raise ch.ChannelError(f"unexpected {type(frame).__name__}")
         channel = queue[-1] if queue else None
-        answer = await relay_one(agent, frame)
+        if isinstance(frame, ch.Lmtp):
+            answer = await run_one(frame, lambda env, message: lmtp.deliver(
+                LmtpJob(env, frame.destination, frame.rcpt_to), message))
+        else:
+            answer = await run_one(frame, agent.relay)
         if channel is not None and not channel.closed.is_set():
             channel.send(answer)
 
@@ -526,6 +542,7 @@ async def mta_role(args: RoleArgs, config: Config) -> None:
     daemon = Daemon(config, Path("/nonexistent"))
     daemon.tables = await open_tables(config, relay_tables(config))     # as root
     agent = MtaAgent(config, daemon.tables)
+    lmtp = LmtpAgent(config.hostname)
     become(args)
     os.chdir("/")                    # nothing of the spool is ours to touch
     if args.mta >= 0:
@@ -538,24 +555,27 @@ async def mta_role(args: RoleArgs, config: Config) -> None:
                         asyncio.ensure_future(stopping.wait())],
                        return_when=asyncio.FIRST_COMPLETED)
     await agent.stop()
+    await lmtp.stop()
     await close_tables(daemon.tables)
 
 
-async def relay_one(agent: MtaAgent, frame: ch.Relay) -> ch.Relayed:
+async def run_one(frame: ch.Relay | ch.Lmtp,
+                  deliver: Callable[[Envelope, BinaryIO], Awaitable[None]]) -> ch.Relayed:
+    """One Relay or Lmtp frame through its agent, the outcome as Relayed."""
     try:
         envelope = Envelope.from_bytes(frame.envelope.encode("utf-8", "surrogateescape"))
     except ValueError as e:
         return ch.Relayed(frame.id, "tempfail", 451, "4.3.0", "Envelope unreadable", str(e))
     try:
         with os.fdopen(os.dup(frame.fds[0]), "rb") as message:
-            await agent.relay(envelope, message)
+            await deliver(envelope, message)
     except MailError as e:
         result = "permfail" if isinstance(e, PermFail) else "tempfail"
         return ch.Relayed(frame.id, result, e.reply.code, e.reply.enhanced, e.reply.text, e.reason)
     except Exception as e:       # a bug costs this envelope a retry, not the process
-        logger.exception("mta: relaying %016x failed", envelope.id)
+        logger.exception("mta: delivering %016x failed", envelope.id)
         return ch.Relayed(frame.id, "tempfail", 451, "4.3.0", "Internal error", repr(e))
-    return ch.Relayed(frame.id, "ok", 250, "2.0.0", "Relayed", "")
+    return ch.Relayed(frame.id, "ok", 250, "2.0.0", "Delivered", "")
 
 
 def main(argv: list[str]) -> int:
