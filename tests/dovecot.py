@@ -166,9 +166,10 @@ class PrivateDovecot:
 
     def start(self) -> None:
         require_dovecot()
-        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", str(self.root / "dovecot.conf")],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.root / "stderr.log", "wb"))
+        with open(self.root / "stderr.log", "wb") as stderr:
+            self.proc = subprocess.Popen([DOVECOT, "-F", "-c", str(self.root / "dovecot.conf")],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=stderr)
         deadline = time.monotonic() + START_TIMEOUT
         while not self._listening():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -6,6 +6,7 @@ and the private Dovecot for the real thing, through the in-process daemon.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -44,14 +45,12 @@ def message(tmp_path) -> Path:
 
 async def deliver(agent: LmtpAgent, destination: str, message: Path, *envs: Envelope,
                   rcpt=lambda e: e.dest) -> list[BaseException | None]:
-    """Hand every envelope over in one turn (as the scheduler does)."""
-    files = [open(message, "rb") for _ in envs]
-    try:
+    """Hand every envelope over in one turn (as the scheduler does), each
+    with its own open message file (as the queue hands them)."""
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(message.open("rb")) for _ in envs]
         return await asyncio.gather(*(agent.deliver(LmtpJob(e, destination, rcpt(e)), f)
                                       for e, f in zip(envs, files)), return_exceptions=True)
-    finally:
-        for f in files:
-            f.close()
 
 
 def commands(conn: Conn) -> list[str]:

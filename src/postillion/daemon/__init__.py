@@ -273,7 +273,7 @@ class Daemon:
         """The lmtp method, in this process: the message from the spool."""
         assert self.lmtp_agent is not None
         try:
-            message = open(self.store.message_path(job.envelope.msgid), "rb")
+            message = await asyncio.to_thread(open, self.store.message_path(job.envelope.msgid), "rb")
         except OSError as e:
             raise TempFail(Reply(451, "4.3.0", "Queued message unreadable"),
                            f"queued message unreadable: {e.strerror or e}") from None

@@ -50,7 +50,14 @@ from typing import BinaryIO, Final
 
 from postillion.config.model import SECONDS
 from postillion.errors import PermFail, Reply, TempFail
-from postillion.mta._events import ClientLimits, Outcome, Recipient, RecipientResult, Transaction
+from postillion.mta._events import (
+    ClientLimits,
+    Outcome,
+    Recipient,
+    RecipientResult,
+    Transaction,
+    TransactionResult,
+)
 from postillion.mta.session import ClientConfig, ClientSession, RouteError, open_session
 from postillion.queue.envelope import Envelope
 
@@ -183,7 +190,7 @@ class Destination:
         if not self.pending:
             return []
         first = self.pending.popleft()
-        group, rest = [first], deque()
+        group, rest = [first], deque[_Job]()
         addresses = {first.job.rcpt_to}
         envelope = first.job.envelope
         while self.pending:
@@ -276,12 +283,12 @@ class Destination:
             _settle(item, error)
 
     @staticmethod
-    def _closed_under_us(session: ClientSession, result) -> bool:  # type: ignore[no-untyped-def]
+    def _closed_under_us(session: ClientSession, result: TransactionResult) -> bool:
         """Nothing delivered and the session is over: the server had closed
         (or was closing) it while it waited idle."""
         return not result.delivered and (bool(result.error) or not session.usable)
 
-    async def _send(self, session: ClientSession, group: list[_Job]):  # type: ignore[no-untyped-def]
+    async def _send(self, session: ClientSession, group: list[_Job]) -> TransactionResult:
         first = group[0].job.envelope
         transaction = Transaction(
             sender=first.sender,
