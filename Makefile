@@ -33,7 +33,7 @@ test: $(STAMP) test-deps system-user
 # (tests/sysvenv.py), dnsmasq-base as the loopback DNS server of the MTA's
 # tests (tests/dnsserver.py; the binary alone: no service starts, no
 # resolv.conf is touched).  Installed only when missing.
-TEST_DEBS := swaks sqlite3 openssl passwd strace python3-venv dnsmasq-base
+TEST_DEBS := swaks sqlite3 openssl passwd strace python3-venv dnsmasq-base dovecot-imapd dovecot-lmtpd
 test-deps:
 	@missing=""; for p in $(TEST_DEBS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \

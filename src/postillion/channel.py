@@ -165,8 +165,19 @@ class Relay(Frame):
 
 
 @dataclass(frozen=True, slots=True)
+class Lmtp(Frame):
+    """queue -> mta: deliver this envelope over LMTP (mta/lmtp.py) to
+    `destination`, RCPT TO `rcpt_to`; the message is fds[0], as for Relay.
+    Answered by Relayed."""
+    id: int
+    envelope: str
+    destination: str
+    rcpt_to: str
+
+
+@dataclass(frozen=True, slots=True)
 class Relayed(Frame):
-    """mta -> queue: how a Relay ended: ok, tempfail or permfail, with the
+    """mta -> queue: how a Relay or an Lmtp ended: ok, tempfail or permfail, with the
     reply that decided it (the next hop's, or ours) and a reason for the log."""
     id: int
     result: str
@@ -180,7 +191,7 @@ class Relayed(Frame):
 #: (Defined after the classes: a slotted dataclass cannot register itself.)
 TYPES: Final[dict[str, type[Frame]]] = {cls.__name__: cls for cls in (
     Hello, Committed, QueuePeer, Deliver, Delivered, AuthCheck, AuthAnswer, Admit, Admitted,
-    Left, Inject, Injected, Relay, Relayed)}
+    Left, Inject, Injected, Relay, Lmtp, Relayed)}
 
 
 def encode(frame: Frame) -> bytes:

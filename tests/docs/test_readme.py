@@ -39,3 +39,11 @@ def test_tables_section_runs_as_written(tmp_path: Path):
     assert "*.example.net" in lines               # the domain list matched a wildcard
     assert "abuse alice, bob@example.net" in lines  # table dump
     assert any(line.startswith("$2b$") for line in lines)  # encrypt
+
+
+def test_dovecot_section_runs_as_written(tmp_path: Path):
+    out = "".join(run_sections(tmp_path, "Virtual users in SQLite, mailboxes in Dovecot"))
+    assert out.splitlines()[-1] == "alice"
+    [action] = load(tmp_path / "postillion.conf").actions.values()
+    assert (action.method, action.destination, action.rcpt_to) == ("lmtp", "/run/dovecot/lmtp", True)
+    assert (action.virtual, action.userbase) == ("virtuals", "users")

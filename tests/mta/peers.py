@@ -83,6 +83,7 @@ class Peer:
     handler: Handler
     host: str = "127.0.0.1"
     port: int = 0
+    path: str = ""          # listen on this Unix socket instead (an LMTP server's)
     conns: list[Conn] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
     server: asyncio.AbstractServer | None = None
@@ -107,6 +108,9 @@ class Peer:
                 await writer.wait_closed()
 
     async def __aenter__(self) -> Self:
+        if self.path:
+            self.server = await asyncio.start_unix_server(self._accept, self.path)
+            return self
         self.server = await asyncio.start_server(self._accept, self.host, self.port)
         self.port = self.server.sockets[0].getsockname()[1]
         return self

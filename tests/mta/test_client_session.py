@@ -266,6 +266,30 @@ async def test_lmtp_reply_per_recipient():
         assert result.recipients[1].reply.text == "b over quota"
 
 
+async def test_lmtp_over_a_unix_socket(tmp_path):
+    path = str(tmp_path / "lmtp")
+    async with Peer(lambda c: dialogue(c, lmtp=True), path=path) as peer:
+        cfg = ClientConfig(host="localhost", scheme="lmtp", socket_path=path, helo="client.example.net")
+        async with await open_session(cfg) as session:
+            result = await session.send(tx("a@x.test", "b@x.test"), io.BytesIO(MESSAGE))
+            assert [r.reply.code for r in result.recipients] == [250, 250]
+            assert session.usable
+        assert peer.conns[0].lines[0] == "LHLO client.example.net"
+        assert len(peer.conns) == 1
+
+
+async def test_unix_socket_refused_is_a_connect_error(tmp_path):
+    cfg = ClientConfig(host="localhost", scheme="lmtp", socket_path=str(tmp_path / "none"))
+    with pytest.raises(RouteError) as e:
+        await open_session(cfg)
+    assert e.value.phase is Phase.CONNECT
+    assert "No such file" in e.value.reason
+    with pytest.raises(ValueError, match="lmtp only"):
+        ClientConfig(host="localhost", scheme="smtp", socket_path="/run/x")
+    with pytest.raises(ValueError, match="absolute"):
+        ClientConfig(host="localhost", scheme="lmtp", socket_path="run/x")
+
+
 async def test_source_address_is_bound():
     async with Peer(dialogue) as peer:
         async with await open_session(config(peer.port, scheme="smtp+notls", source="127.0.0.2")):

@@ -23,8 +23,9 @@ from postillion.config.model import Config, Position
 IMPLEMENTED: frozenset[str] = frozenset({
     # listeners (smtp/server.py)
     "listen on", "listen port", "listen hostname",
-    # local delivery (mda/maildir.py, lookup/expand.py)
+    # local delivery (mda/maildir.py, lookup/expand.py; mta/lmtp.py)
     "action maildir", "action alias", "action virtual", "action userbase",
+    "action lmtp", "action rcpt-to",
     # rules (rules.py)
     "match from local", "match from any", "match from src",
     "match for local", "match for any", "match for domain", "match !",

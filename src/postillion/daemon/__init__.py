@@ -25,11 +25,13 @@ from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.lookup.auth import Authenticators
 from postillion.lookup.expand import Expander, userinfo
 from postillion.mda.agent import MdaAgent, MdaJob
+from postillion.mda.format import FormatEnv, FormatError, expand
 from postillion.mda.maildir import stable_name
 from postillion.queue.envelope import Envelope
 from postillion.queue.lock import SpoolBusy, SpoolLock
 from postillion.daemon.bounces import Bouncer
 from postillion.mta.agent import MtaAgent
+from postillion.mta.lmtp import LmtpAgent, LmtpJob
 from postillion.queue.agents import Agents
 from postillion.queue.scheduler import Scheduler
 from postillion.queue.store import QueueStore
@@ -41,6 +43,7 @@ from postillion.smtp.server import Listener, ListenerError, listen_family, liste
 from postillion.smtp.session import SessionContext
 from postillion.table.services import Service
 from postillion.table.table import Table, TableError, open_table
+from postillion.table.values import Userinfo
 
 logger = logging.getLogger("postillion.daemon")
 
@@ -124,6 +127,22 @@ def delivery_prefix(env: Envelope) -> bytes:
     return f"Return-Path: <{env.sender}>\r\nDelivered-To: {env.dest}\r\n".encode("utf-8", "replace")
 
 
+def lmtp_job(action: ActionDecl, env: Envelope, user: Userinfo) -> LmtpJob:
+    """What the lmtp method sends for one envelope (mta/lmtp.py): RCPT TO
+    the user's name from the userbase or, with `rcpt-to`, the recipient
+    address after expansion (OpenSMTPD's mail.lmtp -u and -r); a socket
+    path's format specifiers expanded (a malformed one is permanent)."""
+    destination = action.destination or ""
+    if destination.startswith("/"):
+        facts = FormatEnv(sender=env.sender, rcpt=env.rcpt, dest=env.dest,
+                          username=user.username, directory=user.home)
+        try:
+            destination = expand(destination, facts)
+        except FormatError as e:
+            raise PermFail(Reply(550, "5.2.0", str(e)), str(e)) from None
+    return LmtpJob(env, destination, env.dest if action.rcpt_to else user.username)
+
+
 class Daemon:
     def __init__(self, config: Config, spool: Path, paused: frozenset[str] = frozenset()) -> None:
         self.config = config
@@ -145,6 +164,10 @@ class Daemon:
         #: by asking the parent (daemon/roles.py).
         self.deliver: Callable[[MdaJob, Envelope], Awaitable[None]] = \
             lambda job, env: self.mda.deliver_maildir(job)
+        self.lmtp_agent: LmtpAgent | None = None         # set by start()
+        #: How an lmtp job is delivered: here, by the agent; in the queue
+        #: process, by asking the mta process (daemon/roles.py).
+        self.lmtp: Callable[[LmtpJob], Awaitable[None]] = self._lmtp_here
         self._stopping = asyncio.Event()
         self._scheduler_task: asyncio.Task[None] | None = None
 
@@ -206,6 +229,7 @@ class Daemon:
         self.mda.start()
         self.mta = MtaAgent(self.config, self.tables)
         self.agents.register("mta", self.relay)
+        self.lmtp_agent = LmtpAgent(self.config.hostname)
         try:
             envelopes = await self.store.open()
         except OSError as e:
@@ -245,6 +269,17 @@ class Daemon:
         with open(self.store.message_path(env.msgid), "rb") as message:
             await self.mta.relay(env, message)
 
+    async def _lmtp_here(self, job: LmtpJob) -> None:
+        """The lmtp method, in this process: the message from the spool."""
+        assert self.lmtp_agent is not None
+        try:
+            message = await asyncio.to_thread(open, self.store.message_path(job.envelope.msgid), "rb")
+        except OSError as e:
+            raise TempFail(Reply(451, "4.3.0", "Queued message unreadable"),
+                           f"queued message unreadable: {e.strerror or e}") from None
+        with message:
+            await self.lmtp_agent.deliver(job, message)
+
     async def dispatch(self, env: Envelope) -> None:
         """The local (`mda`) agent: deliver one envelope as its user, log the
         outcome in the mda layout, re-raise failures."""
@@ -258,11 +293,14 @@ class Daemon:
             if info is None:
                 raise PermFail(Reply(550, "5.1.1", f"user {env.mda_user} no longer exists"))
             user = info.username
-            job = MdaJob(message=self.store.message_path(env.msgid), prefix=delivery_prefix(env),
-                         path_template=action.path, user=info, sender=env.sender,
-                         rcpt=env.rcpt, dest=env.dest,
-                         name=stable_name(env.id, env.ctime, self.config.hostname))
-            await self.deliver(job, env)
+            if action.method == "lmtp":
+                await self.lmtp(lmtp_job(action, env, info))
+            else:
+                job = MdaJob(message=self.store.message_path(env.msgid), prefix=delivery_prefix(env),
+                             path_template=action.path, user=info, sender=env.sender,
+                             rcpt=env.rcpt, dest=env.dest,
+                             name=stable_name(env.id, env.ctime, self.config.hostname))
+                await self.deliver(job, env)
         except MailError as e:
             result = log.RESULT_TEMPFAIL if isinstance(e, TempFail) else log.RESULT_PERMFAIL
             log.mda_delivery(sid, env.id, env.sender, env.dest, env.rcpt, user,
@@ -291,6 +329,8 @@ class Daemon:
         await self.store.close()
         if self.mta is not None:
             await self.mta.stop()
+        if self.lmtp_agent is not None:
+            await self.lmtp_agent.stop()
         self.authenticators.close()
         await self.mda.stop()
         await close_tables(self.tables)

@@ -92,9 +92,10 @@ def role_user(config: Config) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def relays(config: Config) -> bool:
-    """Whether any action relays: only then is there an mta process."""
-    return any(action.method == "relay" for action in config.actions.values())
+def needs_mta(config: Config) -> bool:
+    """Whether any action relays or delivers over LMTP (the mta process runs
+    the client for both): only then is there an mta process."""
+    return any(action.method in ("relay", "lmtp") for action in config.actions.values())
 
 
 def own_spool(spool: Path, uid: int, gid: int) -> None:
@@ -129,8 +130,8 @@ class Parent:
         self.gates = [Gate(config.limits) for _ in config.listeners]
         self.queue = Role("queue", 0)
         self.smtp: list[Role] = []
-        #: The mta process, when an action relays (nothing else makes mta envelopes).
-        self.mta: Role | None = Role("mta", 0) if relays(config) else None
+        #: The mta process, when an action relays or delivers over LMTP.
+        self.mta: Role | None = Role("mta", 0) if needs_mta(config) else None
         self.uid = self.gid = -1
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()

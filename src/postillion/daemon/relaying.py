@@ -17,7 +17,7 @@ every time must not keep killing it), and waits at most `LINK_WAIT` s for
 an mta process to talk to; past either it fails temporarily and the
 scheduler retries it later as any relay.
 
-`relay_one` is the mta process's end: one frame in, one `MtaAgent.relay`,
+`run_one` is the mta process's end: one frame in, one `MtaAgent.relay` (or `LmtpAgent.deliver`),
 one frame out.
 """
 
@@ -28,14 +28,14 @@ import itertools
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from postillion import channel as ch
 from postillion import log
 from postillion.errors import MailError, PermFail, Reply, TempFail
-from postillion.mta.agent import MtaAgent
+from postillion.mta.lmtp import LmtpJob
 from postillion.queue.envelope import Envelope
 
 logger = logging.getLogger("postillion.queue")
@@ -108,10 +108,20 @@ class MtaLink:
     async def relay(self, envelope: Envelope) -> None:
         """Relay one envelope through the mta process: returns once relayed,
         raises TempFail or PermFail as its answer says."""
+        await self._hand(envelope, lambda rid, text, fd: ch.Relay(rid, text, fds=(fd,)))
+
+    async def lmtp(self, job: LmtpJob) -> None:
+        """The lmtp method: the mta process delivers over LMTP (mta/lmtp.py)."""
+        await self._hand(job.envelope, lambda rid, text, fd: ch.Lmtp(
+            rid, text, job.destination, job.rcpt_to, fds=(fd,)))
+
+    async def _hand(self, envelope: Envelope, make: Callable[[int, str, int], ch.Frame]) -> None:
+        """Send `make(id, envelope JSON, message fd)` to the mta process and
+        apply its answer; resent to a restarted process when it was lost."""
         for sent in range(1 + self.resends):
             channel = await self._live()
             try:
-                answer = await self._ask(channel, envelope)
+                answer = await self._ask(channel, envelope, make)
             except _Lost as e:
                 logger.warning("queue relay-lost evpid=%016x reason=%s%s", envelope.id,
                                log.escape(str(e)),
@@ -132,7 +142,8 @@ class MtaLink:
             raise TempFail(NOT_AVAILABLE, "no mta process") from None
         return self.channel
 
-    async def _ask(self, channel: ch.Channel, envelope: Envelope) -> ch.Relayed:
+    async def _ask(self, channel: ch.Channel, envelope: Envelope,
+                   make: Callable[[int, str, int], ch.Frame]) -> ch.Relayed:
         rid = next(self._ids)
         future: asyncio.Future[ch.Relayed] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = (channel, future)
@@ -143,8 +154,7 @@ class MtaLink:
                 raise TempFail(Reply(451, "4.3.0", "Message unreadable"),
                                f"message: {e.strerror or e}") from None
             try:
-                channel.send(ch.Relay(rid, envelope.to_bytes().decode("utf-8", "surrogateescape"),
-                                      fds=(fd,)))
+                channel.send(make(rid, envelope.to_bytes().decode("utf-8", "surrogateescape"), fd))
             except ConnectionError as e:
                 raise _Lost(str(e)) from None
             finally:
@@ -183,20 +193,22 @@ def raise_outcome(answer: ch.Relayed) -> None:
     raise TempFail(reply, answer.reason)
 
 
-async def relay_one(agent: MtaAgent, frame: ch.Relay) -> ch.Relayed:
-    """The mta process's end: relay the envelope of one Relay frame (the
-    message is fds[0]; the channel closes it after) and say how it ended."""
+async def run_one(frame: ch.Relay | ch.Lmtp,
+                  deliver: Callable[[Envelope, BinaryIO], Awaitable[None]]) -> ch.Relayed:
+    """The mta process's end: hand the envelope of one Relay or Lmtp frame
+    to its agent (the message is fds[0]; the channel closes it after) and
+    say how it ended."""
     try:
         envelope = Envelope.from_bytes(frame.envelope.encode("utf-8", "surrogateescape"))
     except ValueError as e:
         return ch.Relayed(frame.id, "tempfail", 451, "4.3.0", "Envelope unreadable", str(e))
     try:
         with os.fdopen(os.dup(frame.fds[0]), "rb") as message:
-            await agent.relay(envelope, message)
+            await deliver(envelope, message)
     except MailError as e:
         result = "permfail" if isinstance(e, PermFail) else "tempfail"
         return ch.Relayed(frame.id, result, e.reply.code, e.reply.enhanced, e.reply.text, e.reason)
     except Exception as e:       # a bug costs this envelope a retry, not the process
-        mta_logger.exception("mta: relaying %016x failed", envelope.id)
+        mta_logger.exception("mta: delivering %016x failed", envelope.id)
         return ch.Relayed(frame.id, "tempfail", 451, "4.3.0", "Internal error", repr(e))
-    return ch.Relayed(frame.id, "ok", 250, "2.0.0", "Relayed", "")
+    return ch.Relayed(frame.id, "ok", 250, "2.0.0", "Delivered", "")

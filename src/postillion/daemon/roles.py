@@ -17,8 +17,9 @@ for good, asks to die with the parent, and says Hello.
   a local one by asking the parent to deliver it (the parent starts the
   per-uid delivery workers), a relayed one to the mta process; applies the
   results, and queues bounces through an smtp process.
-* **mta** (when an action relays): DNS, routes, the SMTP client; each
-  message arrives as an open descriptor, never the spool.
+* **mta** (when an action relays or delivers over LMTP): DNS, routes, the
+  SMTP and LMTP client; each message arrives as an open descriptor, never
+  the spool.
 
 A role exits when its parent channel closes, on SIGTERM (after finishing
 what it can), and when the parent dies (SIGKILL from the kernel).
@@ -44,12 +45,13 @@ from postillion import log
 from postillion.config.model import Config
 from postillion.daemon import Daemon, StartupError, close_tables, delivery_tables, open_tables
 from postillion.daemon.bounces import Bouncer
-from postillion.daemon.relaying import MtaLink, relay_one
+from postillion.daemon.relaying import MtaLink, run_one
 from postillion.daemon.smtplinks import SmtpLinks
 from postillion.errors import PermFail, Reply, TempFail
 from postillion.lookup.auth import AuthResult, Authenticators
 from postillion.mda.agent import MdaJob
 from postillion.mta.agent import MtaAgent, relay_tables
+from postillion.mta.lmtp import LmtpAgent, LmtpJob
 from postillion.privileges import die_with_parent, drop_privileges
 from postillion.queue.envelope import Envelope
 from postillion.queue.scheduler import Scheduler
@@ -383,6 +385,7 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
         # configuration) is kept for want of an agent.
         mta.connect(socket.socket(fileno=args.mta))
         daemon.agents.register("mta", mta.relay)
+        daemon.lmtp = mta.lmtp
     daemon.deliver = deliver
     daemon.store.display = args.spool
     envelopes = await daemon.store.open(clean_incoming=args.first)
@@ -424,10 +427,14 @@ async def mta_role(args: RoleArgs, config: Config) -> None:
             connect(socket.socket(fileno=os.dup(frame.fds[0])))
 
     async def on_queue(frame: ch.Frame) -> None:
-        if not isinstance(frame, ch.Relay) or len(frame.fds) != 1:
+        if not isinstance(frame, (ch.Relay, ch.Lmtp)) or len(frame.fds) != 1:
             raise ch.ChannelError(f"unexpected {type(frame).__name__}")
         channel = queue[-1] if queue else None
-        answer = await relay_one(agent, frame)
+        if isinstance(frame, ch.Lmtp):
+            answer = await run_one(frame, lambda env, message: lmtp.deliver(
+                LmtpJob(env, frame.destination, frame.rcpt_to), message))
+        else:
+            answer = await run_one(frame, agent.relay)
         if channel is not None and not channel.closed.is_set():
             channel.send(answer)
 
@@ -440,6 +447,7 @@ async def mta_role(args: RoleArgs, config: Config) -> None:
     daemon = Daemon(config, Path("/nonexistent"))
     daemon.tables = await open_tables(config, relay_tables(config))     # as root
     agent = MtaAgent(config, daemon.tables)
+    lmtp = LmtpAgent(config.hostname)
     become(args)
     os.chdir("/")                    # nothing of the spool is ours to touch
     if args.mta >= 0:
@@ -452,6 +460,7 @@ async def mta_role(args: RoleArgs, config: Config) -> None:
                         asyncio.ensure_future(stopping.wait())],
                        return_when=asyncio.FIRST_COMPLETED)
     await agent.stop()
+    await lmtp.stop()
     await close_tables(daemon.tables)
 
 

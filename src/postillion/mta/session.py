@@ -26,7 +26,8 @@ smtp+notls  never TLS
 smtps       TLS on connect (port 465), certificate verified
 ssl         the 2012 `ssl://`: STARTTLS required on 25, else TLS on
             connect on 465, never plain; with a port, STARTTLS on it
-lmtp        LHLO, no TLS; the port is required
+lmtp        LHLO, no TLS; the port is required, or a Unix socket
+            (`socket_path`, the `lmtp /path` delivery method)
 ========== ===============================================================
 
 Certificates are verified against the system's CA bundle, or the given
@@ -139,7 +140,9 @@ class ClientConfig:
     the local address to bind (`src`); `helo` the name we announce.
     `credentials` (user, cleartext secret) come from the relay label's
     lookup.  `tls_context` or `ca_file` replace the system's CA bundle for
-    verification.
+    verification.  `socket_path` (LMTP only) connects to a Unix socket
+    instead of `host` and `port`: an LMTP server on the same machine, as
+    Dovecot's `lmtp` socket.
     """
 
     host: str
@@ -152,11 +155,17 @@ class ClientConfig:
     tls_context: ssl.SSLContext | None = None
     ca_file: str | None = None
     limits: ClientLimits = DEFAULT_LIMITS
+    socket_path: str = ""
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise ValueError(f"unknown relay scheme {self.scheme!r}")
-        if self.scheme == "lmtp" and self.port is None:
+        if self.socket_path:
+            if self.scheme != "lmtp":
+                raise ValueError("a Unix socket is for lmtp only")
+            if not self.socket_path.startswith("/"):
+                raise ValueError(f"not an absolute socket path: {self.socket_path!r}")
+        elif self.scheme == "lmtp" and self.port is None:
             raise ValueError("lmtp needs a port")
         if self.port is not None and not 1 <= self.port <= 65535:
             raise ValueError(f"port out of range: {self.port}")
@@ -480,7 +489,10 @@ async def _connect(config: ClientConfig, mode: TlsMode, port: int) -> ClientSess
     timeout = config.limits.connect_timeout
     try:
         async with asyncio.timeout(timeout):
-            await loop.create_connection(lambda: stream, config.host, port, local_addr=local)
+            if config.socket_path:
+                await loop.create_unix_connection(lambda: stream, config.socket_path)
+            else:
+                await loop.create_connection(lambda: stream, config.host, port, local_addr=local)
     except TimeoutError:
         raise RouteError(Phase.CONNECT, f"Connection timed out after {timeout:g}s") from None
     except OSError as e:
