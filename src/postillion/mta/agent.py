@@ -21,6 +21,7 @@ removes.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -35,7 +36,7 @@ from postillion.config.relay import parse_url
 from postillion.config.stream import Syntax
 from postillion.errors import LookupUnavailable, MailError, PermFail, Reply, TempFail
 from postillion.mta._events import ClientLimits, Outcome, Recipient, Transaction
-from postillion.mta.dns import MxResolver
+from postillion.mta.dns import MxResolver, address_literal
 from postillion.mta.limits import MtaLimits, limits_for
 from postillion.mta.relay import Relay, relay_for
 from postillion.mta.routes import ErrorKind, MtaState, Route, RouteTable, Wait, helo_name
@@ -209,7 +210,7 @@ class Connector:
         resolver = self.agent.resolver
         if self.relay.as_host:
             addresses = await resolver.addresses(self.relay.domain)
-            self.routes.set_hosts([(0, self.relay.domain.strip("[]"), addresses)])
+            self.routes.set_hosts([(0, _host_name(self.relay.domain), addresses)])
         else:
             hosts = await resolver.mx(self.relay.domain, backup=self.relay.backup)
             self.routes.set_hosts([(h.preference, h.name, h.addresses) for h in hosts])
@@ -361,7 +362,8 @@ class Connector:
         scheme = relay.scheme
         if scheme == "smtp" and relay.verify:
             scheme = "smtp+tls"
-        server_name = route.host.name       # the MX's or the smarthost's name
+        # The MX's or the smarthost's name; none for an address, checked as such.
+        server_name = route.host.name
         fields: dict[str, object] = {}
         if self.agent.client_limits is not None:
             fields["limits"] = self.agent.client_limits
@@ -371,7 +373,7 @@ class Connector:
                 reply_timeout=self.limits.reply_timeout,
                 data_end_timeout=self.limits.data_timeout)
         return ClientConfig(host=route.host.address, scheme=scheme, port=relay.port,
-                            server_name=server_name if not server_name.startswith("[") else "",
+                            server_name=server_name,
                             helo=helo, source=route.source.address, credentials=credentials,
                             ca_file=ca_file, **fields)  # type: ignore[arg-type]
 
@@ -390,6 +392,20 @@ class Connector:
                   **{"from": log.path(env.sender)}, to=log.path(env.dest),
                   rcpt=log.path(env.rcpt) if env.rcpt else "-", source=source, relay=relay,
                   delay=log.format_delay(time.time() - env.ctime), result=result, stat=stat)
+
+
+def _host_name(host: str) -> str:
+    """A smarthost's name, as its certificate must carry it and the log names
+    it; "" for an address (`192.0.2.1`, `[192.0.2.1]`, `[IPv6:2001:db8::1]`):
+    the address is then checked against the certificate, and logged once.
+    """
+    try:
+        if address_literal(host) is not None:
+            return ""
+        ipaddress.ip_address(host)
+        return ""
+    except (PermFail, ValueError):
+        return host
 
 
 def _hostport(route: Route, relay: Relay) -> str:
