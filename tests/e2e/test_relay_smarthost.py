@@ -31,6 +31,79 @@ from tests.mta.peers import READ_TIMEOUT, Conn, Peer, dialogue, ehlo_reply
 #: politeness towards real hosts, and would make these tests wait seconds.
 NO_DELAYS = "mta limit conn-delay-route 0 reconn-delay-route 0 conn-delay-relay 0"
 
+
+async def test_smarthost_with_starttls_and_auth_reads_credentials_each_session(
+        dns, world, secure_uvloop, tmp_path):
+    """`relay host smtp+tls://label@...` with `auth <t>`: STARTTLS verified
+    against the `ca`, then AUTH with the label's `user:password`, looked up
+    at every session -- an edited credentials file applies to the next one.
+    A refused password is a temporary failure of the relay's envelopes,
+    logged with the 535; they wait in the queue and go once the file is
+    fixed."""
+    proc = secure_uvloop
+    port = proc.ports["submission"]
+    server = dns(Zones())                  # the smarthost is an address: no query
+    credentials = tmp_path / "relay-credentials"
+    credentials.write_text(f"submission {USER}:{PASSWORD}\n")
+    extra = (f"table relaycreds file:{credentials}\n"
+             f'ca "smarthost" cert "{tmp_path / "ca.crt"}"\n{NO_DELAYS}\n'
+             "mta limit max-conn-per-route 1")         # one session at a time
+    w = await world(server.port, f' host "smtp+tls://submission@127.0.0.1:{port}"'
+                                 ' auth <relaycreds> ca "smarthost"',
+                    extra=extra, local_domain="sender.test")
+    sender = f"{USER}@example.org"         # a sender the smarthost lets gilles use
+
+    await w.send(["bob@example.test"], sender=sender, body="first")
+    [first] = await until(lambda: proc.delivered("bob"), "not delivered by the smarthost",
+                          w.loop_log)
+    assert b"Subject: first" in first.read_bytes()
+    log = await w.wait_log("mta delivery")
+    [delivery] = w.lines("mta delivery", "to=<bob@example.test>")
+    assert "result=Ok" in delivery and "stat=\"250 2.0.0" in delivery
+    assert "relay=127.0.0.1 " in delivery              # an address, named once
+    assert f"mta connecting address=smtp+tls://127.0.0.1:{port} host=127.0.0.1" in log
+    assert w.lines("mta tls ciphers=TLSv1.")
+    assert w.lines("smtp authentication user=gilles result=ok")
+    assert w.queued() == []
+
+    # An administrator edits the file (a password the smarthost refuses): the
+    # file table follows its file by itself, noticing within STAT_INTERVAL.
+    credentials.write_text(f"submission {USER}:not the password\n")
+    await asyncio.sleep(FileBackend.STAT_INTERVAL + 0.1)
+    for i in range(3):
+        await w.send(["bob@example.test"], sender=sender, body=f"queued {i}")
+    queued = await w.wait_retry(3)
+    assert all(e.esc_class == 4 and "535" in e.errorline for e in queued)
+    failed = w.lines("mta delivery", "result=TempFail")
+    assert len(failed) == 3
+    assert all("AUTH rejected: 535" in line and "stat=\"451 4.7.8" in line for line in failed)
+    assert w.lines("mta error", "AUTH rejected: 535")
+    refused = len(w.lines("smtp authentication user=gilles result=permfail"))
+    assert 1 <= refused <= 3
+    assert len(proc.delivered("bob")) == 1
+
+    # Three envelopes waiting at once cost the smarthost one refused AUTH, not
+    # one each: the next session would present the same credentials.
+    w.retry_now()
+    await w.wait_log("mta delivery", "result=TempFail", count=6)
+    await until(lambda: len(w.lines("smtp authentication", "result=permfail")) > refused,
+                "the smarthost saw no AUTH", w.loop_log)
+    await asyncio.sleep(0.3)
+    assert len(w.lines("smtp authentication", "result=permfail")) == refused + 1
+    assert len(w.lines("mta connecting")) == 1 + refused + 1
+
+    # Fixed, and the tables updated (SIGHUP): the next attempt authenticates,
+    # and the three go in one session.
+    credentials.write_text(f"submission {USER}:{PASSWORD}\n")
+    await w.daemon.update_tables()
+    w.retry_now()
+    await until(lambda: len(proc.delivered("bob")) == 4, "not delivered after the fix",
+                w.loop_log)
+    await w.wait_log("mta disconnected reason=quit messages=3")
+    assert len(w.lines("mta delivery", "result=Ok")) == 4
+    await until(lambda: w.queued() == [], "still queued", w.loop_log)
+
+
 def starttls_peer(ctx: ssl.SSLContext):
     """A server that offers STARTTLS, starts TLS with `ctx`, then takes mail."""
     async def handler(conn: Conn) -> None:

@@ -248,6 +248,13 @@ class Connector:
                 self._log_delivery(sid, job, None, result, str(error.reply))
             self._finish(job, error)
 
+    def _fail_group(self, sid: str, group: list[_Job], route: Route, error: TempFail) -> None:
+        """The envelopes of a session that could not start fail with `error`."""
+        for job in group:
+            if not job.done.done():
+                self._log_delivery(sid, job, route, "TempFail", str(error.reply))
+            self._finish(job, error)
+
     @staticmethod
     def _finish(job: _Job, error: MailError | None) -> None:
         if job.done.done():
@@ -266,9 +273,13 @@ class Connector:
             try:
                 config = await self._client_config(route)
             except MailError as e:
-                for job in group:
-                    self._log_delivery(sid, job, route, "TempFail", str(e.reply))
-                    self._finish(job, e if isinstance(e, TempFail) else TempFail(e.reply, e.reason))
+                # No credentials for the label, a table down: every session
+                # of this relay would meet the same, so all its waiting
+                # envelopes fail now (the queue retries them), not one
+                # message per session.
+                error = e if isinstance(e, TempFail) else TempFail(e.reply, e.reason)
+                self._fail_group(sid, group, route, error)
+                self._fail_all(error)
                 return
             log.event(sid, "mta", "connecting",
                       address=f"{self.relay.scheme}://{_hostport(route, self.relay)}",
@@ -279,11 +290,14 @@ class Connector:
                 kind = ErrorKind.SMTP if e.phase in (Phase.GREETING, Phase.HELLO) else ErrorKind.NETWORK
                 log.event(sid, "mta", "error", reason=e.reason)
                 if e.phase is Phase.AUTH:
-                    # Our credentials, not the route: the envelopes wait for a fix.
+                    # Our credentials, not the route: the relay's envelopes
+                    # wait for a fix.  All of them, now: the next session
+                    # would present the same credentials, and a smarthost
+                    # that sees one refused AUTH per queued message may ban
+                    # us (fail2ban counts them).
                     self.routes.route_ok(route)
-                    for job in group:
-                        self._log_delivery(sid, job, route, "TempFail", str(e.reply))
-                        self._finish(job, e)
+                    self._fail_group(sid, group, route, e)
+                    self._fail_all(e)
                     return
                 self.routes.route_error(route, e.reason, kind)
                 self.pending.extendleft(reversed(group))      # another route may do
