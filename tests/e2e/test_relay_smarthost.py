@@ -145,6 +145,34 @@ async def test_smarthost_given_as_an_ipv6_literal_is_verified_as_that_address(
         assert "result=TempFail" in line
         assert w.lines("mta error", "Certificate verification failed")
         assert not any(conn.messages for conn in peer.conns)
-        await w.wait_retry()                    # kept for a later try
+        [envelope] = await w.wait_retry()
+        assert "Certificate verification failed" in envelope.errorline
 
 
+async def test_an_envelope_whose_relay_keeps_failing_expires_into_a_failed_dsn(dns, world):
+    """`queue ttl 2s` and an MX that refuses connections: the first attempt
+    fails temporarily, the next due time is the expiry, and the sender gets
+    a `failed` DSN with 4.4.7 naming the last error."""
+    base = net()
+    server = dns(Zones().mx("dead.test", 10, "mx.dead.test").host("mx.dead.test", f"{base}.2"))
+    w = await world(server.port, extra="queue ttl 2s")
+    started = time.monotonic()
+    await w.send(["someone@dead.test"])
+    await w.wait_log("result=TempFail")
+    [dsn_path] = await w.wait_mailbox("alice", timeout=10)
+    assert time.monotonic() - started < 8
+    log = await w.wait_log("queue expire")
+    assert "to=<someone@dead.test>" in w.lines("queue expire")[0]
+    assert "result=Expire" in log
+    dsn = email.message_from_bytes(dsn_path.read_bytes(), policy=email.policy.default)
+    assert dsn["Subject"] == "Delivery status notification: failed"
+    assert dsn["To"].addresses[0].addr_spec == SENDER
+    _, status, _ = dsn.get_payload()
+    report = status.as_string()
+    assert "Action: failed" in report and "Status: 4.4.7" in report
+    assert "someone@dead.test" in report
+    assert "Envelope expired" in report
+    # The last error, kept: which host, and what it did.
+    assert f"Network error on destination MXs ({base}.2: Connection failed: Connection refused)" \
+        in report.replace("\n ", " ")
+    await until(lambda: w.queued() == [], "still queued", w.loop_log)
