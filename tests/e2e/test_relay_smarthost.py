@@ -149,6 +149,102 @@ async def test_smarthost_given_as_an_ipv6_literal_is_verified_as_that_address(
         assert "Certificate verification failed" in envelope.errorline
 
 
+# -- hostile next hops: each script plays one broken server -----------------------
+
+#: Far more continuation lines than a client may read of one reply (1000).
+ENDLESS_LINES = 100_000
+HUGE_LINE = 10 * 1024 * 1024
+
+
+async def endless_ehlo(conn: Conn) -> None:
+    """Greets, then answers EHLO with `250-` lines that never end."""
+    await conn.send("220 endless.test ESMTP\r\n")
+    await conn.line()
+    chunk = b"250-PIPELINING and then some more text to fill the line\r\n" * 1000
+    for _ in range(ENDLESS_LINES // 1000):
+        await conn.send(chunk)
+
+
+async def huge_reply_line(conn: Conn) -> None:
+    """Greets, then answers EHLO with one 10 MB line."""
+    await conn.send("220 huge.test ESMTP\r\n")
+    await conn.line()
+    await conn.send(b"250 " + b"x" * HUGE_LINE + b"\r\n")
+
+
+async def stall_after_data(conn: Conn) -> None:
+    """A good server until the final dot; then silence until the client leaves."""
+    await conn.send("220 stall.test ESMTP\r\n")
+    while True:
+        verb = (await conn.line())[:4].upper()
+        if verb == "EHLO":
+            await conn.send(ehlo_reply(("PIPELINING",)))
+        elif verb in ("MAIL", "RCPT"):
+            await conn.send("250 2.0.0 Ok\r\n")
+        elif verb == "DATA":
+            await conn.send("354 go ahead\r\n")
+            await conn.data()
+            await asyncio.wait_for(conn.reader.read(), READ_TIMEOUT)    # b"": the client left
+            return
+        else:
+            await conn.send("502 5.5.1 Not here\r\n")
+
+
+#: Short client timeouts, so the stalled server costs a second, not ten minutes.
+QUICK = ClientLimits(connect_timeout=2, tls_timeout=2, reply_timeout=1, data_end_timeout=1,
+                     send_timeout=2, quit_timeout=1)
+
+
+async def test_hostile_next_hops_cost_their_envelopes_a_temporary_failure_only(dns, world):
+    """Endless `250-` lines, a 10 MB reply line, silence after the dot: each
+    fails its own envelope temporarily (kept queued, no bounce), while a
+    healthy domain of the same message is delivered meanwhile, and the
+    daemon goes on relaying."""
+    base = net()
+    zones = Zones()
+    hops = {"good": f"{base}.2", "endless": f"{base}.3", "huge": f"{base}.4", "stall": f"{base}.5"}
+    for name, address in hops.items():
+        zones.mx(f"{name}.test", 10, f"mx.{name}.test").host(f"mx.{name}.test", address)
+    server = dns(zones)
+    w = await world(server.port, extra=NO_DELAYS)
+    assert w.daemon.mta is not None
+    w.daemon.mta.client_limits = QUICK
+    async with Peer(receiver([]), host=hops["good"], port=25) as good, \
+            Peer(endless_ehlo, host=hops["endless"], port=25), \
+            Peer(huge_reply_line, host=hops["huge"], port=25), \
+            Peer(stall_after_data, host=hops["stall"], port=25) as stall:
+        started = time.monotonic()
+        await w.send(["a@endless.test", "b@huge.test", "c@stall.test", "d@good.test"])
+        await w.wait_log("result=TempFail", count=3)
+        elapsed = time.monotonic() - started
+        assert len(good.conns) == 1 and len(good.conns[0].messages) == 1
+        assert stall.conns and stall.conns[0].messages          # it got the message, said nothing
+        # The daemon goes on: the next message to the healthy domain goes too.
+        await w.send(["e@good.test"], body="later")
+        await w.wait_log("mta delivery", "to=<e@good.test>")
+    assert elapsed < 10
+    # Each failure is logged with what happened, on its session and on the
+    # envelope (whose error line a later bounce would quote).
+    for rcpt, host, why in (("a@endless.test", hops["endless"], "reply of more than 1000 lines"),
+                            ("b@huge.test", hops["huge"], "reply line longer than 512 octets")):
+        assert w.lines("mta error", why)
+        [line] = w.lines("mta delivery", f"to=<{rcpt}>")
+        assert "result=TempFail" in line
+        assert f'stat="451 4.4.0 No valid route to remote MX ({host}: {why})"' in line
+    [line] = w.lines("mta delivery", "to=<c@stall.test>")
+    assert 'result=TempFail stat="451 4.4.2 timeout after 1s waiting for the reply to ."' in line
+    assert w.lines("mta error", "timeout after 1s")
+    assert w.lines("mta disconnected reason=error messages=1")
+    # Not held up: the healthy copy went before the stalled one gave up.
+    order = [line for line in w.loop_log if " mta delivery " in line]
+    assert _index(order, "to=<d@good.test>", "result=Ok") < _index(order, "to=<c@stall.test>")
+    assert len(w.lines("mta delivery", "@good.test", "result=Ok")) == 2
+    queued = await w.wait_retry(3)
+    assert sorted(e.dest for e in queued) == ["a@endless.test", "b@huge.test", "c@stall.test"]
+    assert all(e.esc_class == 4 for e in queued)
+    assert w.mailbox("alice") == []                 # nothing bounced
+
+
 async def test_an_envelope_whose_relay_keeps_failing_expires_into_a_failed_dsn(dns, world):
     """`queue ttl 2s` and an MX that refuses connections: the first attempt
     fails temporarily, the next due time is the expiry, and the sender gets
@@ -176,3 +272,7 @@ async def test_an_envelope_whose_relay_keeps_failing_expires_into_a_failed_dsn(d
     assert f"Network error on destination MXs ({base}.2: Connection failed: Connection refused)" \
         in report.replace("\n ", " ")
     await until(lambda: w.queued() == [], "still queued", w.loop_log)
+
+
+def _index(lines: list[str], *texts: str) -> int:
+    return next(i for i, line in enumerate(lines) if all(t in line for t in texts))

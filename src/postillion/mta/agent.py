@@ -306,19 +306,29 @@ class Connector:
             log.event(sid, "mta", "connected")
             if session.tls is not None:
                 log.event(sid, "mta", "tls", ciphers=session.tls[0])
+            reason = "quit"
             try:
                 while group:
                     result = await self._send(session, group)
                     messages += 1
                     for job, outcome in zip(group, result.recipients):
                         self._apply(sid, job, route, outcome)
-                    if result.error or not session.usable or \
-                            messages >= self.limits.session_mail_max:
+                    if result.error:
+                        # The connection or the peer's protocol broke (a
+                        # timeout, a reply out of bounds): said once here,
+                        # the deliveries above carry it too.
+                        log.event(sid, "mta", "error", reason=result.error)
+                        reason = "error"
+                        break
+                    if not session.usable:
+                        reason = "closed"         # the peer said 421: no QUIT
+                        break
+                    if messages >= self.limits.session_mail_max:
                         break
                     group = self._claim()
             finally:
                 await session.close()
-                log.event(sid, "mta", "disconnected", reason="quit", messages=messages)
+                log.event(sid, "mta", "disconnected", reason=reason, messages=messages)
         finally:
             for job in group:       # anything not answered goes back to wait
                 if not job.done.done():
