@@ -149,6 +149,32 @@ async def test_smarthost_given_as_an_ipv6_literal_is_verified_as_that_address(
         assert "Certificate verification failed" in envelope.errorline
 
 
+async def test_sources_cycle_and_each_announces_its_helo_src_name(dns, world):
+    """`src <t>` with two of our addresses: sessions take them in turn, and
+    each says EHLO with the name `helo-src <t>` maps its address to."""
+    base = net()
+    server = dns(Zones().mx("remote.test", 10, "mx.remote.test").host("mx.remote.test", f"{base}.2"))
+    names = {f"{base}.10": "out-a.example.test", f"{base}.11": "out-b.example.test"}
+    sources = ", ".join(f'"{address}"' for address in names)
+    helos = ", ".join(f'"{address}" = "{name}"' for address, name in names.items())
+    w = await world(server.port, " src <sources> helo-src <helos>",
+                    extra=f"table sources {{ {sources} }}\ntable helos {{ {helos} }}\n{NO_DELAYS}")
+    async with Peer(receiver([]), host=f"{base}.2", port=25) as mx:
+        for i in range(4):          # one message at a time: one session each
+            await w.send([f"user{i}@remote.test"], body=f"message {i}")
+            await w.wait_log("result=Ok", count=i + 1)
+    assert len(mx.conns) == 4
+    seen = [conn.peer[0] for conn in mx.conns]
+    assert set(seen) == set(names)
+    assert seen[0] != seen[1] and seen[1] != seen[2]        # in turn
+    for conn in mx.conns:
+        assert conn.lines[0] == f"EHLO {names[conn.peer[0]]}"
+        assert len(conn.messages) == 1
+    for address in names:
+        assert len(w.lines("mta delivery", f"source={address}", "result=Ok")) == 2
+    assert w.queued() == []
+
+
 # -- hostile next hops: each script plays one broken server -----------------------
 
 #: Far more continuation lines than a client may read of one reply (1000).
