@@ -99,18 +99,24 @@ class World:
 
     async def wait_retry(self, count: int = 1, timeout: float = WAIT) -> list[Envelope]:
         """The queued envelopes once `count` of them have failed an attempt
-        (their retry state is on disk, a next attempt scheduled)."""
+        and the scheduler is done with them: their retry state is on disk
+        and the next attempt scheduled (the scheduler writes the file,
+        then lets go of the attempt: in between it is still in flight)."""
+        scheduler = self.daemon.scheduler
+        assert scheduler is not None
+
         def failed() -> list[Envelope]:
             found = [e for e in self.queued() if e.retry >= 1]
-            return found if len(found) >= count else []
+            return found if len(found) >= count and not scheduler.inflight else []
         await until(failed, f"fewer than {count} envelopes retried", self.loop_log, timeout)
         return self.queued()
 
     def retry_now(self) -> None:
         """Make every queued envelope due now, skipping the 400 s backoff
-        (as `ctl schedule all` would; its retry count starts again)."""
+        (as `ctl schedule all` would; its retry count starts again).  Call
+        after `wait_retry`: an envelope in flight is not rescheduled."""
         scheduler = self.daemon.scheduler
-        assert scheduler is not None
+        assert scheduler is not None and not scheduler.inflight
         for envelope in self.queued():
             scheduler.schedule(envelope.replace(retry=0))
 

@@ -96,6 +96,7 @@ async def test_smarthost_with_starttls_and_auth_reads_credentials_each_session(
     # and the three go in one session.
     credentials.write_text(f"submission {USER}:{PASSWORD}\n")
     await w.daemon.update_tables()
+    await w.wait_retry(3)
     w.retry_now()
     await until(lambda: len(proc.delivered("bob")) == 4, "not delivered after the fix",
                 w.loop_log)
