@@ -53,6 +53,13 @@ MAX_RCPT: Final = 100
 #: Longest a connector waits before asking its route table again when it
 #: has envelopes but no route (a session closing wakes it sooner).
 MAX_WAIT: Final = 5.0
+#: A relay's connector with nothing waiting and no session for this long is
+#: dropped, so memory follows the relays in use, not every domain ever
+#: relayed to.  Its delays (seconds) are long over by then; the health of
+#: its routes is kept apart, in MtaState, which forgets on its own.
+CONNECTOR_IDLE: Final = 600.0
+#: Idle connectors are looked for at most this often (on a relay() call).
+CONNECTOR_PRUNE_EVERY: Final = 60.0
 NO_ACTION: Final = Reply(451, "4.3.0", "No such relay action in the configuration")
 
 
@@ -93,6 +100,7 @@ class MtaAgent:
         self.clock = clock
         self.client_limits = client_limits
         self.connectors: dict[Relay, Connector] = {}
+        self._next_prune = clock() + CONNECTOR_PRUNE_EVERY
 
     async def relay(self, envelope: Envelope, message: BinaryIO) -> None:
         action = self.config.actions.get(envelope.dispatcher)
@@ -101,6 +109,7 @@ class MtaAgent:
         domain = envelope.dest.rpartition("@")[2]
         relay = relay_for(action, domain, relayhost=await self._smarthost(action, domain),
                           hostname=self.config.hostname)
+        self._prune()
         connector = self.connectors.get(relay)
         if connector is None:
             connector = self.connectors[relay] = Connector(self, relay, action)
@@ -125,6 +134,17 @@ class MtaAgent:
             return parse_relay_url(value.url)
         except ValueError as e:
             raise LookupUnavailable(f"relayhost {value.url!r}: {e}") from None
+
+    def _prune(self) -> None:
+        """Drop the connectors idle for CONNECTOR_IDLE (at most every
+        CONNECTOR_PRUNE_EVERY seconds: the walk costs one look per relay)."""
+        now = self.clock()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + CONNECTOR_PRUNE_EVERY
+        for relay, connector in list(self.connectors.items()):
+            if connector.idle and now - connector.last_used >= CONNECTOR_IDLE:
+                del self.connectors[relay]
 
     async def stop(self) -> None:
         """End the sessions still open (the tables are the caller's)."""
@@ -156,8 +176,16 @@ class Connector:
         self.sessions: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
         self.runner: asyncio.Task[None] | None = None
+        self.last_used = agent.clock()      # an envelope came or a session ended
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting, no session, no runner: the connector may go."""
+        return not self.pending and not self.sessions and \
+            (self.runner is None or self.runner.done())
 
     def submit(self, job: _Job) -> None:
+        self.last_used = self.agent.clock()
         self.pending.append(job)
         self.wake.set()
         if self.runner is None or self.runner.done():
@@ -334,6 +362,7 @@ class Connector:
                 if not job.done.done():
                     self.pending.appendleft(job)
             self.routes.session_closed(route)
+            self.last_used = self.agent.clock()
             self.wake.set()
             if self.pending and (self.runner is None or self.runner.done()):
                 self.runner = asyncio.get_running_loop().create_task(self._run())
