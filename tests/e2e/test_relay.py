@@ -3,10 +3,8 @@ on loopback (dnsmasq, tests/dnsserver.py), to receiving servers on port 25
 of their own loopback addresses; failures come back to a local sender as
 RFC 3464 bounces.
 
-The daemon runs in the test's event loop (one process: the agents are the
-same as in the mta process), so the peers' view and the daemon's can be
-compared directly.  Each test draws its own 127.X.Y.0/24 so that runs on
-one machine do not meet on port 25.
+The world (the daemon in the test's event loop, the DNS server, the
+peers' addresses) is tests/e2e/relayworld.py's.
 """
 
 from __future__ import annotations
@@ -14,136 +12,13 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import os
-import random
-import smtplib
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from postillion.config import parse
-from postillion.daemon import Daemon
-from postillion.queue.envelope import Envelope
-from tests.dnsserver import DnsServers, Zones
-from tests.e2e.conftest import free_port
+from tests.dnsserver import Zones
+from tests.e2e.relayworld import dns, net, receiver, world  # noqa: F401  (fixtures)
 from tests.mta.peers import Conn, Peer, dialogue
-
-SENDER = "alice@example.test"
-
-
-def net() -> str:
-    """A /24 of our own on loopback for one test's MX hosts."""
-    return f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}"
-
-
-@dataclass
-class World:
-    daemon: Daemon
-    port: int
-    mail: Path
-    spool: Path
-    loop_log: list[str]
-
-    async def send(self, rcpts: list[str], sender: str = SENDER, body: str = "hello",
-                   options: tuple[str, ...] = (), rcpt_options: tuple[str, ...] = ()) -> None:
-        def go() -> None:
-            with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as client:
-                client.ehlo("client.test")
-                client.sendmail(sender, rcpts, f"Subject: {body}\r\n\r\n{body}\r\n".encode(),
-                                mail_options=list(options), rcpt_options=list(rcpt_options))
-        await asyncio.to_thread(go)
-
-    def mailbox(self, user: str) -> list[Path]:
-        new = self.mail / user / "Maildir" / "new"
-        return sorted(new.iterdir()) if new.is_dir() else []
-
-    async def wait_mailbox(self, user: str, count: int = 1, timeout: float = 20) -> list[Path]:
-        deadline = time.monotonic() + timeout
-        while len(found := self.mailbox(user)) < count:
-            assert time.monotonic() < deadline, "\n".join(self.loop_log)
-            await asyncio.sleep(0.05)
-        return found
-
-    async def wait_log(self, text: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.loop_log):
-            assert time.monotonic() < deadline, f"no {text!r} in:\n" + "\n".join(self.loop_log)
-            await asyncio.sleep(0.05)
-        return "\n".join(self.loop_log)
-
-    async def wait_empty(self, timeout: float = 20) -> None:
-        """The queue once every envelope is gone (a Maildir file is written
-        just before its envelope is removed)."""
-        deadline = time.monotonic() + timeout
-        while self.queued():
-            assert time.monotonic() < deadline, "\n".join(self.loop_log)
-            await asyncio.sleep(0.05)
-
-    def queued(self) -> list[Envelope]:
-        out = []
-        for path in (self.spool / "queue").rglob("*"):
-            if path.is_file() and path.name != "message" and not path.name.endswith(".tmp"):
-                out.append(Envelope.from_bytes(path.read_bytes()))
-        return out
-
-
-CONFIG = """\
-mta nameserver 127.0.0.1 port {dns}
-table users {{ alice = "65534:65534:{mail}/alice" }}
-listen on 127.0.0.1 port {port}
-action "local" maildir "{mail}/%{{user.username}}/Maildir" userbase <users>
-action "out" relay{relay_options}
-match from any for domain example.test action "local"
-match from local for any action "out"
-"""
-
-
-@pytest.fixture
-def dns(tmp_path):
-    servers = DnsServers(tmp_path / "dns")
-    yield servers.start
-    servers.stop_all()
-
-
-@pytest.fixture
-async def world(tmp_path, caplog) -> AsyncIterator:
-    import logging
-    started: list[Daemon] = []
-
-    async def start(dns_port: int, relay_options: str = "") -> World:
-        mail = tmp_path / "mail"
-        (mail / "alice").mkdir(parents=True, exist_ok=True)
-        os.chown(mail / "alice", 65534, 65534)         # the user's own home
-        port = free_port()
-        text = CONFIG.format(dns=dns_port, mail=mail, port=port, relay_options=relay_options)
-        (tmp_path / "smtpd.conf").write_text(text)
-        config = parse(text, str(tmp_path / "smtpd.conf"))
-        daemon = Daemon(config, tmp_path / "spool")
-        await daemon.start()
-        started.append(daemon)
-        lines: list[str] = []
-
-        class Keep(logging.Handler):
-            def emit(self, record: logging.LogRecord) -> None:
-                lines.append(record.getMessage())
-
-        handler = Keep(logging.INFO)
-        logging.getLogger("postillion").addHandler(handler)
-        logging.getLogger("postillion").setLevel(logging.INFO)
-        return World(daemon, port, mail, tmp_path / "spool", lines)
-
-    yield start
-    for daemon in started:
-        await daemon.stop()
-
-
-def receiver(conns: list[Conn], **replies) -> object:
-    async def handler(conn: Conn) -> None:
-        await dialogue(conn, **replies)
-    return handler
 
 
 async def test_mx_by_preference_and_a_dead_host_skipped(dns, world):

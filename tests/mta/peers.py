@@ -142,14 +142,16 @@ async def dialogue(conn: Conn, *, keywords: tuple[str, ...] = ("PIPELINING", "8B
                    lmtp: bool = False, rcpt: Callable[[str], str] | None = None,
                    final: Callable[[str], str] | None = None,
                    mail: Callable[[str], str] | None = None,
-                   data: str = "354 go ahead\r\n") -> None:
+                   data: str = "354 go ahead\r\n", greet: bool = True) -> None:
     """A well-behaved SMTP (or LMTP) server, replies chosen per recipient.
 
     `rcpt(address)` is the RCPT reply (default 250); `final(address)` the
     reply after the dot (LMTP: one per accepted recipient; SMTP: asked
-    with the first accepted address).  Runs until QUIT or EOF.
+    with the first accepted address).  Runs until QUIT or EOF.  `greet`
+    False goes on a session already greeted (after STARTTLS).
     """
-    await conn.send("220 peer.example.test ESMTP scripted\r\n")
+    if greet:
+        await conn.send("220 peer.example.test ESMTP scripted\r\n")
     accepted: list[str] = []
     mail_ok = False
     while True:

@@ -392,7 +392,9 @@ def test_all_routes_dead_network_is_a_tempfail(clock):
         t.session_closed(route)
     wait = t.choose()
     assert isinstance(wait, Wait) and isinstance(wait.error, TempFail)
-    assert str(wait.error.reply) == "451 4.4.1 Network error on destination MXs"
+    # The latest route error, with its host, says what happened.
+    assert str(wait.error.reply) == ("451 4.4.1 Network error on destination MXs"
+                                     f" ({route.host.address}: connection timed out)")
     assert wait.until == clock.now + 15
     assert "example.com" in wait.error.reason
 
@@ -403,7 +405,7 @@ def test_all_routes_refusing_smtp_is_no_valid_route(clock):
     t.route_error(route, "554 go away", ErrorKind.SMTP)
     t.session_closed(route)
     wait = t.choose()
-    assert str(wait.error.reply) == "451 4.4.0 No valid route to remote MX"
+    assert str(wait.error.reply) == "451 4.4.0 No valid route to remote MX (192.0.2.1: 554 go away)"
 
 
 def test_no_host_at_all_is_no_valid_route(clock):

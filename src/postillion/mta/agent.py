@@ -21,6 +21,7 @@ removes.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -35,7 +36,7 @@ from postillion.config.relay import parse_url
 from postillion.config.stream import Syntax
 from postillion.errors import LookupUnavailable, MailError, PermFail, Reply, TempFail
 from postillion.mta._events import ClientLimits, Outcome, Recipient, Transaction
-from postillion.mta.dns import MxResolver
+from postillion.mta.dns import MxResolver, address_literal
 from postillion.mta.limits import MtaLimits, limits_for
 from postillion.mta.relay import Relay, relay_for
 from postillion.mta.routes import ErrorKind, MtaState, Route, RouteTable, Wait, helo_name
@@ -52,6 +53,13 @@ MAX_RCPT: Final = 100
 #: Longest a connector waits before asking its route table again when it
 #: has envelopes but no route (a session closing wakes it sooner).
 MAX_WAIT: Final = 5.0
+#: A relay's connector with nothing waiting and no session for this long is
+#: dropped, so memory follows the relays in use, not every domain ever
+#: relayed to.  Its delays (seconds) are long over by then; the health of
+#: its routes is kept apart, in MtaState, which forgets on its own.
+CONNECTOR_IDLE: Final = 600.0
+#: Idle connectors are looked for at most this often (on a relay() call).
+CONNECTOR_PRUNE_EVERY: Final = 60.0
 NO_ACTION: Final = Reply(451, "4.3.0", "No such relay action in the configuration")
 
 
@@ -92,6 +100,7 @@ class MtaAgent:
         self.clock = clock
         self.client_limits = client_limits
         self.connectors: dict[Relay, Connector] = {}
+        self._next_prune = clock() + CONNECTOR_PRUNE_EVERY
 
     async def relay(self, envelope: Envelope, message: BinaryIO) -> None:
         action = self.config.actions.get(envelope.dispatcher)
@@ -100,6 +109,7 @@ class MtaAgent:
         domain = envelope.dest.rpartition("@")[2]
         relay = relay_for(action, domain, relayhost=await self._smarthost(action, domain),
                           hostname=self.config.hostname)
+        self._prune()
         connector = self.connectors.get(relay)
         if connector is None:
             connector = self.connectors[relay] = Connector(self, relay, action)
@@ -124,6 +134,17 @@ class MtaAgent:
             return parse_relay_url(value.url)
         except ValueError as e:
             raise LookupUnavailable(f"relayhost {value.url!r}: {e}") from None
+
+    def _prune(self) -> None:
+        """Drop the connectors idle for CONNECTOR_IDLE (at most every
+        CONNECTOR_PRUNE_EVERY seconds: the walk costs one look per relay)."""
+        now = self.clock()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + CONNECTOR_PRUNE_EVERY
+        for relay, connector in list(self.connectors.items()):
+            if connector.idle and now - connector.last_used >= CONNECTOR_IDLE:
+                del self.connectors[relay]
 
     async def stop(self) -> None:
         """End the sessions still open (the tables are the caller's)."""
@@ -155,8 +176,16 @@ class Connector:
         self.sessions: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
         self.runner: asyncio.Task[None] | None = None
+        self.last_used = agent.clock()      # an envelope came or a session ended
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting, no session, no runner: the connector may go."""
+        return not self.pending and not self.sessions and \
+            (self.runner is None or self.runner.done())
 
     def submit(self, job: _Job) -> None:
+        self.last_used = self.agent.clock()
         self.pending.append(job)
         self.wake.set()
         if self.runner is None or self.runner.done():
@@ -209,7 +238,7 @@ class Connector:
         resolver = self.agent.resolver
         if self.relay.as_host:
             addresses = await resolver.addresses(self.relay.domain)
-            self.routes.set_hosts([(0, self.relay.domain.strip("[]"), addresses)])
+            self.routes.set_hosts([(0, _host_name(self.relay.domain), addresses)])
         else:
             hosts = await resolver.mx(self.relay.domain, backup=self.relay.backup)
             self.routes.set_hosts([(h.preference, h.name, h.addresses) for h in hosts])
@@ -247,6 +276,13 @@ class Connector:
                 self._log_delivery(sid, job, None, result, str(error.reply))
             self._finish(job, error)
 
+    def _fail_group(self, sid: str, group: list[_Job], route: Route, error: TempFail) -> None:
+        """The envelopes of a session that could not start fail with `error`."""
+        for job in group:
+            if not job.done.done():
+                self._log_delivery(sid, job, route, "TempFail", str(error.reply))
+            self._finish(job, error)
+
     @staticmethod
     def _finish(job: _Job, error: MailError | None) -> None:
         if job.done.done():
@@ -265,9 +301,13 @@ class Connector:
             try:
                 config = await self._client_config(route)
             except MailError as e:
-                for job in group:
-                    self._log_delivery(sid, job, route, "TempFail", str(e.reply))
-                    self._finish(job, e if isinstance(e, TempFail) else TempFail(e.reply, e.reason))
+                # No credentials for the label, a table down: every session
+                # of this relay would meet the same, so all its waiting
+                # envelopes fail now (the queue retries them), not one
+                # message per session.
+                error = e if isinstance(e, TempFail) else TempFail(e.reply, e.reason)
+                self._fail_group(sid, group, route, error)
+                self._fail_all(error)
                 return
             log.event(sid, "mta", "connecting",
                       address=f"{self.relay.scheme}://{_hostport(route, self.relay)}",
@@ -278,11 +318,14 @@ class Connector:
                 kind = ErrorKind.SMTP if e.phase in (Phase.GREETING, Phase.HELLO) else ErrorKind.NETWORK
                 log.event(sid, "mta", "error", reason=e.reason)
                 if e.phase is Phase.AUTH:
-                    # Our credentials, not the route: the envelopes wait for a fix.
+                    # Our credentials, not the route: the relay's envelopes
+                    # wait for a fix.  All of them, now: the next session
+                    # would present the same credentials, and a smarthost
+                    # that sees one refused AUTH per queued message may ban
+                    # us (fail2ban counts them).
                     self.routes.route_ok(route)
-                    for job in group:
-                        self._log_delivery(sid, job, route, "TempFail", str(e.reply))
-                        self._finish(job, e)
+                    self._fail_group(sid, group, route, e)
+                    self._fail_all(e)
                     return
                 self.routes.route_error(route, e.reason, kind)
                 self.pending.extendleft(reversed(group))      # another route may do
@@ -291,24 +334,35 @@ class Connector:
             log.event(sid, "mta", "connected")
             if session.tls is not None:
                 log.event(sid, "mta", "tls", ciphers=session.tls[0])
+            reason = "quit"
             try:
                 while group:
                     result = await self._send(session, group)
                     messages += 1
                     for job, outcome in zip(group, result.recipients):
                         self._apply(sid, job, route, outcome)
-                    if result.error or not session.usable or \
-                            messages >= self.limits.session_mail_max:
+                    if result.error:
+                        # The connection or the peer's protocol broke (a
+                        # timeout, a reply out of bounds): said once here,
+                        # the deliveries above carry it too.
+                        log.event(sid, "mta", "error", reason=result.error)
+                        reason = "error"
+                        break
+                    if not session.usable:
+                        reason = "closed"         # the peer said 421: no QUIT
+                        break
+                    if messages >= self.limits.session_mail_max:
                         break
                     group = self._claim()
             finally:
                 await session.close()
-                log.event(sid, "mta", "disconnected", reason="quit", messages=messages)
+                log.event(sid, "mta", "disconnected", reason=reason, messages=messages)
         finally:
             for job in group:       # anything not answered goes back to wait
                 if not job.done.done():
                     self.pending.appendleft(job)
             self.routes.session_closed(route)
+            self.last_used = self.agent.clock()
             self.wake.set()
             if self.pending and (self.runner is None or self.runner.done()):
                 self.runner = asyncio.get_running_loop().create_task(self._run())
@@ -361,7 +415,8 @@ class Connector:
         scheme = relay.scheme
         if scheme == "smtp" and relay.verify:
             scheme = "smtp+tls"
-        server_name = route.host.name       # the MX's or the smarthost's name
+        # The MX's or the smarthost's name; none for an address, checked as such.
+        server_name = route.host.name
         fields: dict[str, object] = {}
         if self.agent.client_limits is not None:
             fields["limits"] = self.agent.client_limits
@@ -371,7 +426,7 @@ class Connector:
                 reply_timeout=self.limits.reply_timeout,
                 data_end_timeout=self.limits.data_timeout)
         return ClientConfig(host=route.host.address, scheme=scheme, port=relay.port,
-                            server_name=server_name if not server_name.startswith("[") else "",
+                            server_name=server_name,
                             helo=helo, source=route.source.address, credentials=credentials,
                             ca_file=ca_file, **fields)  # type: ignore[arg-type]
 
@@ -390,6 +445,20 @@ class Connector:
                   **{"from": log.path(env.sender)}, to=log.path(env.dest),
                   rcpt=log.path(env.rcpt) if env.rcpt else "-", source=source, relay=relay,
                   delay=log.format_delay(time.time() - env.ctime), result=result, stat=stat)
+
+
+def _host_name(host: str) -> str:
+    """A smarthost's name, as its certificate must carry it and the log names
+    it; "" for an address (`192.0.2.1`, `[192.0.2.1]`, `[IPv6:2001:db8::1]`):
+    the address is then checked against the certificate, and logged once.
+    """
+    try:
+        if address_literal(host) is not None:
+            return ""
+        ipaddress.ip_address(host)
+        return ""
+    except (PermFail, ValueError):
+        return host
 
 
 def _hostport(route: Route, relay: Relay) -> str:

@@ -294,6 +294,14 @@ class _Search:
     disabled: set[ErrorKind] = field(default_factory=set)
     mismatch: bool = False
     delayed: bool = False
+    last_error: str = ""                  # the latest error of a disabled route, with its host
+    last_error_at: float = NEVER
+
+    def note(self, route: Route, state: _RouteState) -> None:
+        """Keep the most recent error of the disabled routes seen."""
+        if state.last_error and state.lastpenalty >= self.last_error_at:
+            self.last_error_at = state.lastpenalty
+            self.last_error = f"{route.host.address}: {state.last_error}"
 
     def later(self, when: float) -> None:
         self.until = when if self.until is None else min(self.until, when)
@@ -389,7 +397,9 @@ class RouteTable:
         candidate disabled, wrong address family, no host): a TempFail
         "Network error on destination MXs" (451 4.4.1) when routes were
         disabled for network errors, else "No valid route to remote MX"
-        (451 4.4.0).
+        (451 4.4.0); when routes were disabled, the text ends with the
+        latest of their errors and its host in parentheses, so the
+        envelope's error line (and a bounce) says what happened.
         """
         now = self.state.clock()
         if not self._hosts:
@@ -459,6 +469,7 @@ class RouteTable:
             if rstate.disabled_until is not None:
                 found.disabled.add(rstate.disabled_kind or ErrorKind.NETWORK)
                 found.later(rstate.disabled_until)
+                found.note(route, rstate)
                 continue
             if rstate.nconn and not rstate.proven:
                 found.limit = found.limit or "unproven route in use"
@@ -496,6 +507,11 @@ class RouteTable:
         if found.mismatch:
             detail.append("address family mismatch")
         reason = f"relay {self.relay}: {'; '.join(detail)}"
+        if found.last_error:
+            # What went wrong, for the envelope's error line and its bounce:
+            # "451 4.4.1 Network error on destination MXs (192.0.2.1:
+            # Connection failed: Connection refused)".
+            reply = Reply(reply.code, reply.enhanced, f"{reply.text} ({found.last_error})")
         return Wait(reason, found.until, TempFail(reply, reason))
 
     # -- reports

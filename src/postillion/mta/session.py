@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
 import ssl
 from collections import deque
 from dataclasses import dataclass, replace
@@ -496,7 +497,10 @@ async def _connect(config: ClientConfig, mode: TlsMode, port: int) -> ClientSess
     except TimeoutError:
         raise RouteError(Phase.CONNECT, f"Connection timed out after {timeout:g}s") from None
     except OSError as e:
-        raise RouteError(Phase.CONNECT, f"Connection failed: {e.strerror or e}") from None
+        # asyncio's own text ("Connect call failed ('192.0.2.1', 25)") says
+        # less than the errno's: "Connection refused".
+        why = os.strerror(e.errno) if e.errno else str(e)
+        raise RouteError(Phase.CONNECT, f"Connection failed: {why}") from None
     session = ClientSession(config, stream, mode, port)
     try:
         await session._establish()
