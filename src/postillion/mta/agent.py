@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -40,6 +41,7 @@ from postillion.mta.dns import MxResolver, address_literal
 from postillion.mta.limits import MtaLimits, limits_for
 from postillion.mta.relay import Relay, relay_for
 from postillion.mta.routes import ErrorKind, MtaState, Route, RouteTable, Wait, helo_name
+from postillion.mta._stream import system_context
 from postillion.mta.session import ClientConfig, Phase, RouteError, open_session
 from postillion.queue.envelope import Envelope
 from postillion.table.services import Service
@@ -101,6 +103,12 @@ class MtaAgent:
         self.client_limits = client_limits
         self.connectors: dict[Relay, Connector] = {}
         self._next_prune = clock() + CONNECTOR_PRUNE_EVERY
+        #: The relays' `ca` bundles, loaded now: the mta process builds its
+        #: agent as root, and a CA file may be readable by root only.
+        self.ca_contexts: dict[str, ssl.SSLContext] = {
+            name: system_context(config.cas[name].cert)
+            for name in sorted({a.ca for a in config.actions.values()
+                                if a.method == "relay" and a.ca is not None})}
 
     async def relay(self, envelope: Envelope, message: BinaryIO) -> None:
         action = self.config.actions.get(envelope.dispatcher)
@@ -409,9 +417,9 @@ class Connector:
             if found is not None:
                 helo_src = {route.source.address: found.name}
         helo = helo_name(route.source, relay, self.agent.config.hostname, helo_src)
-        ca_file = None
+        tls_context = None
         if relay.ca is not None:
-            ca_file = self.agent.config.cas[relay.ca].cert
+            tls_context = self.agent.ca_contexts[relay.ca]
         scheme = relay.scheme
         if scheme == "smtp" and relay.verify:
             scheme = "smtp+tls"
@@ -428,7 +436,7 @@ class Connector:
         return ClientConfig(host=route.host.address, scheme=scheme, port=relay.port,
                             server_name=server_name,
                             helo=helo, source=route.source.address, credentials=credentials,
-                            ca_file=ca_file, **fields)  # type: ignore[arg-type]
+                            tls_context=tls_context, **fields)  # type: ignore[arg-type]
 
     def _log_delivery(self, sid: str, job: _Job, route: Route | None, result: str,
                       stat: str) -> None:
