@@ -160,5 +160,6 @@ def test_a_stable_name_is_one_path_component(tmp_path):
 
 
 def test_the_worker_job_carries_the_name(tmp_path):
-    root, prefix, name = worker.decode_job(worker.encode_job("Maildir", PREFIX, "1.Eab.mx"))
-    assert (root, prefix, name) == ("Maildir", PREFIX, "1.Eab.mx")
+    job = worker.decode_job(worker.encode_job("maildir", PREFIX, root="Maildir", name="1.Eab.mx"))
+    assert (job["method"], job["root"], job["prefix"].encode(), job["name"]) == \
+        ("maildir", "Maildir", PREFIX, "1.Eab.mx")
