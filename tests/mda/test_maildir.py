@@ -105,7 +105,7 @@ async def test_worker_process_delivers_as_the_user_under_a_private_directory(tmp
                dest=j.dest)
     agent = MdaAgent()
     try:
-        await agent.deliver_maildir(j)
+        await agent.deliver(j)
         [pid] = agent.worker_pids()
         status = Path(f"/proc/{pid}/status").read_text()
         assert "\nUid:\t65534\t65534\t65534\t65534\n" in status

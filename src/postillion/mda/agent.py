@@ -218,9 +218,6 @@ class MdaAgent:
         async with self._slots:
             await handler(job)
 
-    #: The Maildir method by its old name (a job's method is maildir by default).
-    deliver_maildir = deliver
-
     async def _maildir(self, job: MdaJob) -> None:
         root = maildir_path(job)
         if os.geteuid() != 0:
