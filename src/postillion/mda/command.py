@@ -143,7 +143,8 @@ def run(argv: list[str], environ: Mapping[str, str], home: str, prefix: bytes,
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out_w, stderr=out_w,
                                     cwd=cwd, env=dict(environ), close_fds=True,
-                                    start_new_session=True, preexec_fn=in_child)
+                                    start_new_session=True,
+                                    preexec_fn=in_child)  # noqa: PLW1509 -- the worker has no threads
         except OSError as e:
             status = EX_TEMPFAIL if e.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE,
                                                 errno.ENFILE) else EX_PERM

@@ -51,7 +51,7 @@ WRITE_CHUNK: Final = 256 * 1024
 #: longer than any SMTP line (65 535 octets), so never reached by queued mail.
 MAX_PENDING: Final = 128 * 1024
 
-_FROM = re.compile(rb"^>*From ", re.M)
+_FROM = re.compile(rb"^>*From ", re.MULTILINE)
 #: Opening flags: read too (the last octets decide the separator), never
 #: through a link, never a FIFO that blocks.
 _OPEN = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
