@@ -50,7 +50,8 @@ table vusers {{ evil = "0:0:{root}/evil" }}
 table vmap {{ "@virt.example.test" = evil }}
 listen on {host} port {port} hostname mx.example.test
 action "local" maildir alias <aliases>
-action "cmd" mda "{bin}/record mda %{{rcpt:raw}} %{{rcpt}}"
+mda wrapper "env" "/usr/bin/env WRAPPED=yes %{{mda}}"
+action "cmd" mda "{bin}/record mda %{{rcpt:raw}} %{{rcpt}}" wrapper "env"
 action "virt" maildir virtual <vmap> userbase <vusers>
 match from any for domain example.test action "local"
 match from any for domain cmd.example.test action "cmd"
@@ -144,6 +145,7 @@ def test_every_target_runs_as_whom_it_should(daemon, as_root):
         wait_for("the mda command", lambda: has(out / f"mda.{uid}.in"), log=daemon.log)
         argv = (out / f"mda.{uid}.argv").read_text().splitlines()
         assert argv == ["mda", hostile, f"{good}+a:b:c:d:e:x::@cmd.example.test"]
+        assert "WRAPPED=yes" in (out / f"mda.{uid}.env").read_text().splitlines()  # the wrapper ran it
         assert not list(Path("/").glob("pwned*")) and not list(root.glob("pwned*"))
         # A command's failure is permanent, with its last line; uid 0 is refused.
         log = daemon.wait_log('stat="the list is closed"')
@@ -186,9 +188,13 @@ def test_mbox_delivers_as_the_user_into_the_mail_spool(daemon, as_root):
     try:
         send(daemon, b"Subject: one\r\n\r\nFrom the start, a line to quote\r\n")
         send(daemon, b"Subject: two\r\n\r\nsecond\r\n")
+        # Back from a .forward elsewhere that sent it on: a loop, refused for good.
+        send(daemon, b"Delivered-To: alice@example.test\r\nSubject: again\r\n\r\nthird\r\n")
         box = spool_dir / "alice"
-        proc.wait_log("result=Ok")
-        wait_for("two messages", lambda: len(list(mailbox.mbox(str(box)))) == 2, log=proc.log)
+        log = proc.wait_log("Loop detected")
+        assert "result=PermFail" in log
+        wait_for("two messages", lambda: box.exists() and len(list(mailbox.mbox(str(box)))) == 2,
+                 log=proc.log)
     finally:
         inproc.stop(proc)
     st = box.stat()

@@ -28,3 +28,17 @@ def test_unknown_names_and_modifiers_are_errors():
     for template in ("%{nosuch}", "%{rcpt:shout}", "%{user.shell}"):
         with pytest.raises(FormatError):
             expand(template, ENV)
+
+
+def test_a_delivered_to_of_the_recipient_in_the_header_is_a_loop():
+    import io
+
+    from postillion.mda.stream import delivered_to
+    head = b"Received: x\r\nDelivered-To: Bob@Example.Test \r\nSubject: s\r\n\r\n"
+    assert delivered_to(io.BytesIO(head + b"body\r\n"), "bob@example.test")
+    assert not delivered_to(io.BytesIO(head), "alice@example.test")
+    # Only the header section counts, however the reads fall.
+    body = b"Subject: s\r\n\r\n" + b"x" * 70000 + b"\r\nDelivered-To: bob@example.test\r\n"
+    assert not delivered_to(io.BytesIO(body), "bob@example.test")
+    assert not delivered_to(io.BytesIO(b"Delivered-To: bob@example.test\n"), "bob@example.test",
+                            limit=10)

@@ -41,12 +41,16 @@ def delivered_to(message: BinaryIO, dest: str, limit: int = MAX_HEADER_SCAN) -> 
     on): OpenSMTPD's "Loop detected", a permanent failure
     (docs/configuration.md, Commands).  Reads at most `limit` octets.
     """
-    head = message.read(limit)
-    end = head.find(b"\r\n\r\n")
-    if end < 0:
-        end = head.find(b"\n\n")
-    if end >= 0:
-        head = head[:end]
+    head = b""
+    while len(head) < limit:
+        chunk = message.read(min(CHUNK, limit - len(head)))
+        if not chunk:
+            break
+        head += chunk
+        end = head.find(b"\n\r\n") if b"\r\n\r\n" in head else head.find(b"\n\n")
+        if end >= 0:
+            head = head[:end]
+            break
     wanted = dest.strip().lower().encode("utf-8", "surrogateescape")
     for line in head.split(b"\n"):
         name, colon, value = line.partition(b":")
