@@ -124,6 +124,17 @@ async def close_tables(tables: dict[str, Table]) -> None:
             logger.exception("closing table %s", table.name)
 
 
+def _ourselves() -> Userinfo:
+    """Who this process is, as a userinfo (a daemon not started as root
+    runs everything as itself)."""
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return Userinfo(str(uid), uid, gid, "/")
+    return Userinfo(entry.pw_name, uid, gid, entry.pw_dir)
+
+
 def delivery_prefix(env: Envelope) -> bytes:
     """`Return-Path:` and `Delivered-To:` as every local delivery gets them."""
     return f"Return-Path: <{env.sender}>\r\nDelivered-To: {env.dest}\r\n".encode("utf-8", "replace")
@@ -287,8 +298,12 @@ class Daemon:
                          time.time() - env.ctime, log.RESULT_OK, "Delivered")
 
     def _loops(self, env: Envelope) -> bool:
-        with open(self.store.message_path(env.msgid), "rb") as message:
-            return delivered_to(message, env.dest)
+        try:
+            with open(self.store.message_path(env.msgid), "rb") as message:
+                return delivered_to(message, env.dest)
+        except OSError as e:
+            raise TempFail(Reply(451, "4.3.0", "queued message unreadable"),
+                           f"queued message unreadable: {e.strerror or e}") from None
 
     async def deliver_by_agent(self, env: Envelope, action: ActionDecl) -> str:
         """maildir, mbox, a command, or an alias target: a job for the mda
@@ -309,8 +324,7 @@ class Daemon:
         for its own method, else the recipient from the userbase."""
         if env.mda_exec and not env.mda_user:
             if os.geteuid() != 0:
-                entry = pwd.getpwuid(os.geteuid())
-                return Userinfo(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+                return await asyncio.to_thread(_ourselves)
             name = self.config.processes.queue_user
             info = await SYSTEM_USERBASE.lookup(Service.USERINFO, name)
             if info is None:
