@@ -122,7 +122,7 @@ async def test_a_command_runs_as_the_user_in_home_with_the_message_and_nothing_e
     home = place / "home"
     run = script(place, "record", 'cat > "$HOME/in"; id -u > out.uid; id -G > out.groups\n'
                                   'env > out.env; pwd > out.cwd; cat /proc/self/limits > out.limits\n'
-                                  'printf "%s\\n" "$@" > out.argv\n')
+                                  'printf "%s\\n" "$@" > out.argv; grep SigIgn /proc/self/status > out.sig\n')
     await deliver(job(place, [run, HOSTILE, "%{rcpt}"]), max_file_size=1 << 20, command_cpu=7)
     assert (home / "in").read_bytes() == (PREFIX + MESSAGE).replace(b"\r\n", b"\n")
     st = (home / "in").stat()
@@ -136,6 +136,8 @@ async def test_a_command_runs_as_the_user_in_home_with_the_message_and_nothing_e
     assert any(line.startswith("Max file size") and "1048576" in line for line in limits.splitlines())
     assert any(line.startswith("Max core file size") and " 0 " in line for line in limits.splitlines())
     assert any(line.startswith("Max cpu time") and " 7 " in line for line in limits.splitlines())
+    ignored = int((home / "out.sig").read_text().split()[1], 16)
+    assert not ignored & (1 << 1), "SIGINT is ignored in the command"    # bit 1: signal 2
     # The hostile address reached the command as one argument, untouched by
     # any shell: nothing it names was run.
     assert (home / "out.argv").read_text().splitlines() == [HOSTILE, "%{rcpt}"]

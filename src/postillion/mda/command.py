@@ -137,6 +137,9 @@ def run(argv: list[str], environ: Mapping[str, str], home: str, prefix: bytes,
 
     def in_child() -> None:          # after fork, before exec: no threads here
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+        # The worker ignores the daemon's ^C; an ignored signal would stay
+        # ignored across exec.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     out_r, out_w = os.pipe()
     try:
