@@ -58,13 +58,25 @@ match from any for domain cmd.example.test action "cmd"
 match from any for domain virt.example.test action "virt"
 """
 
+#: Writes what it was run as, with, and given, under out/NAME.UID.PID.*, and
+#: .done last (a command may run twice: the tests read whole runs only).
 RECORD = """\
-out={out}/$1.$(id -u)
+out={out}/$1.$(id -u).$$
 {{ echo "uid=$(id -u)"; echo "groups=$(id -G)"; echo "pwd=$(pwd)"; }} > "$out.id"
 printf '%s\\n' "$@" > "$out.argv"
 env > "$out.env"
 cat > "$out.in"
+touch "$out.done"
 """
+
+
+def runs(out: Path, name: str, uid: int) -> list[Path]:
+    """The finished runs of `record NAME` as uid: their common path prefixes."""
+    return [Path(str(p)[:-len(".done")]) for p in sorted(out.glob(f"{name}.{uid}.*.done"))]
+
+
+def read(run: Path, what: str) -> str:
+    return Path(f"{run}.{what}").read_text()
 
 
 @pytest.fixture
@@ -116,13 +128,12 @@ def test_every_target_runs_as_whom_it_should(daemon, as_root):
             return path.exists() and path.stat().st_size > 0
 
         # |command from the alias table: as the queue user, no other groups.
-        ident = out / f"archive.{queue_uid}.id"
-        wait_for("the alias command", lambda: has(out / f"archive.{queue_uid}.in"), log=daemon.log)
-        assert ident.read_text().splitlines() == [f"uid={queue_uid}", f"groups={queue_gid}", "pwd=/"]
-        fed = (out / f"archive.{queue_uid}.in").read_bytes()
+        [run] = wait_for("the alias command", lambda: runs(out, "archive", queue_uid), log=daemon.log)
+        assert read(run, "id").splitlines() == [f"uid={queue_uid}", f"groups={queue_gid}", "pwd=/"]
+        fed = Path(f"{run}.in").read_bytes()
         assert fed.startswith(b"Return-Path: <>\nDelivered-To: archive@example.test\nReceived: ")
         assert fed.endswith(b"\n\nFrom the start\n")
-        env = dict(line.split("=", 1) for line in (out / f"archive.{queue_uid}.env").read_text().splitlines())
+        env = dict(line.split("=", 1) for line in read(run, "env").splitlines())
         assert env["RECIPIENT"] == "archive@example.test" and env["SENDER"] == ""
         assert env["USER"] == QUEUE_USER and "PYTHONSAFEPATH" not in env
         # /path: an mbox file, as the queue user; /path/: a Maildir, as the queue user.
@@ -138,14 +149,16 @@ def test_every_target_runs_as_whom_it_should(daemon, as_root):
         maildir = wait_for("the user's Maildir", lambda: list((home / "Maildir" / "new").glob("*"))
                            if (home / "Maildir" / "new").exists() else [], log=daemon.log)
         assert {p.stat().st_uid for p in maildir} == {uid}
-        wait_for("the .forward command", lambda: has(out / f"forward.{uid}.in"), log=daemon.log)
-        assert (out / f"forward.{uid}.id").read_text().splitlines() == [
-            f"uid={uid}", f"groups={gid}", f"pwd={home}"]
+        # (good@example.test and the hostile address each run it: two runs.)
+        forwarded = wait_for("the .forward command", lambda: len(runs(out, "forward", uid)) == 2
+                             and runs(out, "forward", uid), log=daemon.log)
+        for run in forwarded:
+            assert read(run, "id").splitlines() == [f"uid={uid}", f"groups={gid}", f"pwd={home}"]
         # The mda action: the hostile address is one argument, as it came.
-        wait_for("the mda command", lambda: has(out / f"mda.{uid}.in"), log=daemon.log)
-        argv = (out / f"mda.{uid}.argv").read_text().splitlines()
+        [run] = wait_for("the mda command", lambda: runs(out, "mda", uid), log=daemon.log)
+        argv = read(run, "argv").splitlines()
         assert argv == ["mda", hostile, f"{good}+a:b:c:d:e:x::@cmd.example.test"]
-        assert "WRAPPED=yes" in (out / f"mda.{uid}.env").read_text().splitlines()  # the wrapper ran it
+        assert "WRAPPED=yes" in read(run, "env").splitlines()      # the wrapper ran it
         assert not list(Path("/").glob("pwned*")) and not list(root.glob("pwned*"))
         # A command's failure is permanent, with its last line; uid 0 is refused.
         log = daemon.wait_log('stat="the list is closed"')
