@@ -9,11 +9,13 @@ for a moment, so each command is retried a bounded number of times.
 from __future__ import annotations
 
 import contextlib
+import os
 import pwd
 import secrets
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from postillion.lookup.auth import shadow_hash
 
@@ -60,3 +62,21 @@ def user_with_home() -> Iterator[pwd.struct_passwd]:
         yield pwd.getpwnam(user)
     finally:
         run("userdel", "--remove", user)
+
+
+@contextlib.contextmanager
+def home_user(parent: Path) -> Iterator[tuple[str, int, int, Path]]:
+    """A uniquely named account (no password, no shell) whose home is a new
+    0700 directory under `parent`: (name, uid, gid, home).  For deliveries
+    as a real system user (`getpwnam`), `.forward` files and ownership."""
+    user = "ptest" + secrets.token_hex(6)
+    home = parent / user
+    run("useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/usr/sbin/nologin",
+        user)
+    try:
+        entry = pwd.getpwnam(user)
+        home.mkdir(mode=0o700)
+        os.chown(home, entry.pw_uid, entry.pw_gid)
+        yield user, entry.pw_uid, entry.pw_gid, home
+    finally:
+        run("userdel", user)

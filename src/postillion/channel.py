@@ -77,7 +77,9 @@ class QueuePeer(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Deliver(Frame):
-    """queue -> parent: deliver this message into this Maildir as uid/gid."""
+    """queue -> parent: deliver this message as uid/gid, by `method`
+    (mda/jobs.py): into a Maildir or an mbox file (`path`), the system
+    mailbox, or to a command (`argv`, `environ`, already expanded)."""
     id: int
     msgid: int
     uid: int
@@ -90,6 +92,9 @@ class Deliver(Frame):
     dest: str
     prefix: str
     name: str | None       # the envelope's Maildir file name: a repeat replaces it
+    method: str = "maildir"
+    argv: tuple[str, ...] = ()
+    environ: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,24 @@ class Delivered(Frame):
     id: int
     result: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forward(Frame):
+    """smtp -> parent: read the `.forward` in `home` for the user `uid`
+    (lookup/forward.py: only the parent may open every home)."""
+    id: int
+    uid: int
+    home: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardText(Frame):
+    """parent -> smtp: `result` "found" (`text` is the file), "none" (absent
+    or empty) or "tempfail" (`text` says why it cannot be used)."""
+    id: int
+    result: str
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +214,7 @@ class Relayed(Frame):
 #: (Defined after the classes: a slotted dataclass cannot register itself.)
 TYPES: Final[dict[str, type[Frame]]] = {cls.__name__: cls for cls in (
     Hello, Committed, QueuePeer, Deliver, Delivered, AuthCheck, AuthAnswer, Admit, Admitted,
-    Left, Inject, Injected, Relay, Lmtp, Relayed)}
+    Left, Inject, Injected, Relay, Lmtp, Relayed, Forward, ForwardText)}
 
 
 def encode(frame: Frame) -> bytes:

@@ -61,7 +61,7 @@ def make_cases(root: Path) -> dict[str, Path]:
         "table-file-unreadable": f"table aliases file:{root / 'a-directory'}\n"
                                  'action "m" maildir alias <aliases>\n'
                                  'match from any for local action "m"\n',
-        "not-implemented": 'action "r" mbox\nmatch from any for any action "r"\n',
+        "not-implemented": 'action "r" maildir\nmatch from rdns for any action "r"\n',
         "interface-lo": "listen on lo port 2525\n" + sql.format(b=root / "sqlite.conf"),
         "unknown-interface": "listen on nosuchif0\n" + sql.format(b=root / "sqlite.conf"),
         "foreign-address": "listen on 192.0.2.1\n" + sql.format(b=root / "sqlite.conf"),

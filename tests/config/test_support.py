@@ -42,17 +42,17 @@ def test_each_unimplemented_option_is_named_where_written() -> None:
     config = parse(
         "pki mx cert /c\npki mx key /k\n"
         "listen on 127.0.0.1 tls pki mx\n"
-        'action "r" mbox ttl 1d\n'
+        'action "r" relay pki mx ttl 1d\n'
         'match from rdns for any action "r"\n'
         "queue compression\n",
         "smtpd.conf")
     assert support.unsupported(config) == [
-        (P(4, 12), '"action mbox" is not implemented by the runtime yet'),
+        (P(4, 18), '"action pki" is not implemented by the runtime yet'),
         (P(5, 7), '"match from rdns" is not implemented by the runtime yet'),
         (P(6, 7), '"queue compression" is not implemented by the runtime yet'),
     ]
     # Extending the implemented set is one line: the report shrinks.
-    more = support.IMPLEMENTED | {"action mbox"}
+    more = support.IMPLEMENTED | {"action pki"}
     assert [m for _, m in support.unsupported(config, more)][0].startswith('"match from rdns"')
 
 
@@ -75,3 +75,11 @@ def test_daemon_refuses_to_start(tmp_path: Path) -> None:
     with pytest.raises(StartupError) as info:
         asyncio.run(Daemon(config, tmp_path / "spool").start())
     assert 'smtpd.conf:2:7: "queue compression" is not implemented by the runtime yet' in str(info.value)
+
+
+def test_a_wrapper_runs_for_mda_only() -> None:
+    config = parse('mda wrapper w "/usr/bin/nice %{mda}"\n'
+                   'action "a" maildir wrapper w\naction "b" mda "/bin/x" wrapper w\n'
+                   'match from local for local action "b"\n', "smtpd.conf")
+    assert support.unsupported(config) == [
+        (P(2, 20), '"action maildir wrapper" is not implemented by the runtime yet')]

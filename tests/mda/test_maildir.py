@@ -105,7 +105,7 @@ async def test_worker_process_delivers_as_the_user_under_a_private_directory(tmp
                dest=j.dest)
     agent = MdaAgent()
     try:
-        await agent.deliver_maildir(j)
+        await agent.deliver(j)
         [pid] = agent.worker_pids()
         status = Path(f"/proc/{pid}/status").read_text()
         assert "\nUid:\t65534\t65534\t65534\t65534\n" in status
@@ -160,5 +160,6 @@ def test_a_stable_name_is_one_path_component(tmp_path):
 
 
 def test_the_worker_job_carries_the_name(tmp_path):
-    root, prefix, name = worker.decode_job(worker.encode_job("Maildir", PREFIX, "1.Eab.mx"))
-    assert (root, prefix, name) == ("Maildir", PREFIX, "1.Eab.mx")
+    job = worker.decode_job(worker.encode_job("maildir", PREFIX, root="Maildir", name="1.Eab.mx"))
+    assert (job["method"], job["root"], job["prefix"].encode(), job["name"]) == \
+        ("maildir", "Maildir", PREFIX, "1.Eab.mx")

@@ -16,6 +16,7 @@ SECONDS = 1.0
 MINUTES = 60 * SECONDS
 KIB = 1024
 MIB = 1024 * KIB
+GIB = 1024 * MIB
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -324,11 +325,29 @@ class MtaOptions:
 
 @dataclass(frozen=True, slots=True)
 class MdaOptions:
-    """`mda limit max-session N max-session-per-user N`, `mda wrapper NAME "CMD"`."""
+    """`mda limit max-session N max-session-per-user N`, `mda wrapper NAME "CMD"`,
+    and the settings of local delivery that smtpd.conf has no keyword for.
 
-    max_session: int = 50                 # mda limit max-session
-    max_session_per_user: int = 7         # mda limit max-session-per-user
+    The last group is ours and fixed, as OpenSMTPD compiles its mail spool
+    path in: a named default here, in one place, rather than scattered
+    constants (an in-process test points `mbox_directory` at its own
+    directory).  docs/configuration.md (Local delivery) lists them.
+    """
+
+    max_session: int = 50                 # mda limit max-session: deliveries at once
+    max_session_per_user: int = 7         # mda limit max-session-per-user: at once per uid
     wrappers: tuple[tuple[str, str], ...] = ()   # (name, command) in order written
+    #: `mbox` appends to DIRECTORY/USER: Debian's and OpenBSD's mail spool.
+    mbox_directory: str = "/var/mail"
+    #: An `mda` command or `|command` target must end within this, else it
+    #: is killed (with all it started) and the delivery is temporary.
+    command_timeout: float = 300 * SECONDS
+    #: CPU seconds a command may use (RLIMIT_CPU), then SIGXCPU: temporary.
+    command_cpu: int = 300
+    #: RLIMIT_FSIZE of every delivery (octets): the largest file a delivery
+    #: may write or grow, an mbox included; beyond, the write fails and the
+    #: delivery is temporary (a mailbox too large to grow).
+    max_file_size: int = 4 * GIB
 
 
 @dataclass(frozen=True, slots=True)

@@ -703,7 +703,10 @@ class Parser:
             known = ["ttl", *(LOCAL_OPTIONS if local else RELAY_OPTIONS),
                      *({"maildir": ["junk"], "lmtp": ["rcpt-to"]}.get(method, []))]
             raise Syntax(opt.pos, f"unknown action option {opt.describe()}{_hint(t, known)}")
-        self.use(f"action {t}", opt.pos)
+        # A wrapper wraps a command: the runtime runs it for `mda` (and the
+        # commands of alias targets); the other methods deliver without one.
+        wrapped = t == "wrapper" and method != "mda"
+        self.use(f"action {method} wrapper" if wrapped else f"action {t}", opt.pos)
 
     def _relay_option(self, s: Stream, opt: Token, f: dict[str, object]) -> None:
         t = opt.text

@@ -23,8 +23,10 @@ from postillion.config.model import Config, Position
 IMPLEMENTED: frozenset[str] = frozenset({
     # listeners (smtp/server.py)
     "listen on", "listen port", "listen hostname",
-    # local delivery (mda/maildir.py, lookup/expand.py; mta/lmtp.py)
+    # local delivery (mda/, lookup/expand.py, lookup/forward.py; mta/lmtp.py)
     "action maildir", "action alias", "action virtual", "action userbase",
+    "action mbox", "action mda", "action forward-only", "action expand-only",
+    "action user", "action wrapper", "mda limit", "mda wrapper",
     "action lmtp", "action rcpt-to",
     # rules (rules.py)
     "match from local", "match from any", "match from src",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,10 +24,13 @@ from postillion.config import support as config_support
 from postillion.config.model import ActionDecl, Config, ListenDecl, TableDecl
 from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.lookup.auth import Authenticators
-from postillion.lookup.expand import Expander, userinfo
+from postillion.lookup.expand import SYSTEM_USERBASE, Expander, ReadForward, local_forward, userinfo
 from postillion.mda.agent import MdaAgent, MdaJob
 from postillion.mda.format import FormatEnv, FormatError, expand
+from postillion.mda.jobs import METHODS as JOB_METHODS
+from postillion.mda.jobs import build_job, job_method
 from postillion.mda.maildir import stable_name
+from postillion.mda.stream import delivered_to
 from postillion.queue.envelope import Envelope
 from postillion.queue.lock import SpoolBusy, SpoolLock
 from postillion.daemon.bounces import Bouncer
@@ -122,6 +126,17 @@ async def close_tables(tables: dict[str, Table]) -> None:
             logger.exception("closing table %s", table.name)
 
 
+def _ourselves() -> Userinfo:
+    """Who this process is, as a userinfo (a daemon not started as root
+    runs everything as itself)."""
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return Userinfo(str(uid), uid, gid, "/")
+    return Userinfo(entry.pw_name, uid, gid, entry.pw_dir)
+
+
 def delivery_prefix(env: Envelope) -> bytes:
     """`Return-Path:` and `Delivered-To:` as every local delivery gets them."""
     return f"Return-Path: <{env.sender}>\r\nDelivered-To: {env.dest}\r\n".encode("utf-8", "replace")
@@ -159,15 +174,24 @@ class Daemon:
         self.mta: MtaAgent | None = None                 # set by start()
         #: Envelope type -> agent; the scheduler sees only this door.
         self.agents = Agents({"mda": self.dispatch})
-        self.mda = MdaAgent()
+        self.mda = MdaAgent(config.mda)
         #: How a job is delivered: here, by the agent; in the queue process,
         #: by asking the parent (daemon/roles.py).
         self.deliver: Callable[[MdaJob, Envelope], Awaitable[None]] = \
-            lambda job, env: self.mda.deliver_maildir(job)
+            lambda job, env: self.mda.deliver(job)
         self.lmtp_agent: LmtpAgent | None = None         # set by start()
         #: How an lmtp job is delivered: here, by the agent; in the queue
         #: process, by asking the mta process (daemon/roles.py).
         self.lmtp: Callable[[LmtpJob], Awaitable[None]] = self._lmtp_here
+        #: Local delivery, by method (`mda.jobs.job_method`): each returns
+        #: the user it delivered as.  forward-only and expand-only envelopes
+        #: always carry their target (lookup/expand.py).
+        self.local_methods: dict[str, Callable[[Envelope, ActionDecl], Awaitable[str]]] = {
+            method: self.deliver_by_agent for method in JOB_METHODS}
+        self.local_methods["lmtp"] = self._lmtp_method
+        #: Reads a user's .forward at RCPT time: here; the smtp processes
+        #: ask the root parent instead (daemon/roles.py).
+        self.read_forward: ReadForward = local_forward
         self._stopping = asyncio.Event()
         self._scheduler_task: asyncio.Task[None] | None = None
 
@@ -197,7 +221,8 @@ class Daemon:
         async def route(address: str) -> ActionDecl | None:
             return await ruleset.match(INTERNAL, "", address)
 
-        expander = Expander(self.tables, self.config.limits, route)
+        expander = Expander(self.tables, self.config.limits, route,
+                            forward=lambda user: self.read_forward(user))
         ctx = SessionContext(hostname=self.config.hostname, limits=self.config.limits,
                              ruleset=ruleset, expander=expander, store=self.store,
                              queue_ttl=self.config.queue.ttl)
@@ -282,25 +307,23 @@ class Daemon:
 
     async def dispatch(self, env: Envelope) -> None:
         """The local (`mda`) agent: deliver one envelope as its user, log the
-        outcome in the mda layout, re-raise failures."""
+        outcome in the mda layout, re-raise failures.
+
+        A message that already holds `Delivered-To:` its recipient came
+        back in a loop: refused for good, whatever the method."""
         sid = log.new_id()
         user = env.mda_user
         try:
             action = self.config.actions.get(env.dispatcher)
             if action is None:
                 raise TempFail(Reply(451, "4.3.0", f"no action {env.dispatcher!r} in the configuration"))
-            info = await userinfo(self.tables, action, env.mda_user)
-            if info is None:
-                raise PermFail(Reply(550, "5.1.1", f"user {env.mda_user} no longer exists"))
-            user = info.username
-            if action.method == "lmtp":
-                await self.lmtp(lmtp_job(action, env, info))
-            else:
-                job = MdaJob(message=self.store.message_path(env.msgid), prefix=delivery_prefix(env),
-                             path_template=action.path, user=info, sender=env.sender,
-                             rcpt=env.rcpt, dest=env.dest,
-                             name=stable_name(env.id, env.ctime, self.config.hostname))
-                await self.deliver(job, env)
+            method = self.local_methods.get(job_method(env, action))
+            if method is None:
+                raise PermFail(Reply(550, "5.3.5", f"action {action.name} cannot deliver locally"))
+            if await asyncio.to_thread(self._loops, env):
+                raise PermFail(Reply(550, "5.4.6", "Loop detected"),
+                               f"Loop detected: Delivered-To: {env.dest} already in the message")
+            user = await method(env, action)
         except MailError as e:
             result = log.RESULT_TEMPFAIL if isinstance(e, TempFail) else log.RESULT_PERMFAIL
             log.mda_delivery(sid, env.id, env.sender, env.dest, env.rcpt, user,
@@ -308,6 +331,57 @@ class Daemon:
             raise
         log.mda_delivery(sid, env.id, env.sender, env.dest, env.rcpt, user,
                          time.time() - env.ctime, log.RESULT_OK, "Delivered")
+
+    def _loops(self, env: Envelope) -> bool:
+        try:
+            with open(self.store.message_path(env.msgid), "rb") as message:
+                return delivered_to(message, env.dest)
+        except OSError as e:
+            raise TempFail(Reply(451, "4.3.0", "queued message unreadable"),
+                           f"queued message unreadable: {e.strerror or e}") from None
+
+    async def deliver_by_agent(self, env: Envelope, action: ActionDecl) -> str:
+        """maildir, mbox, a command, or an alias target: a job for the mda
+        agent (here, or in the root parent); returns the user delivered as."""
+        info = await self.delivery_user(env, action)
+        job = build_job(env, action, info, message=self.store.message_path(env.msgid),
+                        prefix=delivery_prefix(env),
+                        name=stable_name(env.id, env.ctime, self.config.hostname),
+                        wrappers=dict(self.config.mda.wrappers),
+                        sub_addr_delim=self.config.limits.sub_addr_delim)
+        await self.deliver(job, env)
+        return info.username
+
+    async def _lmtp_method(self, env: Envelope, action: ActionDecl) -> str:
+        """lmtp: the mta process (or this one) hands the message to the
+        LMTP server; returns the user delivered for."""
+        info = await self.delivery_user(env, action)
+        await self.lmtp(lmtp_job(action, env, info))
+        return info.username
+
+    async def delivery_user(self, env: Envelope, action: ActionDecl) -> Userinfo:
+        """Whom a delivery runs as (docs/configuration.md, Local delivery):
+        the queue user for a target an alias table named (the daemon's own
+        user when it is not root), the action's `user` (a system account)
+        for its own method, else the recipient from the userbase."""
+        if env.mda_exec and not env.mda_user:
+            if os.geteuid() != 0:
+                return await asyncio.to_thread(_ourselves)
+            name = self.config.processes.queue_user
+            info = await SYSTEM_USERBASE.lookup(Service.USERINFO, name)
+            if info is None:
+                raise TempFail(Reply(451, "4.3.0", f"queue user {name} does not exist"))
+            return info
+        if action.user is not None and not env.mda_exec:
+            info = await SYSTEM_USERBASE.lookup(Service.USERINFO, action.user)
+            if info is None:
+                raise TempFail(Reply(451, "4.3.0", f"user {action.user} does not exist"),
+                               f"action {action.name}: user {action.user} does not exist")
+            return info
+        info = await userinfo(self.tables, action, env.mda_user)
+        if info is None:
+            raise PermFail(Reply(550, "5.1.1", f"user {env.mda_user} no longer exists"))
+        return info
 
     async def update_tables(self) -> None:
         for table in self.tables.values():

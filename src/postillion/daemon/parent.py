@@ -6,9 +6,10 @@ starts the roles (`roles.py`): one queue process, then `smtp workers` smtp
 processes (one per core by default), all as the queue user (`_postillion`)
 when started as root, else as whoever started it.  It parses no network
 input: what reaches it are typed frames from its own roles (`channel.py`).
-It answers two requests that need root -- deliver a message as a user (it
-owns the per-uid delivery workers, `mda/agent.py`) and check a system
-account's password (/etc/shadow) -- restarts a role that dies, with a
+It answers three requests that need root -- deliver a message as a user (it
+owns the per-uid delivery workers, `mda/agent.py`), read a user's
+`.forward` (lookup/forward.py) and check a system account's password
+(/etc/shadow) -- restarts a role that dies, with a
 back-off, and owns the signals.  When it dies, every role and worker dies
 with it (parent-death signal), and the kernel releases the spool lock.
 """
@@ -36,6 +37,7 @@ from postillion.daemon import Daemon, StartupError, listen_error, lock_spool
 from postillion.daemon.roles import RoleArgs, write_start
 from postillion.errors import MailError, PermFail
 from postillion.lookup.auth import Authenticators
+from postillion.lookup.forward import ForwardUnusable, read_forward
 from postillion.mda.agent import MdaAgent, MdaJob
 from postillion.queue.lock import SpoolLock
 from postillion.queue.store import QueueStore
@@ -123,7 +125,7 @@ class Parent:
         self.foreground, self.verbose = foreground, verbose
         self.lock = SpoolLock(self.spool)
         self.store = QueueStore(self.spool)      # paths only: the queue process owns it
-        self.mda = MdaAgent()
+        self.mda = MdaAgent(config.mda)
         self.authenticators = Authenticators(config.limits)
         self.sockets: list[list[socket.socket]] = []
         #: Session counts per listener, across every smtp process (anvil).
@@ -251,6 +253,8 @@ class Parent:
             self._answer(role, ch.Admitted(frame.id, int(ok)))
         elif isinstance(frame, ch.Left) and role.name == "smtp":
             self._left(role, frame.listener, frame.ip)
+        elif isinstance(frame, ch.Forward) and role.name == "smtp":
+            self._answer(role, await self._forward(frame))
         elif isinstance(frame, ch.AuthCheck) and role.name == "smtp":
             result = await self.authenticators.get(None).check(frame.user, frame.password)
             self._answer(role, ch.AuthAnswer(frame.id, result.value))
@@ -278,14 +282,27 @@ class Parent:
         if role.channel is not None and not role.channel.closed.is_set():
             role.channel.send(frame)
 
+    async def _forward(self, frame: ch.Forward) -> ch.ForwardText:
+        """A user's .forward, read as root with its checks (lookup/forward.py);
+        never root's own (uid 0: its targets would run as root)."""
+        if frame.uid == 0 or not frame.home.startswith("/"):
+            return ch.ForwardText(frame.id, "none", "")
+        try:
+            text = await asyncio.to_thread(read_forward, frame.home, frame.uid)
+        except ForwardUnusable as e:
+            return ch.ForwardText(frame.id, "tempfail", e.reason)
+        return ch.ForwardText(frame.id, "none", "") if text is None else \
+            ch.ForwardText(frame.id, "found", text)
+
     async def _deliver(self, frame: ch.Deliver) -> tuple[str, str]:
         user = Userinfo(frame.username, frame.uid, frame.gid, frame.home)
         job = MdaJob(message=self.store.message_path(frame.msgid),
                      prefix=frame.prefix.encode("utf-8", "surrogateescape"),
                      path_template=frame.path, user=user, sender=frame.sender,
-                     rcpt=frame.rcpt, dest=frame.dest, name=frame.name)
+                     rcpt=frame.rcpt, dest=frame.dest, name=frame.name,
+                     method=frame.method, argv=frame.argv, environ=frame.environ)
         try:
-            await self.mda.deliver_maildir(job)
+            await self.mda.deliver(job)
         except MailError as e:
             return ("permfail" if isinstance(e, PermFail) else "tempfail"), e.reason
         return "ok", "Delivered"

@@ -49,6 +49,7 @@ from postillion.daemon.relaying import MtaLink, run_one
 from postillion.daemon.smtplinks import SmtpLinks
 from postillion.errors import PermFail, Reply, TempFail
 from postillion.lookup.auth import AuthResult, Authenticators
+from postillion.lookup.forward import ForwardUnusable
 from postillion.mda.agent import MdaJob
 from postillion.mta.agent import MtaAgent, relay_tables
 from postillion.mta.lmtp import LmtpAgent, LmtpJob
@@ -56,6 +57,7 @@ from postillion.privileges import die_with_parent, drop_privileges
 from postillion.queue.envelope import Envelope
 from postillion.queue.scheduler import Scheduler
 from postillion.smtp.inject import inject
+from postillion.table.values import Userinfo
 
 logger = logging.getLogger("postillion.role")
 
@@ -193,6 +195,27 @@ class RemoteSystemAuth:
             return AuthResult.TEMPFAIL
 
 
+class RemoteForward:
+    """Reads a user's `.forward` by asking the parent: the smtp process,
+    as the queue user, cannot open the users' homes."""
+
+    def __init__(self, parent: ch.Channel, requests: Requests) -> None:
+        self.parent, self.requests = parent, requests
+
+    async def read(self, user: Userinfo) -> str | None:
+        try:
+            answer = await ask(self.parent, self.requests,
+                               lambda rid: ch.Forward(rid, user.uid, user.home))
+        except (ConnectionError, TimeoutError):
+            raise ForwardUnusable(f"{user.home}/.forward: the parent did not answer") from None
+        assert isinstance(answer, ch.ForwardText)
+        if answer.result == "found":
+            return answer.text
+        if answer.result == "none":
+            return None
+        raise ForwardUnusable(answer.text)
+
+
 class RemoteGate:
     """A listener's session limits, counted by the parent across every smtp
     process (Postfix's anvil): one small round trip per connection."""
@@ -220,7 +243,7 @@ async def smtp_role(args: RoleArgs, config: Config) -> None:
     stopping = asyncio.Event()
 
     async def on_parent(frame: ch.Frame) -> None:
-        if isinstance(frame, (ch.AuthAnswer, ch.Admitted)):
+        if isinstance(frame, (ch.AuthAnswer, ch.Admitted, ch.ForwardText)):
             requests.answer(frame.id, frame)
         elif isinstance(frame, ch.QueuePeer) and frame.fds:
             queue.connect(socket.socket(fileno=os.dup(frame.fds[0])))
@@ -240,6 +263,7 @@ async def smtp_role(args: RoleArgs, config: Config) -> None:
     daemon = Daemon(config, Path("."))
     daemon.authenticators = Authenticators(config.limits,
                                            system=RemoteSystemAuth(parent, requests))  # type: ignore[arg-type]
+    daemon.read_forward = RemoteForward(parent, requests).read
     listeners = await daemon.prepare()            # tables, certificates: as root
     become(args)
     for fd in args.peers:
@@ -363,7 +387,8 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
             answer = await ask(parent, requests, lambda rid: ch.Deliver(
                 rid, env.msgid, job.user.uid, job.user.gid, job.user.username, job.user.home,
                 job.path_template, job.sender, job.rcpt, job.dest,
-                job.prefix.decode("utf-8", "surrogateescape"), job.name))
+                job.prefix.decode("utf-8", "surrogateescape"), job.name,
+                job.method, job.argv, job.environ))
         except (ConnectionError, TimeoutError):
             raise TempFail(Reply(451, "4.3.0", "delivery not answered"),
                            "the parent did not answer the delivery") from None

@@ -10,22 +10,40 @@ parent and depth:
   without one it becomes a user node;
 * a *user* node is looked up in the `alias`/`virtual` table (keys
   `user+tag`, `user`) unless it names its parent (the loop guard), else it
-  must exist in the userbase.
+  must exist in the userbase; then its `~/.forward`, if it has one
+  (lookup/forward.py), replaces it by the targets it lists;
+* targets (docs/tables.md, Alias targets): `error:` answers the RCPT with
+  its reply; `:include:/path` (not from a `.forward`) is read and expanded
+  in place; `|command`, `/path/` (a Maildir) and `/path` (an mbox file) are
+  final deliveries of their own (`Delivery.exec`), run as the queue user
+  when an alias table named them and as the user when their `.forward` did;
+  an address goes through the rules again; a user is a user node.
 
-Depth is bounded by `Limits.expand_depth` (10): deeper, or nothing left to
-deliver, answers `550 5.2.4`.  A table that cannot answer raises
-`LookupUnavailable` (`451 4.3.0`) and no partial list is ever returned.
+`forward-only` actions deliver only through `.forward` files: a user
+without one, or a file or command target, is a temporary failure.
+`expand-only` actions deliver only what aliases and `.forward` files name:
+a user without a `.forward` is a permanent one.
+
+Depth is bounded by `Limits.expand_depth` (10) and the fan-out by
+MAX_TARGETS: beyond, or nothing left to deliver, answers `550 5.2.4`; a node
+seen before is not expanded twice, and a delivery reached twice is made
+once.  A table that cannot answer raises `LookupUnavailable` (`451 4.3.0`),
+an unusable `.forward` or `:include:` a temporary failure (`451 4.2.4`), and
+no partial list is ever returned.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Final, Literal, Mapping
+from typing import Final, Literal
 
 from postillion.config.model import ActionDecl, Limits
 from postillion.errors import MailError, PermFail, Reply, TempFail
+from postillion.lookup.forward import ForwardUnusable, parse_targets, read_forward, read_include
 from postillion.table.services import Service
 from postillion.table.table import Table, open_table
 from postillion.table.values import BadValue, ExpandList, Userinfo, error_target, target_kind
@@ -33,6 +51,9 @@ from postillion.table.values import BadValue, ExpandList, Userinfo, error_target
 #: Re-runs the rules for an address found in an alias ("through the
 #: rules again"); returns the action, or None when no rule accepts it.
 RouteAddress = Callable[[str], Awaitable[ActionDecl | None]]
+#: Reads a user's `.forward`: its text, None when absent or empty; raises
+#: TempFail when it is unusable.  The daemon asks its root parent.
+ReadForward = Callable[[Userinfo], Awaitable[str | None]]
 
 _USERNAME = re.compile(r"[A-Za-z0-9_.+-]+\Z")
 MAX_TARGETS = 1000  # a bound on the fan-out of one expansion, against table loops
@@ -45,6 +66,10 @@ class Delivery:
     `agent` is the envelope's type: "mda" for a local delivery, "mta" for an
     address a `relay` action sends on (then `user` is empty: nobody's
     account is involved, and the address is relayed as it was found).
+    `exec` is the envelope's `mda-exec`: a `|command`, `/path/` or `/path`
+    target, delivered that way instead of by the action's method; its
+    `user` is the one whose `.forward` named it, or empty when an alias
+    table did (then it runs as the queue user).
     """
 
     dispatcher: str        # the action's name
@@ -53,6 +78,13 @@ class Delivery:
     subaddress: str = ""   # the `+tag`, kept for delivery-time use
     agent: Literal["mda", "mta"] = "mda"
     ttl: float | None = None  # the action's `ttl` (None: `queue ttl`)
+    exec: str = ""         # mda-exec: an alias or .forward file/command target
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What makes two deliveries the same one: a command or file once per
+        user that runs it, a mailbox once per address."""
+        return (self.dispatcher, self.user, self.exec or self.dest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +97,21 @@ class _Node:
     parent_user: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """Where a list of targets came from: an alias table (or an :include:
+    of one), or the `.forward` of `owner`; `dest` is the address expanded."""
+
+    dest: str
+    forward: bool = False
+    owner: str = ""
+
+
 def invalid_recipient(rcpt: str) -> PermFail:
     return PermFail(Reply(550, "5.1.1", f"Invalid recipient: <{rcpt}>"))
 
 
-def expansion_problem(rcpt: str, reason: str, temporary: bool = False) -> Exception:
+def expansion_problem(rcpt: str, reason: str, temporary: bool = False) -> MailError:
     if temporary:
         return TempFail(Reply(451, "4.2.4", f"Mailing list expansion problem: <{rcpt}>"), reason)
     return PermFail(Reply(550, "5.2.4", f"Mailing list expansion problem: <{rcpt}>"), reason)
@@ -102,42 +144,62 @@ def alias_keys(local: str, delim: str) -> list[str]:
     return [local, user] if tag else [user]
 
 
-class Expander:
-    """Expands recipients against the live tables of one configuration."""
+async def local_forward(user: Userinfo) -> str | None:
+    """Read the `.forward` here (in a thread): the daemon in one process."""
+    return await asyncio.to_thread(read_forward, user.home, user.uid)
 
-    def __init__(self, tables: Mapping[str, Table], limits: Limits, route: RouteAddress) -> None:
+
+class Expander:
+    """Expands recipients against the live tables of one configuration.
+
+    `forward` reads a user's `.forward` (the smtp processes ask the root
+    parent, which alone may open every home); `include` reads an
+    `:include:` file (here, as whoever runs the expansion)."""
+
+    def __init__(self, tables: Mapping[str, Table], limits: Limits, route: RouteAddress,
+                 forward: ReadForward = local_forward) -> None:
         self._tables = tables
         self._limits = limits
         self._route = route
+        self._forward = forward
 
     async def expand(self, rcpt: str, action: ActionDecl) -> list[Delivery]:
+        try:
+            return await self._expand(rcpt, action)
+        except ForwardUnusable as e:
+            raise expansion_problem(rcpt, e.reason, temporary=True) from None
+
+    async def _expand(self, rcpt: str, action: ActionDecl) -> list[Delivery]:
         local, _, domain = rcpt.rpartition("@")
         queue = deque([_Node("address", rcpt, action, 0, domain.lower())])
         deliveries: dict[tuple[str, str, str], Delivery] = {}
+        expanded: set[tuple[str, str, str, str]] = set()
         seen = 0
         while queue:
             node = queue.popleft()
             seen += 1
             if node.depth > self._limits.expand_depth or seen > MAX_TARGETS:
                 raise expansion_problem(rcpt, f"expansion deeper than {self._limits.expand_depth}")
+            once = (node.kind, node.value.lower(), node.action.name, node.parent_user)
+            if once in expanded:
+                continue                 # reached again through another target
+            expanded.add(once)
             if node.kind == "address" and node.action.method == "relay":
                 # Relayed as written: the next hop expands its own addresses.
-                delivery = Delivery(node.action.name, "", node.value, agent="mta",
-                                    ttl=node.action.ttl)
-                deliveries.setdefault((delivery.dispatcher, "", delivery.dest), delivery)
-                children = []
+                found = [Delivery(node.action.name, "", node.value, agent="mta", ttl=node.action.ttl)]
+                children: list[_Node] = []
             elif node.kind == "address":
-                children = await self._address(node, rcpt)
+                children, found = await self._address(node, rcpt)
             else:
-                children, delivery = await self._user(node, rcpt)
-                if delivery is not None:
-                    deliveries.setdefault((delivery.dispatcher, delivery.user, delivery.dest), delivery)
+                children, found = await self._user(node, rcpt)
+            for delivery in found:
+                deliveries.setdefault(delivery.key, delivery)
             queue.extend(children)
         if not deliveries:
             raise expansion_problem(rcpt, "nothing to deliver")
         return list(deliveries.values())
 
-    async def _address(self, node: _Node, rcpt: str) -> list[_Node]:
+    async def _address(self, node: _Node, rcpt: str) -> tuple[list[_Node], list[Delivery]]:
         local, _, domain = node.value.rpartition("@")
         action = node.action
         if action.virtual is not None:
@@ -145,49 +207,97 @@ class Expander:
                                         virtual_keys(local, domain.lower(), self._limits.sub_addr_delim))
             if targets is None:
                 raise invalid_recipient(rcpt)
-            return await self._children(node, targets, rcpt)
-        return [_Node("user", local, action, node.depth + 1, domain.lower(), node.parent_user)]
+            return await self._children(node, targets.targets, rcpt, node.parent_user,
+                                        _Source(node.value))
+        return [_Node("user", local, action, node.depth + 1, domain.lower(), node.parent_user)], []
 
-    async def _user(self, node: _Node, rcpt: str) -> tuple[list[_Node], Delivery | None]:
+    async def _user(self, node: _Node, rcpt: str) -> tuple[list[_Node], list[Delivery]]:
         action = node.action
         name = node.value.lower()
         aliases = action.alias or action.virtual
+        dest_of = (lambda user: f"{user}@{node.domain}" if node.domain else user)
         if aliases is not None and name != node.parent_user:
             targets = await self._first(aliases, alias_keys(name, self._limits.sub_addr_delim))
             if targets is not None:
-                return await self._children(node, targets, rcpt, parent_user=name), None
+                return await self._children(node, targets.targets, rcpt, name,
+                                            _Source(dest_of(name)))
         user, tag = split_tag(name, self._limits.sub_addr_delim)
-        if await self._userinfo(action, user) is None:
+        info = await self._userinfo(action, user)
+        if info is None:
             raise invalid_recipient(rcpt)
-        dest = f"{user}@{node.domain}" if node.domain else user
-        return [], Delivery(action.name, user, dest, tag, ttl=action.ttl)
+        dest = dest_of(user)
+        # The loop guard (a user named by its own alias or .forward) is
+        # delivered to its mailbox; root's .forward is never run.
+        if name != node.parent_user and info.uid != 0:
+            text = await self._forward(info)
+            if text is not None:
+                where = f"{info.home.rstrip('/')}/.forward"
+                targets = parse_targets(text, where, forward=True)
+                return await self._children(node, targets, rcpt, user,
+                                            _Source(dest, forward=True, owner=user))
+        if action.method == "forward-only":
+            raise expansion_problem(rcpt, f"forward-only: no usable .forward for {user}",
+                                    temporary=True)
+        if action.method == "expand-only":
+            raise expansion_problem(rcpt, f"expand-only: {user} has no .forward")
+        return [], [Delivery(action.name, user, dest, tag, ttl=action.ttl)]
 
-    async def _children(self, node: _Node, targets: ExpandList, rcpt: str,
-                        parent_user: str = "") -> list[_Node]:
-        children = []
-        for target in targets.targets:
-            children.append(await self._target(node, target, rcpt, parent_user))
-        return children
+    async def _children(self, node: _Node, targets: tuple[str, ...], rcpt: str,
+                        parent_user: str, source: _Source) -> tuple[list[_Node], list[Delivery]]:
+        children: list[_Node] = []
+        deliveries: list[Delivery] = []
+        pending = deque((node.depth + 1, t) for t in targets)
+        count = 0
+        while pending:
+            depth, target = pending.popleft()
+            count += 1
+            if depth > self._limits.expand_depth or count > MAX_TARGETS:
+                raise expansion_problem(rcpt, f"expansion deeper than {self._limits.expand_depth}")
+            kind = self._kind(target, rcpt)
+            if kind == "include":
+                if source.forward:
+                    raise ForwardUnusable(":include: is not allowed in a .forward")
+                path = target[len(":include:"):].strip()
+                text = await asyncio.to_thread(read_include, path)
+                pending.extend((depth + 1, t) for t in
+                               parse_targets(text, f":include:{path}", forward=False))
+            elif kind in ("command", "file"):
+                deliveries.append(self._exec(node.action, target, rcpt, source))
+            else:
+                children.append(await self._target(node, target, rcpt, parent_user, depth))
+        return children, deliveries
 
-    async def _target(self, node: _Node, target: str, rcpt: str, parent_user: str) -> _Node:
-        """One alias target: the table has checked its form (values.check_target)."""
-        depth = node.depth + 1
+    @staticmethod
+    def _kind(target: str, rcpt: str) -> str:
         try:
             kind = target_kind(target)
             if kind == "error":
                 raise _error_reply(*error_target(target))
         except BadValue:
             raise expansion_problem(rcpt, "malformed error: target") from None
-        if kind in ("command", "file", "include"):
-            # Files, commands and includes arrive with the mbox and mda agents;
-            # until then they must not be accepted and silently dropped.
-            raise expansion_problem(rcpt, f"target kind not supported yet: {kind}", temporary=True)
-        if kind == "address":
+        return kind
+
+    @staticmethod
+    def _exec(action: ActionDecl, target: str, rcpt: str, source: _Source) -> Delivery:
+        """A `|command` or `/path` target: a delivery of its own."""
+        if action.method == "forward-only":
+            raise expansion_problem(rcpt, f"forward-only: {target_kind(target)} target",
+                                    temporary=True)
+        if action.method == "relay":
+            raise expansion_problem(rcpt, "a file or command target under a relay action")
+        user = source.owner if source.forward else ""
+        return Delivery(action.name, user, source.dest, ttl=action.ttl, exec=target.strip())
+
+    async def _target(self, node: _Node, target: str, rcpt: str, parent_user: str,
+                      depth: int) -> _Node:
+        """An address or a user target: the table has checked its form (values.check_target)."""
+        if target_kind(target) == "address":
             action = await self._route(target)
             if action is None:
                 raise PermFail(Reply(550, "5.7.1", f"Invalid recipient: <{rcpt}>"),
                                f"alias target <{target}> matches no rule")
-            return _Node("address", target, action, depth, target.rpartition("@")[2].lower(), parent_user)
+            return _Node("address", target, action, depth, target.rpartition("@")[2].lower(),
+                         parent_user)
         if not _USERNAME.match(target):
             raise expansion_problem(rcpt, "malformed alias target")
         return _Node("user", target, node.action, depth, node.domain, parent_user)
@@ -215,7 +325,15 @@ async def userinfo(tables: Mapping[str, Table], action: ActionDecl, user: str) -
     return await table.lookup(Service.USERINFO, user)
 
 
+_ENHANCED = re.compile(r"([245])\.\d{1,3}\.\d{1,3}\Z")
+
+
 def _error_reply(code: int, text: str) -> MailError:
-    """`error:NNN text`: the RCPT gets that reply (docs/tables.md, Alias targets)."""
+    """`error:NNN [X.Y.Z] text`: the RCPT gets that reply (docs/tables.md,
+    Alias targets); an enhanced code of the same class is kept, else X.0.0."""
     kind = TempFail if code < 500 else PermFail
+    first, _, rest = text.partition(" ")
+    found = _ENHANCED.match(first)
+    if found and found.group(1) == str(code // 100):
+        return kind(Reply(code, first, rest.strip() or "Error"))
     return kind(Reply(code, f"{code // 100}.0.0", text or "Error"))

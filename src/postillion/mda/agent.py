@@ -2,15 +2,24 @@
 
 Never as root (a project rule, and OpenSMTPD's): when the daemon is root the
 delivery runs in a worker process (`worker.py`) that dropped to the
-recipient's uid/gid from the userinfo table; a userinfo that says uid 0 is
-refused (temporarily, so the administrator can fix the table without losing
-mail).  When the daemon is not root it can only deliver as itself, in a
-thread off the event loop.
+recipient's uid/gid from the userinfo table, with no supplementary groups,
+umask 077 and resource limits; a userinfo that says uid 0 is refused
+(temporarily, so the administrator can fix the table without losing mail).
+When the daemon is not root it can only deliver as itself: files in a
+thread off the event loop, commands in a worker of its own uid.
+
+A job's method (`jobs.py`) picks the way: `maildir` and `file` (an mbox file
+an alias target names) are resolved from an anchor (below) and written by
+the worker; `mbox`, the system mailbox `mbox_directory/USER`, is created and
+dot-locked here as root -- the mail spool is root's -- and appended to by
+the worker through the descriptor it is given; `mda` runs a command in the
+worker (`command.py`).
 
 Workers are long-lived, a few per (uid, gid) -- in a virtual setup usually
 one vmail uid, so one pool -- and each serves one job at a time over its own
-socketpair.  The daemon opens the queued message and the Maildir's anchor
-(see `worker.py`) and passes the descriptors: a worker never gets the spool.
+socketpair.  The daemon opens the queued message (and the anchor or the
+mailbox, see `worker.py`) and passes the descriptors: a worker never gets
+the spool.
 
 Results: return = delivered; `TempFail` = retry later; `PermFail` = bounce.
 """
@@ -26,55 +35,41 @@ import stat
 import subprocess
 import sys
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
-from postillion.errors import PermFail, Reply, TempFail
-from postillion.mda import maildir, worker
+from postillion.config.model import MdaOptions
+from postillion.errors import MailError
+from postillion.mda import maildir, mbox, worker
 from postillion.mda.format import FormatEnv, FormatError, expand
+from postillion.mda.jobs import MdaJob, perm, temp
 from postillion.table.values import Userinfo
+
+__all__ = ["MdaAgent", "MdaJob", "maildir_path", "open_anchor"]
 
 logger = logging.getLogger("postillion.mda")
 
-WORKER_TIMEOUT: Final = 300.0  # seconds a delivery may take before it counts as failed
-MAX_WORKERS: Final = 8         # deliveries in flight at once (mda limit max-session comes later)
-WORKERS_PER_USER: Final = 2    # long-lived workers per (uid, gid)
+WORKER_TIMEOUT: Final = 300.0  # seconds a file delivery may take before it counts as failed
+COMMAND_GRACE: Final = 10.0    # a command job's own timeout comes first; then this much more
+KEEP_IDLE: Final = 2           # idle workers kept per (uid, gid); more are retired
 MAX_USER_POOLS: Final = 32     # distinct (uid, gid) pools kept; the least recently used goes
 RETIRE_GRACE: Final = 2.0      # seconds a retired worker gets to exit before SIGKILL
 
 
-@dataclass(frozen=True, slots=True)
-class MdaJob:
-    """What one local delivery needs, resolved by the daemon's dispatcher."""
-
-    message: Path           # the queued message file
-    prefix: bytes           # Return-Path / Delivered-To lines, CRLF-terminated
-    path_template: str | None  # action's maildir PATH (None: ~/Maildir)
-    user: Userinfo
-    sender: str
-    rcpt: str
-    dest: str
-    name: str | None = None  # the envelope's Maildir file name (maildir.stable_name)
-
-
-def temp(text: str) -> TempFail:
-    return TempFail(Reply(451, "4.2.0", text), text)
-
-
-def perm(text: str) -> PermFail:
-    return PermFail(Reply(550, "5.2.0", text), text)
-
-
 def maildir_path(job: MdaJob) -> Path:
+    return _expanded(job, job.path_template or "~/Maildir", "maildir")
+
+
+def _expanded(job: MdaJob, template: str, what: str) -> Path:
     env = FormatEnv(sender=job.sender, rcpt=job.rcpt, dest=job.dest,
                     username=job.user.username, directory=job.user.home)
     try:
-        path = Path(expand(job.path_template or "~/Maildir", env))
+        path = Path(expand(template, env))
     except FormatError as e:
         raise perm(str(e)) from None
     if not path.is_absolute():
-        raise perm(f"maildir path is not absolute: {path}")
+        raise perm(f"{what} path is not absolute: {path}")
     return path
 
 
@@ -103,7 +98,7 @@ def open_anchor(path: Path) -> tuple[int, str]:
 class Worker:
     """One worker process and its end of the channel."""
 
-    def __init__(self, uid: int, gid: int) -> None:
+    def __init__(self, uid: int, gid: int, max_file_size: int = 0) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             # Exec'd, not forked: the daemon has threads, and a fresh
@@ -112,7 +107,7 @@ class Worker:
             # parent-death signal follows the thread that forked.
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "postillion.mda.worker", str(theirs.fileno()),
-                 str(os.getpid()), str(uid), str(gid)],
+                 str(os.getpid()), str(uid), str(gid), str(max_file_size)],
                 pass_fds=(theirs.fileno(),), cwd="/", stdin=subprocess.DEVNULL,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONSAFEPATH": "1"})
         except BaseException:
@@ -123,13 +118,12 @@ class Worker:
         ours.setblocking(False)
         self.channel = ours
 
-    async def run(self, root: str, prefix: bytes, fds: list[int],
-                  name: str | None = None) -> tuple[int, str]:
+    async def run(self, frame: bytes, fds: list[int]) -> tuple[int, str]:
         """Send one job, wait for its answer; OSError/EOFError if the worker is gone."""
         loop = asyncio.get_running_loop()
         # One job at a time per worker: the send buffer is empty, so this
         # small frame never blocks.
-        socket.send_fds(self.channel, [worker.encode_job(root, prefix, name)], fds)
+        socket.send_fds(self.channel, [frame], fds)
         data = await loop.sock_recv(self.channel, worker.MAX_FRAME)
         if not data:
             raise EOFError("delivery worker died")
@@ -147,10 +141,13 @@ class Worker:
 
 
 class UserPool:
-    """Up to WORKERS_PER_USER workers of one (uid, gid), started on demand."""
+    """The workers of one (uid, gid): at most `size` busy at once (`mda
+    limit max-session-per-user`), started on demand, KEEP_IDLE kept idle."""
 
-    def __init__(self, uid: int, gid: int) -> None:
+    def __init__(self, uid: int, gid: int, size: int = 7, max_file_size: int = 0) -> None:
         self.uid, self.gid = uid, gid
+        self.size = max(1, size)
+        self.max_file_size = max_file_size
         self.idle: list[Worker] = []
         self.busy: set[Worker] = set()
         self.closed = False
@@ -158,15 +155,15 @@ class UserPool:
 
     async def acquire(self) -> Worker:
         async with self._free:
-            while not self.idle and len(self.busy) >= WORKERS_PER_USER:
+            while not self.idle and len(self.busy) >= self.size:
                 await self._free.wait()
-            w = self.idle.pop() if self.idle else Worker(self.uid, self.gid)
+            w = self.idle.pop() if self.idle else Worker(self.uid, self.gid, self.max_file_size)
             self.busy.add(w)
             return w
 
     async def release(self, w: Worker, healthy: bool) -> None:
         self.busy.discard(w)
-        if healthy and not self.closed:
+        if healthy and not self.closed and len(self.idle) < KEEP_IDLE:
             self.idle.append(w)
         else:
             if not healthy:
@@ -185,13 +182,19 @@ class UserPool:
 class MdaAgent:
     """Runs local deliveries, each as its recipient (see the module doc).
 
-    `MAX_WORKERS` bounds deliveries in flight; the rest wait here,
-    cancellable, so a stop is prompt.
+    `mda limit max-session` bounds deliveries in flight (the rest wait here,
+    cancellable, so a stop is prompt) and `max-session-per-user` those of
+    one uid; `options` holds them and the other settings of local delivery.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, options: MdaOptions | None = None) -> None:
+        self.options = options or MdaOptions()
         self._pools: OrderedDict[tuple[int, int], UserPool] = OrderedDict()
-        self._slots = asyncio.Semaphore(MAX_WORKERS)
+        self._slots = asyncio.Semaphore(self.options.max_session)
+        #: How each job method is delivered.
+        self._methods: dict[str, Callable[[MdaJob], Awaitable[None]]] = {
+            "maildir": self._maildir, "mbox": self._mbox, "file": self._file,
+            "mda": self._command}
 
     def start(self) -> None:
         """Nothing to do until the first delivery: pools start on demand."""
@@ -205,25 +208,83 @@ class MdaAgent:
         """The running workers' pids (for tests and `ctl`)."""
         return [w.proc.pid for p in self._pools.values() for w in (*p.idle, *p.busy)]
 
-    async def deliver_maildir(self, job: MdaJob) -> None:
-        """Deliver one message into the user's Maildir, as the user."""
-        root = maildir_path(job)
+    async def deliver(self, job: MdaJob) -> None:
+        """Deliver one job as its user, by its method; TempFail or PermFail."""
+        handler = self._methods.get(job.method)
+        if handler is None:
+            raise perm(f"unknown local delivery method {job.method!r}")
+        if os.geteuid() == 0 and (job.user.uid == 0 or job.user.gid == 0):
+            raise temp(f"refusing to deliver as root for user {job.user.username}")
         async with self._slots:
-            if os.geteuid() != 0:
-                # Not root: we can only deliver as ourselves; a thread will do.
-                await asyncio.to_thread(_deliver_here, root, job)
-                return
-            if job.user.uid == 0 or job.user.gid == 0:
-                raise temp(f"refusing to deliver as root for user {job.user.username}")
-            fds, rel = await asyncio.to_thread(_open_job, job.message, root)
-            try:
-                await self._run(job.user, rel, job.prefix, fds, job.name)
-            finally:
-                for fd in fds:
-                    os.close(fd)
+            await handler(job)
 
-    async def _run(self, user: Userinfo, rel: str, prefix: bytes, fds: list[int],
-                   name: str | None = None) -> None:
+    async def _maildir(self, job: MdaJob) -> None:
+        root = maildir_path(job)
+        if os.geteuid() != 0:
+            # Not root: we can only deliver as ourselves; a thread will do.
+            await asyncio.to_thread(_deliver_here, root, job)
+            return
+        fds, rel = await asyncio.to_thread(_open_job, job.message, root)
+        try:
+            await self._run(job.user, worker.encode_job("maildir", job.prefix, root=rel,
+                                                        name=job.name), fds)
+        finally:
+            _close(fds)
+
+    async def _mbox(self, job: MdaJob) -> None:
+        """The system mailbox, DIRECTORY/USER: created and dot-locked here
+        (as root: the spool is root's), appended to by the user's worker."""
+        name = job.user.username
+        if not name or "/" in name or name in (".", ".."):
+            raise perm(f"no mailbox name for user {name!r}")
+        directory = self.options.mbox_directory
+        where = os.path.join(directory, name)
+        held = await asyncio.to_thread(_open_spool, directory, name, job, where)
+        dirfd, lock, mailbox, message = held
+        try:
+            if os.geteuid() != 0:
+                await asyncio.to_thread(_append_here, mailbox, message, job, where)
+            else:
+                await self._run(job.user, worker.encode_job("mbox", job.prefix, root=where,
+                                                            sender=job.sender),
+                                [message, mailbox])
+        finally:
+            await asyncio.to_thread(_close_spool, dirfd, lock, [mailbox, message])
+
+    async def _file(self, job: MdaJob) -> None:
+        """An mbox file an alias target names: everything as the user."""
+        path = _expanded(job, job.path_template or "", "mbox")
+        if os.geteuid() != 0:
+            await asyncio.to_thread(_file_here, path, job)
+            return
+        fds, rel = await asyncio.to_thread(_open_job, job.message, path)
+        try:
+            await self._run(job.user, worker.encode_job("file", job.prefix, root=rel,
+                                                        sender=job.sender), fds)
+        finally:
+            _close(fds)
+
+    async def _command(self, job: MdaJob) -> None:
+        if not job.argv:
+            raise perm("no command to run")
+        try:
+            message = await asyncio.to_thread(os.open, job.message, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise temp(f"queued message unreadable: {e.strerror or e}") from None
+        options = self.options
+        frame = worker.encode_job("mda", job.prefix, argv=list(job.argv),
+                                  environ=list(job.environ), home=job.user.home,
+                                  timeout=options.command_timeout, cpu=options.command_cpu)
+        user = job.user
+        if os.geteuid() != 0:        # not root: our own worker, as ourselves
+            user = Userinfo(user.username, os.getuid(), os.getgid(), user.home)
+        try:
+            await self._run(user, frame, [message], options.command_timeout + COMMAND_GRACE)
+        finally:
+            _close([message])
+
+    async def _run(self, user: Userinfo, frame: bytes, fds: list[int],
+                   timeout: float = WORKER_TIMEOUT) -> None:
         pool = self._pool_for((user.uid, user.gid))
         try:
             w = await pool.acquire()
@@ -231,8 +292,8 @@ class MdaAgent:
             raise temp(f"cannot start a delivery worker: {e.strerror or e}") from None
         healthy = False
         try:
-            async with asyncio.timeout(WORKER_TIMEOUT):
-                status, reason = await w.run(rel, prefix, fds, name)
+            async with asyncio.timeout(timeout):
+                status, reason = await w.run(frame, fds)
             healthy = True
         except TimeoutError:
             raise temp("delivery timed out") from None
@@ -253,13 +314,19 @@ class MdaAgent:
         if len(self._pools) >= MAX_USER_POOLS:
             _, old = self._pools.popitem(last=False)
             asyncio.ensure_future(old.close())
-        pool = UserPool(*key)
+        pool = UserPool(*key, size=self.options.max_session_per_user,
+                        max_file_size=self.options.max_file_size)
         self._pools[key] = pool
         return pool
 
 
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
 def _open_job(message: Path, root: Path) -> tuple[list[int], str]:
-    """As root: the message (read-only) and the Maildir's anchor."""
+    """As root: the message (read-only) and the anchor of `root`."""
     try:
         msg_fd = os.open(message, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -272,10 +339,59 @@ def _open_job(message: Path, root: Path) -> tuple[list[int], str]:
     return [msg_fd, anchor_fd], rel
 
 
+def _os_failure(e: OSError, where: str) -> MailError:
+    status, text = worker.os_error_result(e, where)
+    return perm(text) if status == worker.EX_PERM else temp(text)
+
+
+def _open_spool(directory: str, name: str, job: MdaJob,
+                where: str) -> tuple[int, str | None, int, int]:
+    """The mail spool's directory, the dot-lock, the mailbox, the message.
+
+    As root the dot-lock is required (the spool lets only root and group
+    mail create files, and readers rely on it); otherwise it is taken if
+    the directory allows."""
+    opened: list[int] = []
+    lock = None
+    try:
+        dirfd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        opened.append(dirfd)
+        lock = mbox.dotlock(dirfd, name, required=os.geteuid() == 0)
+        mailbox = mbox.open_spool_mailbox(dirfd, name, job.user.uid, job.user.gid)
+        opened.append(mailbox)
+        message = os.open(job.message, os.O_RDONLY | os.O_CLOEXEC)
+        return dirfd, lock, mailbox, message
+    except OSError as e:
+        if opened and lock is not None:
+            mbox.release(opened[0], lock)
+        _close(opened)
+        raise _os_failure(e, where) from None
+
+
+def _close_spool(dirfd: int, lock: str | None, fds: list[int]) -> None:
+    mbox.release(dirfd, lock)
+    _close([*fds, dirfd])
+
+
+def _append_here(mailbox: int, message: int, job: MdaJob, where: str) -> None:
+    try:
+        with os.fdopen(message, "rb", closefd=False) as source:
+            mbox.append(mailbox, job.sender, job.prefix, source)
+    except OSError as e:
+        raise _os_failure(e, where) from None
+
+
+def _file_here(path: Path, job: MdaJob) -> None:
+    try:
+        with open(job.message, "rb") as source:
+            mbox.deliver_file(str(path), job.sender, job.prefix, source)
+    except OSError as e:
+        raise _os_failure(e, str(path)) from None
+
+
 def _deliver_here(root: Path, job: MdaJob) -> None:
     try:
         with open(job.message, "rb") as message:
             maildir.deliver(root, job.prefix, message, job.name)
     except OSError as e:
-        status, text = worker.os_error_result(e, str(root))
-        raise (perm(text) if status == worker.EX_PERM else temp(text)) from None
+        raise _os_failure(e, str(root)) from None

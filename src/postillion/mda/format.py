@@ -1,12 +1,19 @@
-"""Format specifiers of action paths (docs/configuration.md): `%{rcpt.domain}` and friends.
+"""Format specifiers (docs/configuration.md, Format specifiers): `%{rcpt.domain}` and friends.
 
-Only what the maildir agent needs yet: `%{sender}`, `%{rcpt}`, `%{dest}`
-(each with `.user` / `.domain`), `%{user.username}`, `%{user.directory}`,
-slices `[a:b]`, the modifiers `lowercase`, `uppercase`, `strip`, `raw`, and a
-leading `~/` for the user's home.  Unless `raw`, the characters
-``!#$%&'*?`{|}~`` become `:` -- and so does `/` [ours]: a local part may
-legally hold `/`, and an envelope must never pick a directory outside the one
-the administrator wrote.
+Expanded in a maildir PATH, an `mda` command (each word on its own: the
+command is split first, docs/configuration.md, Commands) and an `mda
+wrapper`.  Names: `%{sender}`, `%{rcpt}`, `%{dest}` (each with `.user` /
+`.domain`), `%{user.username}`, `%{user.directory}`, `%{mbox.from}` (the
+sender, `MAILER-DAEMON` for the null sender), `%{mda}` (in a wrapper: the
+command it wraps); the 2012 `%u` (the user name) and `%%` (a `%`); slices
+`[a:b]`; modifiers `lowercase`, `uppercase`, `strip`, `raw`, several joined
+by `:` or `|`; a leading `~/` for the user's home.
+
+Unless `raw`, the characters ``!#$%&'*?`{|}~`` of a value become `:` -- and
+so does `/` [ours]: a local part may legally hold `/`, and an envelope must
+never pick a directory outside the one the administrator wrote.  The home
+(`%{user.directory}`) is the administrator's own path and is kept as it is,
+as OpenSMTPD keeps it.
 """
 
 from __future__ import annotations
@@ -14,8 +21,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_SPEC = re.compile(r"%\{([a-z.]+)(\[(-?\d*):?(-?\d*)\])?((?::[a-z]+)*)\}")
+_SPEC = re.compile(r"%\{([a-z.]+)(\[(-?\d*):?(-?\d*)\])?((?:[:|][a-z]+)*)\}|%%|%u")
 _UNSAFE = set("!#$%&'*?`{|}~/")
+#: Fields an envelope never chose: not escaped (the userbase's home).
+_TRUSTED = frozenset({"user.directory"})
+NULL_SENDER = "MAILER-DAEMON"
 
 
 class FormatError(ValueError):
@@ -30,6 +40,7 @@ class FormatEnv:
     username: str
     directory: str
     subaddress_delim: str = "+"
+    mda: str = ""          # %{mda}: the command a wrapper runs
 
 
 def _field(name: str, env: FormatEnv) -> str:
@@ -40,6 +51,10 @@ def _field(name: str, env: FormatEnv) -> str:
         if part == "directory":
             return env.directory
         raise FormatError(f"unknown format specifier %{{{name}}}")
+    if name == "mbox.from":
+        return env.sender or NULL_SENDER
+    if name == "mda":
+        return env.mda
     if base in ("sender", "rcpt", "dest"):
         address = getattr(env, base)
         local, at, domain = address.rpartition("@")
@@ -54,17 +69,27 @@ def _field(name: str, env: FormatEnv) -> str:
     raise FormatError(f"unknown format specifier %{{{name}}}")
 
 
+def escape(value: str) -> str:
+    """A value as an unraw specifier gives it: unsafe characters become `:`."""
+    value = "".join(":" if ch in _UNSAFE else ch for ch in value)
+    return value.replace(".", ":") if value in (".", "..") else value
+
+
 def expand(template: str, env: FormatEnv) -> str:
     """Expand every specifier; raise FormatError on an unknown one."""
 
     def one(m: re.Match[str]) -> str:
+        if m.group(0) == "%%":
+            return "%"
+        if m.group(0) == "%u":
+            return escape(env.username)
         value = _field(m.group(1), env)
         if m.group(2):
             start = int(m.group(3)) if m.group(3) else None
             end = int(m.group(4)) if m.group(4) else None
             value = value[start:end]
-        modifiers = [x for x in m.group(5).split(":") if x]
-        raw = False
+        modifiers = [x for x in re.split(r"[:|]", m.group(5)) if x]
+        raw = m.group(1) in _TRUSTED
         for mod in modifiers:
             if mod == "lowercase":
                 value = value.lower()
@@ -76,14 +101,11 @@ def expand(template: str, env: FormatEnv) -> str:
                 raw = True
             else:
                 raise FormatError(f"unknown format modifier :{mod}")
-        if not raw:
-            value = "".join(":" if ch in _UNSAFE else ch for ch in value)
-            if value in (".", ".."):
-                value = value.replace(".", ":")
-        return value
+        return value if raw else escape(value)
 
+    # The home is put in after expansion: a `%` in it is no specifier.
     if template.startswith("~/"):
-        template = env.directory.rstrip("/") + template[1:]
-    elif template == "~":
-        template = env.directory
+        return env.directory.rstrip("/") + _SPEC.sub(one, template[1:])
+    if template == "~":
+        return env.directory
     return _SPEC.sub(one, template)

@@ -7,7 +7,8 @@ queue drop its envelope.  The Maildir (and missing parents) is created with
 mode 0700 by whoever runs the delivery: the recipient's uid, never root.
 
 The queue stores CRLF line ends (docs/smtp.md); a Maildir holds the local
-convention, LF, which every reader (Dovecot, mutt, Courier) expects.
+convention, LF, which every reader (Dovecot, mutt, Courier) expects
+(`stream.lf_chunks`).
 
 Redelivery is idempotent: the daemon names each envelope's file after the
 envelope (`stable_name`), so a delivery repeated because the daemon died
@@ -27,9 +28,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from postillion.fsutil import fsync_dir
+from postillion.mda.stream import lf_chunks
 
 _counter = count()
-CHUNK = 64 * 1024
 
 
 def ensure_maildir(root: Path) -> None:
@@ -83,13 +84,8 @@ def deliver(root: Path, prefix: bytes, message: BinaryIO, name: str | None = Non
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(prefix.replace(b"\r\n", b"\n"))
-            carry = b""
-            while chunk := message.read(CHUNK):
-                chunk = carry + chunk
-                # A CR at the end of a chunk may start a CRLF split by the read.
-                carry = b"\r" if chunk.endswith(b"\r") else b""
-                out.write(chunk[: len(chunk) - len(carry)].replace(b"\r\n", b"\n"))
-            out.write(carry)
+            for chunk in lf_chunks(message):
+                out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
         final = root / "new" / name

@@ -3,9 +3,11 @@
 When the daemon runs as root it never delivers as root.  It starts long-lived
 workers per recipient uid/gid: each is exec'd as root (so it can import
 Python from wherever it is installed, even a 0700 home), imports all it
-needs, then drops to the uid/gid with no supplementary groups before it
-reads its first job.  Nothing is exec'd after that and no envelope data goes
-near a shell.
+needs, then drops to the uid/gid with no supplementary groups, sets umask
+077 and its resource limits (no core dumps; `max_file_size` as
+RLIMIT_FSIZE, hard, so nothing it runs can raise it) before it reads its
+first job.  No envelope data ever goes near a shell: an `mda` command is
+exec'd as a list of words (`command.py`).
 
 A job arrives on the worker's channel (a SOCK_SEQPACKET socketpair) as one
 small JSON frame with descriptors attached (SCM_RIGHTS):
@@ -19,6 +21,13 @@ small JSON frame with descriptors attached (SCM_RIGHTS):
   checkout in root's 0700 home, as `make run` by root has) while every
   directory the recipient owns is still resolved with the recipient's
   permissions -- root never follows a link the recipient could plant.
+
+A job names its method: `maildir` (the message and the anchor), `mbox`
+(the message and the user's system mailbox, created, checked and dot-locked
+by the daemon as root: the mail spool is not the user's to write), `file`
+(the message and an anchor: an mbox file an alias target names, resolved,
+locked and written as the user), `mda` (the message: a command's words and
+environment, run by `command.run`).
 
 The worker answers with one frame `{"status": N, "reason": "..."}`: status 0
 delivered, 75 (EX_TEMPFAIL) temporary, anything else permanent -- sysexits,
@@ -36,12 +45,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
+from postillion.mda import command, mbox
 from postillion.mda.maildir import deliver
 from postillion.privileges import die_with_parent, drop_privileges
 
@@ -50,7 +61,8 @@ EX_TEMPFAIL: Final = 75
 EX_PERM: Final = 1
 PERMANENT_ERRNOS: Final = frozenset({errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP})
 
-#: Largest frame either side sends: a job is a path and two header lines.
+#: Largest frame either side sends: a job is a path or a command's words,
+#: its environment and two header lines.
 MAX_FRAME: Final = 64 * 1024
 #: Descriptors a job carries: the message, and the anchor directory.
 MAX_FDS: Final = 2
@@ -83,16 +95,78 @@ def deliver_job(root: str, prefix: bytes, message_fd: int, anchor_fd: int | None
     return EX_OK, "Delivered"
 
 
-def decode_job(data: bytes) -> tuple[str, bytes, str | None]:
+def mbox_job(sender: str, prefix: bytes, message_fd: int, mailbox_fd: int,
+             where: str) -> tuple[int, str]:
+    """Append to a system mailbox the daemon opened (and dot-locked) as root."""
+    if os.geteuid() == 0:
+        return EX_TEMPFAIL, "refusing to deliver as root"
+    try:
+        with os.fdopen(message_fd, "rb", closefd=False) as source:
+            mbox.append(mailbox_fd, sender, prefix, source)
+    except OSError as e:
+        return os_error_result(e, where)
+    return EX_OK, "Delivered"
+
+
+def file_job(path: str, sender: str, prefix: bytes, message_fd: int,
+             anchor_fd: int | None) -> tuple[int, str]:
+    """Append to the mbox file an alias target names, as the user throughout."""
+    if os.geteuid() == 0:
+        return EX_TEMPFAIL, "refusing to deliver as root"
+    try:
+        if anchor_fd is not None:
+            os.fchdir(anchor_fd)
+        with os.fdopen(message_fd, "rb", closefd=False) as source:
+            mbox.deliver_file(path, sender, prefix, source)
+    except OSError as e:
+        return os_error_result(e, path)
+    finally:
+        if anchor_fd is not None:
+            os.chdir("/")
+    return EX_OK, "Delivered"
+
+
+def command_job(job: dict[str, Any], prefix: bytes, message_fd: int) -> tuple[int, str]:
+    argv = [str(a) for a in job["argv"]]
+    environ = dict(str(e).split("=", 1) for e in job["environ"])
+    with os.fdopen(message_fd, "rb", closefd=False) as source:
+        return command.run(argv, environ, str(job["home"]), prefix, source,
+                           float(job["timeout"]), int(job["cpu"]))
+
+
+def run_job(job: dict[str, Any], fds: list[int]) -> tuple[int, str]:
+    """One job by its method; `fds[0]` is always the message."""
+    if not fds:
+        return EX_TEMPFAIL, "job without its message"
+    method = job.get("method", "maildir")
+    prefix = str(job["prefix"]).encode("utf-8", "surrogateescape")
+    extra = fds[1] if len(fds) > 1 else None
+    if method == "maildir":
+        name = job.get("name")
+        return deliver_job(str(job["root"]), prefix, fds[0], extra,
+                           None if name is None else str(name))
+    if method == "mbox" and extra is not None:
+        return mbox_job(str(job["sender"]), prefix, fds[0], extra, str(job["root"]))
+    if method == "file":
+        return file_job(str(job["root"]), str(job["sender"]), prefix, fds[0], extra)
+    if method == "mda":
+        return command_job(job, prefix, fds[0])
+    return EX_TEMPFAIL, f"unknown delivery method {method!r}"
+
+
+def decode_job(data: bytes) -> dict[str, Any]:
     job = json.loads(data)
-    name = job.get("name")
-    return (str(job["root"]), str(job["prefix"]).encode("utf-8", "surrogateescape"),
-            None if name is None else str(name))
+    if not isinstance(job, dict):
+        raise ValueError("a job is a JSON object")
+    return job
 
 
-def encode_job(root: str, prefix: bytes, name: str | None = None) -> bytes:
-    return json.dumps({"root": root, "prefix": prefix.decode("utf-8", "surrogateescape"),
-                       "name": name}).encode()
+def encode_job(method: str, prefix: bytes, **fields: Any) -> bytes:
+    """A job frame: the method, the prefix lines, and the method's fields
+    (maildir: root, name; mbox: root (for messages), sender; file: root,
+    sender; mda: argv, environ, home, timeout, cpu)."""
+    return json.dumps({"method": method, "prefix": prefix.decode("utf-8", "surrogateescape"),
+                       **fields}).encode()
 
 
 def serve(channel: socket.socket) -> None:
@@ -102,11 +176,7 @@ def serve(channel: socket.socket) -> None:
         if not data:
             return                       # EOF: the daemon is gone or retired us
         try:
-            root, prefix, name = decode_job(data)
-            if not fds:
-                result = (EX_TEMPFAIL, "job without its message")
-            else:
-                result = deliver_job(root, prefix, fds[0], fds[1] if len(fds) > 1 else None, name)
+            result = run_job(decode_job(data), fds)
         except (ValueError, KeyError, TypeError):
             result = (EX_TEMPFAIL, "malformed job frame")
         finally:
@@ -115,15 +185,27 @@ def serve(channel: socket.socket) -> None:
         channel.sendall(json.dumps({"status": result[0], "reason": result[1]}).encode())
 
 
+def limit_resources(max_file_size: int) -> None:
+    """What every delivery of this worker is held to: no core dumps (they
+    would hold mail), files no larger than `max_file_size` (0: no limit).
+    Hard limits too, so a command cannot raise them back."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if max_file_size > 0:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_size, max_file_size))
+
+
 def main(argv: list[str]) -> int:
-    """`worker FD PARENT_PID UID GID`: drop to UID/GID, then serve FD."""
-    fd, parent, uid, gid = (int(a) for a in argv)
+    """`worker FD PARENT_PID UID GID [MAX_FILE_SIZE]`: drop to UID/GID, then serve FD."""
+    fd, parent, uid, gid = (int(a) for a in argv[:4])
+    max_file_size = int(argv[4]) if len(argv) > 4 else 0
     if uid == 0 or gid == 0:
         return EX_TEMPFAIL               # never a delivery as root
     channel = socket.socket(fileno=fd)
     if os.geteuid() == 0:
         drop_privileges(uid, gid)
     die_with_parent(parent, EX_TEMPFAIL)
+    os.umask(0o077)                      # mail is private: every file it creates too
+    limit_resources(max_file_size)
     os.chdir("/")
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the daemon's ^C is the daemon's
     try:

@@ -102,6 +102,11 @@ class Envelope:
     seconds; `ttl` is relative to `ctime`.  `esc_class` (0 unset, 2, 4, 5)
     and `esc_code` ("x.y.z") record the outcome of the last attempt, and
     `errorline` its reply text, for `show queue` and the bounce.
+    A local envelope is delivered as `mda_user` by its action's method,
+    unless `mda_exec` holds the alias or `.forward` target that named it
+    (`|command`, `/path/` a Maildir, `/path` an mbox file); then an empty
+    `mda_user` means an alias table named it, and it runs as the queue user
+    (docs/tables.md, Alias targets).
     Built only valid: a bad field raises ValueError (TypeError for a type).
     """
 

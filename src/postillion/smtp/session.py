@@ -490,6 +490,8 @@ class Session:
             reply = Reply(451, "4.3.0", f"Temporary failure: <{rcpt}>")
         except MailError as e:
             reply = e.reply
+            if e.reason != reply.text:   # why, for the administrator (a .forward, a loop...)
+                log.event(self.sid, "smtp", "expand-error", rcpt=log.path(rcpt), reason=e.reason)
         if not reply.is_positive:
             log.smtp_failed_command(self.sid, f"RCPT TO:<{rcpt}>", reply)
         self.proto.send(reply)
@@ -630,7 +632,7 @@ class Session:
                     dispatcher=d.dispatcher, type=d.agent,
                     smtpname=self.hostname, helo=clean(self.helo), hostname=self.rdns,
                     sockaddr=self.peer, sender=tx.sender, rcpt=rcpt, dest=d.dest,
-                    ctime=now, mda_user=d.user, mda_subaddress=d.subaddress,
+                    ctime=now, mda_user=d.user, mda_subaddress=d.subaddress, mda_exec=d.exec,
                     username=self.username or "", flags=frozenset(flags),
                     dsn_notify=frozenset(notify.split(",")) if notify else frozenset(),
                     dsn_ret=tx.params.get("RET", ""), dsn_envid=tx.params.get("ENVID", ""),
