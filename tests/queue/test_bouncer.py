@@ -81,3 +81,21 @@ async def test_a_delay_warning_is_sent_once_per_interval(tmp_path):
     assert dsn["Subject"] == "Delivery status notification: delayed"
     assert await bouncer.delayed(saved, saved.ctime + 9000) == saved
     assert len(sent.calls) == 1                                # reported once
+
+
+async def test_notify_success_gets_a_delivered_dsn_and_no_one_else_does(tmp_path):
+    store, (envelope,) = await queue_with(tmp_path)
+    sent = Sent()
+    bouncer = Bouncer(store, "mx.example.org", sent, group_delay=0.01)
+    await bouncer.succeeded(envelope)                       # no NOTIFY: nothing
+    assert sent.calls == []
+    await bouncer.succeeded(envelope.replace(dsn_notify=frozenset({"SUCCESS", "FAILURE"})))
+    [(sender, rcpts, data)] = sent.calls
+    assert (sender, rcpts) == ("", ("a@example.net",))
+    dsn = email.message_from_bytes(data, policy=email.policy.default)
+    assert dsn["Subject"] == "Delivery status notification: delivered"
+    assert "Action: delivered" in dsn.get_payload()[1].as_string()
+    relayed = envelope.replace(type="mta", dsn_notify=frozenset({"SUCCESS"}))
+    await bouncer.succeeded(relayed)
+    dsn = email.message_from_bytes(sent.calls[1][2], policy=email.policy.default)
+    assert dsn["Subject"] == "Delivery status notification: relayed"

@@ -356,3 +356,21 @@ async def test_cancelling_run_cancels_deliveries(tmp_path):
         await asyncio.wait_for(task, 5)
     assert cancelled.is_set() and scheduler.inflight == 0
     assert store.evpids(envelope.msgid) == [envelope.id]
+
+
+async def test_the_delivered_hook_runs_before_removal_and_cannot_break_it(tmp_path):
+    store, (envelope,) = await queue_with(tmp_path)
+    seen: list[bool] = []
+
+    async def deliver(env: Envelope) -> None:
+        return None
+
+    async def delivered(env: Envelope) -> None:
+        seen.append(bool(store.msgids()))       # the message is still queued
+        raise RuntimeError("a broken notice")
+
+    scheduler = Scheduler(store, deliver, bounce=no_dsn, delivered=delivered)
+    scheduler.schedule(envelope)
+    async with Running(scheduler):
+        await wait_until(lambda: store.msgids() == [])
+    assert seen == [True]

@@ -263,7 +263,8 @@ class Daemon:
         bouncer = Bouncer(self.store, self.config.hostname, self.inject,
                           self.config.bounce.warn_interval)
         self.scheduler = Scheduler(self.store, self.agents.deliver,
-                                   bounce=bouncer.failed, warn=bouncer.delayed)
+                                   bounce=bouncer.failed, warn=bouncer.delayed,
+                                   delivered=bouncer.succeeded)
         # The store schedules what it commits: an envelope is never durable
         # yet unscheduled, even if its session dies right after the commit.
         self.store.on_commit = self.scheduler.schedule

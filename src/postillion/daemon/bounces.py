@@ -70,6 +70,28 @@ class Bouncer:
             return
         await self._queue("failed", envelope)
 
+    async def succeeded(self, envelope: Envelope) -> None:
+        """After a delivery: a "delivered" DSN (local) or "relayed" (handed
+        to the next hop) when the sender asked with NOTIFY=SUCCESS.  Queued
+        at once, one per recipient (not gathered: the message may be
+        removed with this envelope), before the envelope goes.  A failure
+        is logged; the delivery stands.  (A "relayed" DSN goes even when the
+        next hop took the NOTIFY parameter on: the agent does not report
+        whether it offered DSN.)"""
+        kind: Kind = "relayed" if envelope.type == "mta" else "delivered"
+        if not wants_dsn(envelope, kind):
+            return
+        done = envelope.replace(esc_class=2, esc_code="2.0.0", errorline="")
+        try:
+            reply = await self._send(kind, [done])
+        except Exception as e:
+            logger.warning("queue bounce-failed evpid=%016x kind=%s reason=%s", envelope.id, kind, e)
+            return
+        log.event(log.new_id(), "queue", "bounce", msgid=format_msgid(envelope.msgid), kind=kind,
+                  to=log.path(envelope.sender), nrcpt=1,
+                  result="Ok" if reply.code == 250 else "TempFail" if reply.code < 500 else "PermFail",
+                  stat=str(reply))
+
     async def delayed(self, envelope: Envelope, next_attempt: float) -> Envelope:
         """After a temporary failure: a `delayed` DSN when a warn-interval
         ends before the next attempt.  Returns the envelope to save (it

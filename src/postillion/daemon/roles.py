@@ -416,7 +416,8 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     envelopes = await daemon.store.open(clean_incoming=args.first)
     bouncer = Bouncer(daemon.store, config.hostname, smtp.send, config.bounce.warn_interval)
     daemon.scheduler = Scheduler(daemon.store, daemon.agents.deliver,
-                                 bounce=bouncer.failed, warn=bouncer.delayed)
+                                 bounce=bouncer.failed, warn=bouncer.delayed,
+                                 delivered=bouncer.succeeded)
     for env in envelopes:
         daemon.scheduler.schedule(env)
     task = None

@@ -36,6 +36,11 @@ say why (5 = permanent failure, 4.4.7 = expired).  Raising keeps the
 envelope, and the bounce is tried again later.  Deciding that the sender
 gets no DSN (null sender, NOTIFY=NEVER) is the hook's to do and to log."""
 
+Delivered = Callable[[Envelope], Awaitable[None]]
+"""After a successful delivery, before the envelope (and perhaps its
+message) goes: may queue a "delivered"/"relayed" DSN (NOTIFY=SUCCESS).
+Its failures are logged and cost the delivery nothing."""
+
 Warn = Callable[[Envelope, float], Awaitable[Envelope]]
 """After a temporary failure, with the next attempt's time: may queue a
 "delayed" DSN, and returns the envelope to save (it records what was
@@ -143,6 +148,7 @@ class Scheduler:
         *,
         bounce: Bounce,
         warn: Warn | None = None,
+        delivered: Delivered | None = None,
         base_delay: float = 10.0,
         base_delay_mta: float = 400.0,
         max_inflight: int = 5000,
@@ -154,6 +160,7 @@ class Scheduler:
         self._deliver = deliver
         self._bounce = bounce
         self._warn = warn
+        self._delivered = delivered
         self._base_delay = base_delay
         self._base_delay_mta = base_delay_mta
         self._max_inflight = max_inflight
@@ -268,6 +275,11 @@ class Scheduler:
             log.exception("queue agent-error evpid=%016x result=TempFail", envelope.id)
             await self._tempfail(envelope, INTERNAL_ERROR)
         else:
+            if self._delivered is not None:
+                try:
+                    await self._delivered(envelope)
+                except Exception:
+                    log.exception("queue delivered-hook-failed evpid=%016x", envelope.id)
             await self._forget(envelope)
 
     async def _tempfail(self, envelope: Envelope, reply: Reply) -> None:
