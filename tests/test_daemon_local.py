@@ -21,6 +21,7 @@ action "box" maildir "~/Mail/%{dest.user}" userbase <users>
 action "as-nobody" maildir userbase <users> user nobody
 action "procmail" mda "/usr/bin/procmail -a %{rcpt.user:raw} -d %{user.username}" userbase <users> wrapper "nice"
 action "fwd" forward-only userbase <users>
+action "spamfiled" maildir junk userbase <users>
 match from local for local action "box"
 """
 
@@ -99,3 +100,13 @@ async def test_forward_only_without_a_target_and_a_loop_are_permanent(daemon):
         await d.dispatch(envelope("box"))
     assert (e.value.reply.code, e.value.reply.enhanced, e.value.reply.text) == (550, "5.4.6", "Loop detected")
     assert jobs == []
+
+
+async def test_junk_files_a_message_marked_spam_in_the_junk_folder(daemon):
+    d, jobs = daemon
+    await d.dispatch(envelope("spamfiled"))
+    message = d.store.message_path(0x12345678)
+    message.write_bytes(b"Subject: x\r\nX-Spam:  YES \r\n\r\nX-Spam: no\r\n")
+    await d.dispatch(envelope("spamfiled"))
+    await d.dispatch(envelope("box"))                     # no junk option: where it always goes
+    assert [j.path_template for j in jobs] == [None, "~/Maildir/.Junk", "~/Mail/%{dest.user}"]

@@ -27,7 +27,7 @@ IMPLEMENTED: frozenset[str] = frozenset({
     "action maildir", "action alias", "action virtual", "action userbase",
     "action mbox", "action mda", "action forward-only", "action expand-only",
     "action user", "action wrapper", "mda limit", "mda wrapper",
-    "action lmtp", "action rcpt-to",
+    "action lmtp", "action rcpt-to", "action junk",
     # rules (rules.py)
     "match from local", "match from any", "match from src",
     "match for local", "match for any", "match for domain", "match !",

@@ -30,7 +30,7 @@ from postillion.mda.format import FormatEnv, FormatError, expand
 from postillion.mda.jobs import METHODS as JOB_METHODS
 from postillion.mda.jobs import build_job, job_method
 from postillion.mda.maildir import stable_name
-from postillion.mda.stream import delivered_to
+from postillion.mda.stream import delivered_to, is_junk
 from postillion.queue.envelope import Envelope
 from postillion.queue.lock import SpoolBusy, SpoolLock
 from postillion.daemon.bounces import Bouncer
@@ -333,6 +333,14 @@ class Daemon:
         log.mda_delivery(sid, env.id, env.sender, env.dest, env.rcpt, user,
                          time.time() - env.ctime, log.RESULT_OK, "Delivered")
 
+    def _is_junk(self, env: Envelope) -> bool:
+        try:
+            with open(self.store.message_path(env.msgid), "rb") as message:
+                return is_junk(message)
+        except OSError as e:
+            raise TempFail(Reply(451, "4.3.0", "queued message unreadable"),
+                           f"queued message unreadable: {e.strerror or e}") from None
+
     def _loops(self, env: Envelope) -> bool:
         try:
             with open(self.store.message_path(env.msgid), "rb") as message:
@@ -345,11 +353,13 @@ class Daemon:
         """maildir, mbox, a command, or an alias target: a job for the mda
         agent (here, or in the root parent); returns the user delivered as."""
         info = await self.delivery_user(env, action)
+        junk = action.junk and job_method(env, action) == "maildir" and \
+            await asyncio.to_thread(self._is_junk, env)
         job = build_job(env, action, info, message=self.store.message_path(env.msgid),
                         prefix=delivery_prefix(env),
                         name=stable_name(env.id, env.ctime, self.config.hostname),
                         wrappers=dict(self.config.mda.wrappers),
-                        sub_addr_delim=self.config.limits.sub_addr_delim)
+                        sub_addr_delim=self.config.limits.sub_addr_delim, junk=junk)
         await self.deliver(job, env)
         return info.username
 

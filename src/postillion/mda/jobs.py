@@ -75,9 +75,11 @@ def job_method(env: Envelope, action: ActionDecl) -> str:
 
 def build_job(env: Envelope, action: ActionDecl, user: Userinfo, *, message: Path,
               prefix: bytes, name: str | None, wrappers: Mapping[str, str],
-              sub_addr_delim: str = "+") -> MdaJob:
+              sub_addr_delim: str = "+", junk: bool = False) -> MdaJob:
     """The job for `env`, delivered as `user` under `action`.
 
+    `junk`: the message is marked spam and the maildir action has `junk`:
+    it goes to the Maildir++ folder `.Junk` of the Maildir.
     Raises TempFail for a command that cannot be split or expanded (an alias
     table's command: the administrator can fix the table), PermFail for a
     method no local delivery has."""
@@ -87,6 +89,8 @@ def build_job(env: Envelope, action: ActionDecl, user: Userinfo, *, message: Pat
     target = env.mda_exec
     if method == "maildir":
         template = literal(target) if target else action.path
+        if junk and not target and action.junk:
+            template = (template or "~/Maildir").rstrip("/") + "/.Junk"
         return replace(base, path_template=template)
     if method == "file":
         return replace(base, path_template=literal(target))

@@ -33,14 +33,7 @@ def lf_chunks(message: BinaryIO, chunk: int = CHUNK) -> Iterator[bytes]:
         yield carry
 
 
-def delivered_to(message: BinaryIO, dest: str, limit: int = MAX_HEADER_SCAN) -> bool:
-    """Whether the header section holds `Delivered-To: dest` (case-blind).
-
-    Every local delivery adds that line; finding it again means the message
-    came back to the same recipient (a `.forward` or a command sending it
-    on): OpenSMTPD's "Loop detected", a permanent failure
-    (docs/configuration.md, Commands).  Reads at most `limit` octets.
-    """
+def _header_section(message: BinaryIO, limit: int) -> bytes:
     head = b""
     while len(head) < limit:
         chunk = message.read(min(CHUNK, limit - len(head)))
@@ -49,12 +42,34 @@ def delivered_to(message: BinaryIO, dest: str, limit: int = MAX_HEADER_SCAN) -> 
         head += chunk
         end = head.find(b"\n\r\n") if b"\r\n\r\n" in head else head.find(b"\n\n")
         if end >= 0:
-            head = head[:end]
-            break
-    wanted = dest.strip().lower().encode("utf-8", "surrogateescape")
-    for line in head.split(b"\n"):
-        name, colon, value = line.partition(b":")
-        if colon and name.strip().lower() == b"delivered-to" and \
-                value.strip().lower() == wanted:
+            return head[:end]
+    return head
+
+
+def has_field(message: BinaryIO, name: str, value: str, limit: int = MAX_HEADER_SCAN) -> bool:
+    """Whether the header section holds `name: value` (both case-blind,
+    blanks around the value ignored).  Reads at most `limit` octets."""
+    wanted_name = name.lower().encode()
+    wanted = value.strip().lower().encode("utf-8", "surrogateescape")
+    for line in _header_section(message, limit).split(b"\n"):
+        field, colon, found = line.partition(b":")
+        if colon and field.strip().lower() == wanted_name and found.strip().lower() == wanted:
             return True
     return False
+
+
+def is_junk(message: BinaryIO) -> bool:
+    """`X-Spam: yes`, as a filter before us marks spam: the maildir `junk`
+    option files it in the Junk folder (docs/configuration.md)."""
+    return has_field(message, "X-Spam", "yes")
+
+
+def delivered_to(message: BinaryIO, dest: str, limit: int = MAX_HEADER_SCAN) -> bool:
+    """Whether the header section holds `Delivered-To: dest` (case-blind).
+
+    Every local delivery adds that line; finding it again means the message
+    came back to the same recipient (a `.forward` or a command sending it
+    on): OpenSMTPD's "Loop detected", a permanent failure
+    (docs/configuration.md, Commands).  Reads at most `limit` octets.
+    """
+    return has_field(message, "Delivered-To", dest, limit)
