@@ -36,6 +36,7 @@ class SocketmapServer:
         self.requests: list[bytes] = []
         self.server: asyncio.base_events.Server | None = None
         self.stall = False
+        self.writers: set[asyncio.StreamWriter] = set()
 
     async def start_tcp(self, host: str = "127.0.0.1") -> int:
         self.server = await asyncio.start_server(self._serve, host, 0)
@@ -47,10 +48,12 @@ class SocketmapServer:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
-            self.server.close_clients() if hasattr(self.server, "close_clients") else None
+            for writer in list(self.writers):
+                writer.close()
             await self.server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
         try:
             while True:
                 request = await _read_request(reader)
@@ -71,6 +74,7 @@ class SocketmapServer:
         except (ConnectionError, asyncio.CancelledError):
             return
         finally:
+            self.writers.discard(writer)
             writer.close()
 
     def _answer(self, request: bytes) -> bytes:
