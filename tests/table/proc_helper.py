@@ -8,7 +8,9 @@ file:line, and the old data stays).  MODE makes it misbehave, for the
 failure tests: `exit` exits at the first request, `garble` answers it with
 garbage, `stall` never answers, `wrongid` answers with another id,
 `slowstart` never finishes the handshake, `badservice` registers a service
-that does not exist.  Like a real helper, it answers requests as they come.
+that does not exist.  MODE `@FILE` reads the mode from FILE at each
+request, so a test can make a running helper misbehave and then heal.
+Like a real helper, it answers requests as they come.
 """
 
 import json
@@ -46,9 +48,14 @@ def main():
         fields = line.split("|", 7)
         assert fields[0] == "table" and fields[1] == "0.1" and fields[3] == config["tablename"]
         op = fields[4]
-        if mode == "exit":
+        if mode.startswith("@"):
+            with open(mode[1:], encoding="utf-8") as f:
+                now = f.read().strip()
+        else:
+            now = mode
+        if now == "exit":
             sys.exit(3)
-        if mode == "stall":
+        if now == "stall":
             time.sleep(3600)
         if op == "update":
             ident = fields[5]
@@ -60,10 +67,10 @@ def main():
             print(f"update-result|{ident}|{reply}", flush=True)
             continue
         service, ident = fields[5], fields[6]
-        if mode == "garble":
+        if now == "garble":
             print("lookup-result is what you wanted?", flush=True)
             continue
-        if mode == "wrongid":
+        if now == "wrongid":
             ident = "ffffffff" if ident != "ffffffff" else "00000000"
         if op == "fetch":
             sources = data.get("sources", [])

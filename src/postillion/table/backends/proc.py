@@ -156,6 +156,7 @@ class ProcBackend:
         self._failures = 0
         self._died_at = 0.0
         self._closed = False
+        self._stopping: set[asyncio.Task[None]] = set()
 
     def set_table_name(self, name: str) -> None:
         """The name sent in `config|tablename` and each request (set by `open_table`)."""
@@ -181,6 +182,8 @@ class ProcBackend:
         helper, self._helper = self._helper, None
         if helper is not None:
             await _stop(helper)
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
 
     async def update(self) -> None:
         result = await self._request("update", None, None)
@@ -205,11 +208,13 @@ class ProcBackend:
         except TimeoutError:
             helper.fail("handshake")
             self._note_death()
+            await _stop(helper)
             raise BackendError(f"proc: {self.argv[0]}: no register|ready in"
                                f" {HANDSHAKE_TIMEOUT:g} s") from None
         except BackendError:
             helper.fail("handshake")
             self._note_death()
+            await _stop(helper)
             raise
         helper.reader_task = asyncio.get_running_loop().create_task(helper.read_loop())
         return helper
@@ -268,7 +273,9 @@ class ProcBackend:
                 self._helper = None
                 self._failures += 1
                 self._died_at = helper.died_at
-                asyncio.get_running_loop().create_task(_stop(helper))
+                task = asyncio.get_running_loop().create_task(_stop(helper))
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
             backoff = min(FIRST_BACKOFF * 2 ** max(self._failures - 1, 0), MAX_BACKOFF)
             wait = self._died_at + backoff - time.monotonic()
             if wait > 0:
