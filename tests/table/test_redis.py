@@ -15,7 +15,14 @@ import uuid
 import pytest
 
 from postillion.errors import LookupUnavailable
-from postillion.table import Domain, ExpandList, Service, TableError, Userinfo, open_table
+from postillion.table import (
+    Domain,
+    ExpandList,
+    Service,
+    TableError,
+    Userinfo,
+    open_table,
+)
 from tests.table.conftest import REDIS_HOST, REDIS_PORT, drop_prefix, redis_client
 from tests.table.tcpproxy import TcpProxy
 
@@ -143,7 +150,7 @@ async def test_outage_is_temporary_and_heals(tmp_path, store, mode):
             with pytest.raises(LookupUnavailable) as info:
                 await t.lookup(Service.ALIAS, "root")
             assert info.value.reply.code == 451 and info.value.reply.enhanced == "4.3.0"
-            assert time.monotonic() - started < 3      # its own timeout, not the table's 10 s
+            assert time.monotonic() - started < 4      # its own timeout, not the table's 10 s
         await proxy.restore()
         deadline = time.monotonic() + 5
         while True:
@@ -168,7 +175,7 @@ async def test_a_stalled_server_costs_only_its_own_lookups(tmp_path, store):
     proxy = TcpProxy(REDIS_HOST, REDIS_PORT)
     port = await proxy.start()
     slow = open_table("slow", "redis", conf(tmp_path,
-        f"master 127.0.0.1\nmaster_port {port}\nquery_timeout 1\nconnect_timeout 1\n"
+        f"master 127.0.0.1\nmaster_port {port}\nquery_timeout 3\nconnect_timeout 1\n"
         f"query_alias GET {p}alias:%s\n", "slow.conf"))
     fast = open_table("fast", "redis", conf(tmp_path,
         f"query_alias GET {p}alias:%s\n", "fast.conf"))
@@ -177,10 +184,10 @@ async def test_a_stalled_server_costs_only_its_own_lookups(tmp_path, store):
     try:
         await proxy.fail("stall")
         stalled = asyncio.ensure_future(slow.lookup(Service.ALIAS, "root"))
-        started = time.monotonic()
+        await asyncio.sleep(0.1)
         for _ in range(10):
             assert await fast.lookup(Service.ALIAS, "root") == ExpandList(("alice",))
-        assert time.monotonic() - started < 0.5
+        assert not stalled.done()        # the other table answered while this one waits
         with pytest.raises(LookupUnavailable):
             await stalled
     finally:

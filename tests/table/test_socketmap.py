@@ -88,7 +88,7 @@ async def test_stall_costs_the_table_timeout_then_heals(server):
         started = time.monotonic()
         with pytest.raises(LookupUnavailable, match="timed out"):
             await t.lookup(Service.ALIAS, "root")
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 4
         server.stall = False
         assert await t.lookup(Service.ALIAS, "root") == ExpandList(("alice", "bob"))
     finally:
@@ -148,6 +148,6 @@ def test_ipv6_address():
 
 
 async def test_nothing_listening_at_open_is_an_error():
-    with tempfile.TemporaryDirectory(dir="/tmp") as d:
-        with pytest.raises(TableError, match="socketmap"):
-            await opened(str(Path(d) / "none"))
+    with tempfile.TemporaryDirectory(dir="/tmp") as d, \
+            pytest.raises(TableError, match="socketmap"):
+        await opened(str(Path(d) / "none"))

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.table.conftest import PROC_HELPER, REDIS_HOST, REDIS_PORT, drop_prefix, redis_client
+from tests.table.conftest import (
+    PROC_HELPER,
+    REDIS_HOST,
+    REDIS_PORT,
+    drop_prefix,
+    redis_client,
+)
 from tests.table.socketmap_server import SocketmapServer
 
 

@@ -306,6 +306,8 @@ class ProcBackend:
         stdin = helper.proc.stdin
         assert stdin is not None
         try:
+            if helper.dead or stdin.is_closing():   # died since `_running` looked
+                raise BackendError("proc: helper exited")
             stdin.write(("|".join(fields) + "\n").encode("utf-8"))
             async with asyncio.timeout(QUERY_TIMEOUT):
                 await stdin.drain()

@@ -34,7 +34,8 @@ waits for a free one, and each connect and each command are bounded by
 one, else is a BackendError (451 4.3.0); the broken connection is dropped
 and the next lookup connects again, so the table recovers by itself when
 the server returns.  `update table` re-reads the config and swaps in a new
-pool; on failure the old one keeps serving.
+pool, closing the old one once the lookups using it are done; on failure
+the old one keeps serving.
 
 `fetch_source` (no `%s`) lists source addresses, served in turn and re-read
 after `fetch_source_expire` seconds (60) or `fetch_source_refresh` fetches
@@ -137,13 +138,13 @@ def parse_settings(cfg: BackendConfig) -> RedisSettings:
 
 def _client(settings: RedisSettings, host: str, port: int) -> aioredis.Redis:
     """A client over its own bounded pool; commands are not retried beyond one reconnect."""
-    common: dict[str, Any] = dict(
-        db=settings.database, password=settings.password,
-        socket_connect_timeout=settings.connect_timeout,
-        socket_timeout=settings.query_timeout,
-        retry=Retry(NoBackoff(), 1),
-        max_connections=settings.pool_size, timeout=settings.query_timeout,
-    )
+    common: dict[str, Any] = {
+        "db": settings.database, "password": settings.password,
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.query_timeout,
+        "retry": Retry(NoBackoff(), 1),
+        "max_connections": settings.pool_size, "timeout": settings.query_timeout,
+    }
     if host.startswith("unix:"):
         pool = aioredis.BlockingConnectionPool(
             connection_class=aioredis.UnixDomainSocketConnection, path=host[5:], **common)
@@ -174,15 +175,34 @@ class _Generation:
         self.sources_read = 0.0
         self.fetches = 0
         self.cursor = 0
+        self.active = 0
+        self.drained = asyncio.Event()
+        self.drained.set()
 
     async def command(self, args: list[str]) -> Any:
         """Run one command on the master, then the slave; BackendError if none answers."""
+        self.active += 1
+        self.drained.clear()
         try:
-            return await self._on(self.master, args)
-        except BackendError:
-            if self.slave is None:
-                raise
-        return await self._on(self.slave, args)
+            try:
+                return await self._on(self.master, args)
+            except BackendError:
+                if self.slave is None:
+                    raise
+            return await self._on(self.slave, args)
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self.drained.set()
+
+    async def retire(self) -> None:
+        """Close once the commands in flight are done (closing the pool under
+        them would leave lookups waiting for connections that never return)."""
+        try:
+            await asyncio.wait_for(self.drained.wait(), self.settings.query_timeout * 2)
+        except TimeoutError:
+            pass
+        await self.close()
 
     async def _on(self, client: aioredis.Redis, args: list[str]) -> Any:
         try:
@@ -248,6 +268,7 @@ class RedisBackend:
             raise BackendError("a redis table needs a backend-config file: redis:/path/redis.conf")
         self.config_path = config
         self._gen: _Generation | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @property
     def shape(self) -> Shape:
@@ -276,13 +297,17 @@ class RedisBackend:
     async def update(self) -> None:
         gen = await self._build()
         old, self._gen = self._gen, gen
-        if old is not None:
-            await old.close()
+        if old is not None:         # closed in the background once its lookups end
+            task = asyncio.get_running_loop().create_task(old.retire())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     async def close(self) -> None:
         gen, self._gen = self._gen, None
         if gen is not None:
             await gen.close()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
     def _current(self) -> _Generation:
         if self._gen is None:

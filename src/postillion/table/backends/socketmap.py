@@ -78,7 +78,7 @@ def parse_address(config: str) -> SocketmapAddress:
                 or not 0 < int(port) < 65536:
             raise BackendError(f"socketmap: {config!r}: expected inet:HOST:PORT")
         return SocketmapAddress(host=host, port=int(port))
-    path = config[5:] if config.startswith("unix:") else config
+    path = config.removeprefix("unix:")
     if not path.startswith("/"):
         raise BackendError(f"socketmap: {config!r}: expected /path, unix:/path or inet:HOST:PORT")
     return SocketmapAddress(path=path)
@@ -181,7 +181,7 @@ class SocketmapBackend:
     async def _ask(self, service: Service, key: str) -> tuple[str, str] | None:
         """(status, text) of the server's reply; None if the key cannot be asked."""
         try:
-            payload = f"{service.value} {key}".encode("utf-8")
+            payload = f"{service.value} {key}".encode()
         except UnicodeEncodeError:
             return None
         if len(payload) > MAX_REQUEST:
