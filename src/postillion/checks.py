@@ -31,8 +31,8 @@ Problem = tuple[Position, str]
 KNOWN_BACKENDS = frozenset({"static", "file", "db", "getpwnam", "sqlite", "postgres", "mysql",
                             "redis", "ldap", "socketmap", "proc"})
 
-#: Backends whose tables are local files: `check` loads them as the daemon will.
-LOCAL_BACKENDS = frozenset({"file", "db", "sqlite"})
+#: Backends `check` opens (files read, servers connected, helpers started) as the daemon will.
+LOCAL_BACKENDS = frozenset({"file", "db", "sqlite", "redis", "socketmap", "proc"})
 
 
 def table_problems(config: Config) -> list[Problem]:

@@ -11,11 +11,18 @@ builder lowercases keys when it inserts them.
 
 from __future__ import annotations
 
+import json
+import shlex
 import sqlite3
+import sys
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
+import redis
+
+from tests.table.socketmap_server import SocketmapServer
 
 from postillion.table import Service, Table, open_table
 from postillion.table.dbfile import Entry, write_map
@@ -194,10 +201,160 @@ class SqliteBuilder(Builder):
         return await self._open(open_table(name, "sqlite", str(self.conf(name))))
 
 
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+PROC_HELPER = Path(__file__).with_name("proc_helper.py")
+
+
+def redis_client() -> redis.Redis:
+    """The test suite's own client to the Redis server the tests need running.
+
+    Fails loudly (never skips) if there is no server at 127.0.0.1:6379.
+    """
+    client = redis.Redis(REDIS_HOST, REDIS_PORT, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        pytest.fail(f"the redis tests need a Redis server at {REDIS_HOST}:{REDIS_PORT}: {e}")
+    return client
+
+
+def drop_prefix(client: redis.Redis, prefix: str) -> None:
+    keys = list(client.scan_iter(match=prefix + "*", count=500))
+    if keys:
+        client.delete(*keys)
+
+
+class RedisBuilder(Builder):
+    """Keys under a prefix unique to the test, removed afterwards."""
+
+    kind = "redis"
+    lists_match = False
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        self.client = redis_client()
+        self.prefix = f"postillion-test:{uuid.uuid4().hex}:"
+
+    def conf(self, name: str) -> Path:
+        return self.tmp / f"{name}.redis.conf"
+
+    def _write(self, name: str, service: Service, pairs: dict[str, str]) -> None:
+        base = f"{self.prefix}{name}:"
+        old = set(self.client.scan_iter(match=base + "*", count=500))
+        new = {(base + k.lower()).encode(): v for k, v in pairs.items()}
+        with self.client.pipeline(transaction=True) as pipe:     # readers see old or new
+            stale = old - set(new)
+            if stale:
+                pipe.delete(*stale)
+            if new:
+                pipe.mset(new)
+            pipe.execute()
+        self.conf(name).write_text(
+            f"master {REDIS_HOST}\nmaster_port {REDIS_PORT}\n"
+            f"query_{service.value} GET {base}%s\n")
+
+    async def list(self, name, service, items):
+        self._write(name, service, {i: i for i in items})
+        return await self._open(open_table(name, "redis", str(self.conf(name))))
+
+    async def map(self, name, service, pairs):
+        self._write(name, service, pairs)
+        return await self._open(open_table(name, "redis", str(self.conf(name))))
+
+    def rewrite_map(self, name, service, pairs):
+        self._write(name, service, pairs)
+
+    def break_source(self, name, service):
+        with self.conf(name).open("a") as f:
+            f.write("dbpth typo\n")
+
+    async def sources(self, name, items):
+        key = f"{self.prefix}{name}"
+        self.client.delete(key)
+        if items:
+            self.client.rpush(key, *items)
+        self.conf(name).write_text(f"fetch_source LRANGE {key} 0 -1\n")
+        return await self._open(open_table(name, "redis", str(self.conf(name))))
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        drop_prefix(self.client, self.prefix)
+        self.client.close()
+
+
+class SocketmapBuilder(Builder):
+    """One small netstring server of ours per table, backed by a dict."""
+
+    kind = "socketmap"
+    lists_match = False
+    can_update = False
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        self.servers: dict[str, SocketmapServer] = {}
+
+    async def _serve(self, name: str, service: Service, pairs: dict[str, str]) -> Table:
+        server = SocketmapServer({service.value: {k.lower(): v for k, v in pairs.items()}})
+        port = await server.start_tcp()
+        self.servers[name] = server
+        return await self._open(open_table(name, "socketmap", f"inet:127.0.0.1:{port}"))
+
+    async def list(self, name, service, items):
+        return await self._serve(name, service, {i: i for i in items})
+
+    async def map(self, name, service, pairs):
+        return await self._serve(name, service, pairs)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        for server in self.servers.values():
+            await server.close()
+
+
+class ProcBuilder(Builder):
+    """Our helper script (proc_helper.py), serving a JSON file it re-reads on update."""
+
+    kind = "proc"
+    lists_match = False
+
+    def data(self, name: str) -> Path:
+        return self.tmp / f"{name}.json"
+
+    def _write(self, name: str, service: Service, pairs: dict[str, str],
+               sources: Sequence[str] = ()) -> None:
+        self.data(name).write_text(json.dumps(
+            {"services": [service.value], "map": {k.lower(): v for k, v in pairs.items()},
+             "sources": list(sources)}, indent=1))
+
+    def command(self, name: str, mode: str = "") -> str:
+        argv = [sys.executable, str(PROC_HELPER), str(self.data(name))] + ([mode] if mode else [])
+        return shlex.join(argv)
+
+    async def list(self, name, service, items):
+        self._write(name, service, {i: i for i in items})
+        return await self._open(open_table(name, "proc", self.command(name)))
+
+    async def map(self, name, service, pairs):
+        self._write(name, service, pairs)
+        return await self._open(open_table(name, "proc", self.command(name)))
+
+    def rewrite_map(self, name, service, pairs):
+        self._write(name, service, pairs)
+
+    def break_source(self, name, service):
+        with self.data(name).open("a") as f:
+            f.write("\n{ not json\n")
+
+    async def sources(self, name, items):
+        self._write(name, Service.SOURCE, {}, items)
+        return await self._open(open_table(name, "proc", self.command(name)))
+
+
 # Adding a backend to the conformance suite = one Builder here and its name
 # in the fixtures' params below.
 BUILDERS = {"static": StaticBuilder, "file": FileBuilder, "db": DbBuilder,
-            "sqlite": SqliteBuilder}
+            "sqlite": SqliteBuilder, "redis": RedisBuilder, "socketmap": SocketmapBuilder,
+            "proc": ProcBuilder}
 
 
 @pytest.fixture(params=sorted(BUILDERS))
@@ -215,7 +372,15 @@ async def list_builder(request, tmp_path) -> AsyncIterator[Builder]:
     await b.aclose()
 
 
-@pytest.fixture(params=["file", "db", "sqlite"])
+@pytest.fixture(params=sorted(set(BUILDERS) - {"socketmap"}))
+async def fetch_builder(request, tmp_path) -> AsyncIterator[Builder]:
+    """Backends that can fetch (a socketmap server cannot list)."""
+    b = BUILDERS[request.param](tmp_path)
+    yield b
+    await b.aclose()
+
+
+@pytest.fixture(params=["file", "db", "sqlite", "redis", "proc"])
 async def updatable(request, tmp_path) -> AsyncIterator[Builder]:
     """Backends whose contents change without a config reload (not static)."""
     b = BUILDERS[request.param](tmp_path)

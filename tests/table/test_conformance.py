@@ -1,6 +1,7 @@
 """Every backend answers the same logical tables the same way.
 
-Run against static, file and SQLite (see conftest.py).  List matching
+Run against static, file, db, SQLite, Redis, socketmap and proc (see
+conftest.py).  List matching
 (wildcards, CIDR) is the table's job only for static and file lists; an SQL
 query gets the key as is, so those tests use `list_builder`.
 """
@@ -49,6 +50,13 @@ INJECTIONS = [
     "*",
     "alice\\",
     "\udcff",
+    # netstring framing (socketmap), the line protocol's separators (proc)
+    "5:alice,",
+    "alice,3:bob,",
+    "0:,",
+    ":",
+    "alice|found|x",
+    "x" * 20_000,
 ]
 
 
@@ -213,7 +221,7 @@ async def test_mailaddr_patterns(list_builder):
     assert await everyone.check(Service.MAILADDR, "x@y.z")
 
 
-@pytest.mark.parametrize("key", INJECTIONS)
+@pytest.mark.parametrize("key", INJECTIONS, ids=lambda k: repr(k if len(k) < 30 else k[:10] + "..."))
 async def test_injection_keys_find_nothing(builder, key):
     aliases = await builder.map("aliases", Service.ALIAS, ALIASES)
     users = await builder.map("users", Service.USERINFO, USERS)
@@ -270,8 +278,8 @@ async def test_serves(builder):
 SOURCES = ["192.0.2.1", "2001:db8::1", "198.51.100.7"]
 
 
-async def test_fetch_is_cyclic(builder):
-    t = await builder.sources("sources", SOURCES)
+async def test_fetch_is_cyclic(fetch_builder):
+    t = await fetch_builder.sources("sources", SOURCES)
     got = [str((await t.fetch(Service.SOURCE)).address) for _ in range(7)]
     assert got == (SOURCES * 3)[:7]
 

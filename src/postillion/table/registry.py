@@ -13,6 +13,9 @@ from postillion.table.backend import Backend
 from postillion.table.backends.db import DbBackend
 from postillion.table.backends.file import FileBackend
 from postillion.table.backends.getpwnam import GetpwnamBackend
+from postillion.table.backends.proc import ProcBackend
+from postillion.table.backends.redis import RedisBackend
+from postillion.table.backends.socketmap import SocketmapBackend
 from postillion.table.backends.sqlite import SqliteBackend
 from postillion.table.backends.static import StaticBackend
 from postillion.table.errors import TableError
@@ -23,6 +26,9 @@ BACKENDS: Final[tuple[type[Backend], ...]] = (
     DbBackend,
     GetpwnamBackend,
     SqliteBackend,
+    RedisBackend,
+    SocketmapBackend,
+    ProcBackend,
 )
 
 # Other spellings, for a table that has a CONFIG string: OpenSMTPD reads

@@ -340,4 +340,7 @@ def open_table(name: str, backend: str, config: str | None, *,
         instance = cls(config, items=items, pairs=pairs, is_map=is_map)
     except BackendError as e:
         raise TableError(f"table {name}: {cls.name}: {e}") from None
+    set_name = getattr(instance, "set_table_name", None)
+    if set_name is not None:        # a proc helper is told the table's name
+        set_name(name)
     return Table(name, instance, timeout=timeout, sub_addr_delim=sub_addr_delim)
