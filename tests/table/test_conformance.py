@@ -231,6 +231,9 @@ async def test_injection_keys_find_nothing(builder, key):
             db = sqlite3.connect(db_file)
             assert db.execute("SELECT count(*) FROM t").fetchone()[0] > 0
             db.close()
+    if builder.kind in ("postgres", "mysql"):
+        assert builder.stored_rows("aliases") == len(ALIASES)
+        assert builder.stored_rows("users") == len(USERS)
 
 
 async def test_injection_keys_on_lists(list_builder):

@@ -13,6 +13,8 @@ from postillion.table.backend import Backend
 from postillion.table.backends.db import DbBackend
 from postillion.table.backends.file import FileBackend
 from postillion.table.backends.getpwnam import GetpwnamBackend
+from postillion.table.backends.mysql import MysqlBackend
+from postillion.table.backends.postgres import PostgresBackend
 from postillion.table.backends.sqlite import SqliteBackend
 from postillion.table.backends.static import StaticBackend
 from postillion.table.errors import TableError
@@ -23,6 +25,8 @@ BACKENDS: Final[tuple[type[Backend], ...]] = (
     DbBackend,
     GetpwnamBackend,
     SqliteBackend,
+    PostgresBackend,
+    MysqlBackend,
 )
 
 # Other spellings, for a table that has a CONFIG string: OpenSMTPD reads
