@@ -20,8 +20,9 @@ Without `conninfo` the PG* environment variables and libpq's defaults apply.
 Each query takes one parameter, `$1`, the lowercased key, sent apart from the
 SQL (the extended protocol: the key is never part of the query text).  At
 open every query is prepared on the server, which checks it exists, takes
-exactly one text parameter and returns the columns its service needs: a
-mistake is an error at start naming `file:line`.  The pool, the timeouts and
+exactly one text parameter and returns the columns its service needs, and
+run once with an empty key: a mistake is an error at start naming
+`file:line`.  The pool, the timeouts and
 the outage behaviour are the shared ones of `table/netsql.py`.
 
 asyncpg is the client: asynchronous (the event loop never blocks on the
@@ -125,6 +126,12 @@ class PostgresDriver:
         if types and types[0].name not in TEXT_TYPES:
             raise BackendError(f"{where}: {key}: $1 is {types[0].name}, but the key is text"
                                " (write $1::text)")
+        try:    # run once, as every SQL backend does at open: errors of execution too
+            await statement.fetchrow(*("",) * params)
+        except asyncpg.PostgresError as e:
+            if isinstance(e, STALE_ERRORS):
+                raise
+            raise BackendError(f"{where}: {key}: {e}") from None
         return len(statement.get_attributes())
 
     async def rows(self, conn: asyncpg.Connection, sql: str, args: tuple[str, ...],
