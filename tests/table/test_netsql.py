@@ -293,3 +293,39 @@ async def test_postgres_specific_errors(tmp_path):
 def test_mysql_placeholders(sql, marks):
     from postillion.table.backends.mysql import placeholders
     assert placeholders(sql) == (marks, 1)
+
+
+async def test_table_timeout_first_closes_the_connection(server, proxy):
+    """The table's own timeout (shorter here than query_timeout) cancels the
+    lookup: the connection it was on is closed, never handed to the next one."""
+    conf = server.conf(QUERIES, host="127.0.0.1", port=proxy.port)
+    t = open_table("net", server.kind, str(conf), timeout=0.5)
+    await t.open()
+    try:
+        assert await t.lookup(Service.USERINFO, "alice") is not None
+        proxy.stall()
+        with pytest.raises(LookupUnavailable, match="timed out after 0.5 s"):
+            await t.lookup(Service.USERINFO, "alice")
+        assert t.backend.pool is not None and len(t.backend.pool) == 0
+        await proxy.restore()
+        assert await t.lookup(Service.USERINFO, "alice") == \
+            Userinfo("alice", 1000, 1000, "/home/alice")
+        assert await t.lookup(Service.ALIAS, "root") == ExpandList(("alice", "bob"))
+    finally:
+        await t.close()
+    assert await proxy.wait_idle(0) == 0
+
+
+async def test_failed_update_keeps_the_old_pool(server, proxy):
+    conf = server.conf(QUERIES + "connect_timeout 1\n", host="127.0.0.1", port=proxy.port)
+    t = open_table("net", server.kind, str(conf))
+    await t.open()
+    try:
+        assert await t.lookup(Service.USERINFO, "alice") is not None
+        conf.write_text(conf.read_text().replace(f"port {proxy.port}", "port 1")
+                        .replace(f"port={proxy.port}", "port=1"))
+        with pytest.raises(TableError, match="cannot connect"):
+            await t.update()
+        assert await t.lookup(Service.USERINFO, "alice") is not None
+    finally:
+        await t.close()
