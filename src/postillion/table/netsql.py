@@ -16,8 +16,10 @@ both behave alike:
   and a stack of idle connections.  A connection whose query failed, timed
   out or was cancelled (the table's 10 s timeout) is closed on the spot and
   never returned, so a half-read reply can never answer the next lookup.
-  Nothing is connected ahead: a server that was down is simply connected to
-  again by the next lookup, which is how the table recovers without a restart.
+  Connections are made when a lookup needs one (the first at open, for
+  the checks) and kept while they work: a server that was down is simply
+  connected to again by the next lookup, which is how the table recovers
+  without a restart.
 * **Outage = BackendError**: a refused, reset, cut or stalled connection, a
   query timeout, an SQL error -- all are `BackendError`, which the `Table`
   turns into a temporary failure (451 4.3.0), never "not found".
