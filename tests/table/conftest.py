@@ -1,7 +1,9 @@
 """Builders that put the same logical table into each backend, for real.
 
-A builder writes real files and real SQLite databases under tmp_path and
-opens a `Table` through `open_table`, exactly as the daemon would.  The
+A builder writes real files and real SQLite databases under tmp_path, or
+real tables in the PostgreSQL and MariaDB servers (a schema or database of
+its own, dropped at the end: tests/table/sqlservers.py), and opens a `Table`
+through `open_table`, exactly as the daemon would.  The
 conformance suite runs every test against each builder.
 
 SQL data holds keys lowercased (the table binds the lowercased key; an

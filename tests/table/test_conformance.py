@@ -1,6 +1,7 @@
 """Every backend answers the same logical tables the same way.
 
-Run against static, file and SQLite (see conftest.py).  List matching
+Run against static, file, db, SQLite, and the real PostgreSQL and MariaDB
+servers (see conftest.py).  List matching
 (wildcards, CIDR) is the table's job only for static and file lists; an SQL
 query gets the key as is, so those tests use `list_builder`.
 """
