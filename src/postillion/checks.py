@@ -5,11 +5,14 @@ the table layer whether each backend exists and can serve the service a
 statement needs, and load the local ones (file, db, sqlite) as the daemon
 will -- through the daemon's own `make_table` and `verify` -- so a missing
 file or a malformed value is found by `check`, not at start, and every one
-of them is named in one run.  Then `preflight` runs the daemon's own
+of them is named in one run.  Networked SQL tables (postgres, mysql) are
+opened the same way, which connects to the server and runs each configured
+query once (docs/tables.md), each table bounded by `NETWORK_CHECK_TIMEOUT`
+so an unreachable server costs `check` seconds, not a hang.  Then `preflight` runs the daemon's own
 `prepare` (options not implemented yet, tables, certificates, AUTH tables):
 whatever the configuration makes `postillion run` refuse, `check` refuses
-too.  Servers (SQL, LDAP...) are not contacted; the spool and the ports are
-the machine's, not the configuration's, and are left to `run`.
+too.  The spool and the ports are the machine's, not the configuration's,
+and are left to `run`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 
 from pathlib import Path
 
-from postillion.config.model import Config, Position
+from postillion.config.model import Config, Position, TableDecl
 from postillion.daemon import Daemon, StartupError, make_table
 from postillion.table.errors import TableError
 from postillion.table.registry import backend_class
@@ -33,6 +36,13 @@ KNOWN_BACKENDS = frozenset({"static", "file", "db", "getpwnam", "sqlite", "postg
 
 #: Backends `check` opens (files read, servers connected, helpers started) as the daemon will.
 LOCAL_BACKENDS = frozenset({"file", "db", "sqlite", "redis", "socketmap", "proc"})
+
+#: Backends on a server: `check` connects and runs each query once, as `open` does.
+NETWORK_BACKENDS = frozenset({"postgres", "mysql"})
+
+#: Seconds `check` gives one networked table to connect, check its queries
+#: and answer `verify` (the table's own open timeout is 10 s).
+NETWORK_CHECK_TIMEOUT = 15.0
 
 
 def table_problems(config: Config) -> list[Problem]:
@@ -81,22 +91,38 @@ async def _local_table_problems(config: Config) -> list[Problem]:
     problems: list[Problem] = []
     for decl in config.tables.values():
         try:
-            if decl.config is None or \
-                    backend_class(decl.name, decl.backend, decl.config).name not in LOCAL_BACKENDS:
+            if decl.config is None:
                 continue
-            table = make_table(decl, config.limits.sub_addr_delim)
-            await table.open()
-        except TableError as e:
-            problems.append((decl.pos, str(e)))
-            continue
+            name = backend_class(decl.name, decl.backend, decl.config).name
+            if name not in LOCAL_BACKENDS | NETWORK_BACKENDS:
+                continue
+        except TableError:
+            continue            # reported by table_problems
         try:
-            # Each use checked where it is written, so the error names that line.
-            for use in config.table_uses:
-                if use.table == decl.name:
-                    try:
-                        await table.verify(Service(use.service))
-                    except TableError as e:
-                        problems.append((use.pos, str(e)))
-        finally:
-            await table.close()
+            async with asyncio.timeout(NETWORK_CHECK_TIMEOUT):
+                problems += await _check_table(config, decl)
+        except TimeoutError:
+            reason = f"table {decl.name}: {name}: no answer within {NETWORK_CHECK_TIMEOUT:g} s"
+            problems.append((decl.pos, reason))
+    return problems
+
+
+async def _check_table(config: Config, decl: TableDecl) -> list[Problem]:
+    """Open one table as the daemon will and verify each use of it."""
+    problems: list[Problem] = []
+    try:
+        table = make_table(decl, config.limits.sub_addr_delim)
+        await table.open()
+    except TableError as e:
+        return [(decl.pos, str(e))]
+    try:
+        # Each use checked where it is written, so the error names that line.
+        for use in config.table_uses:
+            if use.table == decl.name:
+                try:
+                    await table.verify(Service(use.service))
+                except TableError as e:
+                    problems.append((use.pos, str(e)))
+    finally:
+        await table.close()
     return problems

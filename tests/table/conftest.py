@@ -1,7 +1,9 @@
 """Builders that put the same logical table into each backend, for real.
 
-A builder writes real files and real SQLite databases under tmp_path and
-opens a `Table` through `open_table`, exactly as the daemon would.  The
+A builder writes real files and real SQLite databases under tmp_path, or
+real tables in the PostgreSQL and MariaDB servers (a schema or database of
+its own, dropped at the end: tests/table/sqlservers.py), and opens a `Table`
+through `open_table`, exactly as the daemon would.  The
 conformance suite runs every test against each builder.
 
 SQL data holds keys lowercased (the table binds the lowercased key; an
@@ -27,6 +29,7 @@ from tests.table.socketmap_server import SocketmapServer
 from postillion.table import Service, Table, open_table
 from postillion.table.dbfile import Entry, write_map
 from postillion.table.sqlshape import columns
+from tests.table.sqlservers import my_conninfo, my_run, pg_conninfo, pg_run, unique
 
 
 class Builder:
@@ -146,6 +149,19 @@ class DbBuilder(Builder):
         aside.replace(self.path(name))
 
 
+def map_rows(service: Service, pairs: dict[str, str]) -> list[tuple[object, ...]]:
+    """SQL rows for a map: the key lowercased, the value split into the service's columns."""
+    n = columns(service)
+    rows: list[tuple[object, ...]] = []
+    for key, raw in pairs.items():
+        parts: list[object] = list(raw.split(":", n - 1)) if n > 1 else [raw]
+        if n == 2 and len(parts) == 1:
+            parts = [key.lower(), raw]          # `secret` alone: user = key
+        parts += [None] * (n - len(parts))
+        rows.append((key.lower(), *parts))
+    return rows
+
+
 class SqliteBuilder(Builder):
     kind = "sqlite"
     lists_match = False
@@ -168,15 +184,7 @@ class SqliteBuilder(Builder):
             f"query_{service.value} SELECT {', '.join(cols)} FROM t WHERE k = ?\n")
 
     def _map_rows(self, service: Service, pairs: dict[str, str]) -> list[tuple[object, ...]]:
-        n = columns(service)
-        rows: list[tuple[object, ...]] = []
-        for key, raw in pairs.items():
-            parts: list[object] = list(raw.split(":", n - 1)) if n > 1 else [raw]
-            if n == 2 and len(parts) == 1:
-                parts = [key.lower(), raw]          # `secret` alone: user = key
-            parts += [None] * (n - len(parts))
-            rows.append((key.lower(), *parts))
-        return rows
+        return map_rows(service, pairs)
 
     async def list(self, name, service, items):
         self._write(name, service, [(i.lower(), i) for i in items], 1)
@@ -350,11 +358,144 @@ class ProcBuilder(Builder):
         return await self._open(open_table(name, "proc", self.command(name)))
 
 
+class NetSqlBuilder(Builder):
+    """A table in a real server: every write is a new SQL table `t<generation>`
+    (rewrites point the config at the next one, as a new SQLite file does)."""
+
+    lists_match = False
+    generation = 0
+    param = ""
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        self.space = unique(f"pt_{self.kind}")
+        self.tables: dict[str, str] = {}
+        self.admin([self.create_space()])
+
+    def conf(self, name: str) -> Path:
+        return self.tmp / f"{name}.conf"
+
+    def admin(self, statements, fetch=None):
+        raise NotImplementedError
+
+    def create_space(self) -> str:
+        raise NotImplementedError
+
+    def drop_space(self) -> str:
+        raise NotImplementedError
+
+    def connection(self) -> str:
+        raise NotImplementedError
+
+    def serial(self) -> str:
+        raise NotImplementedError
+
+    def placeholder(self, n: int) -> str:
+        raise NotImplementedError
+
+    def key_type(self) -> str:
+        return "TEXT"
+
+    def _write(self, name: str, service: Service, rows: list[tuple[object, ...]], ncols: int,
+               query: str | None = None) -> None:
+        self.generation += 1
+        table = f"{self.space}.{name.replace('-', '_')}_{self.generation}"
+        self.tables[name] = table
+        cols = [f"c{i}" for i in range(1, ncols + 1)]
+        marks = ", ".join(self.placeholder(i) for i in range(1, ncols + 2))
+        create = (f"CREATE TABLE {table} (id {self.serial()}, k {self.key_type()},"
+                  f" {', '.join(c + ' TEXT' for c in cols)})")
+        insert = f"INSERT INTO {table} (k, {', '.join(cols)}) VALUES ({marks})"
+        self.admin([create, (insert, rows)] if rows else [create])
+        query = query or (f"query_{service.value} SELECT {', '.join(cols)} FROM {table}"
+                          f" WHERE k = {self.param}")
+        self.conf(name).write_text(self.connection() + query.format(table=table) + "\n")
+
+    async def list(self, name, service, items):
+        self._write(name, service, [(i.lower(), i) for i in items], 1)
+        return await self._open(open_table(name, self.kind, str(self.conf(name))))
+
+    async def map(self, name, service, pairs):
+        self._write(name, service, map_rows(service, pairs), columns(service))
+        return await self._open(open_table(name, self.kind, str(self.conf(name))))
+
+    def rewrite_map(self, name, service, pairs):
+        self._write(name, service, map_rows(service, pairs), columns(service))
+
+    def break_source(self, name, service):
+        with self.conf(name).open("a") as f:
+            f.write("dbpth typo\n")
+
+    async def sources(self, name, items):
+        self._write(name, Service.SOURCE, [(i, i) for i in items], 1,
+                    query="fetch_source SELECT c1 FROM {table} ORDER BY id")
+        return await self._open(open_table(name, self.kind, str(self.conf(name))))
+
+    def stored_rows(self, name: str) -> int:
+        """Rows in the SQL table `name` reads now (injections dropped nothing)."""
+        return self.admin([], fetch=f"SELECT count(*) FROM {self.tables[name]}")
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        self.admin([self.drop_space()])
+
+
+class PostgresBuilder(NetSqlBuilder):
+    kind = "postgres"
+    param = "$1"
+
+    def admin(self, statements, fetch=None):
+        return pg_run(statements, fetch)
+
+    def create_space(self):
+        return f"CREATE SCHEMA {self.space}"
+
+    def drop_space(self):
+        return f"DROP SCHEMA {self.space} CASCADE"
+
+    def connection(self):
+        return pg_conninfo()
+
+    def serial(self):
+        return "SERIAL"
+
+    def placeholder(self, n):
+        return f"${n}"
+
+
+class MysqlBuilder(NetSqlBuilder):
+    kind = "mysql"
+    param = "?"
+
+    def admin(self, statements, fetch=None):
+        return my_run(statements, fetch)
+
+    def create_space(self):
+        return f"CREATE DATABASE {self.space} CHARACTER SET utf8mb4"
+
+    def drop_space(self):
+        return f"DROP DATABASE {self.space}"
+
+    def connection(self):
+        return my_conninfo(self.space)
+
+    def serial(self):
+        return "INT AUTO_INCREMENT PRIMARY KEY"
+
+    def placeholder(self, n):
+        return "%s"
+
+    def key_type(self):
+        # MariaDB's default collations ignore case, accents and trailing
+        # spaces; a table of addresses wants bytes compared (docs/tables.md).
+        return "VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+
+
 # Adding a backend to the conformance suite = one Builder here and its name
 # in the fixtures' params below.
 BUILDERS = {"static": StaticBuilder, "file": FileBuilder, "db": DbBuilder,
             "sqlite": SqliteBuilder, "redis": RedisBuilder, "socketmap": SocketmapBuilder,
-            "proc": ProcBuilder}
+            "proc": ProcBuilder, "postgres": PostgresBuilder, "mysql": MysqlBuilder}
 
 
 @pytest.fixture(params=sorted(BUILDERS))
@@ -380,7 +521,7 @@ async def fetch_builder(request, tmp_path) -> AsyncIterator[Builder]:
     await b.aclose()
 
 
-@pytest.fixture(params=["file", "db", "sqlite", "redis", "proc"])
+@pytest.fixture(params=["file", "db", "sqlite", "redis", "proc", "postgres", "mysql"])
 async def updatable(request, tmp_path) -> AsyncIterator[Builder]:
     """Backends whose contents change without a config reload (not static)."""
     b = BUILDERS[request.param](tmp_path)

@@ -1,7 +1,7 @@
 """Every backend answers the same logical tables the same way.
 
-Run against static, file, db, SQLite, Redis, socketmap and proc (see
-conftest.py).  List matching
+Run against static, file, db, SQLite, the real PostgreSQL, MariaDB and
+Redis servers, socketmap and proc (see conftest.py).  List matching
 (wildcards, CIDR) is the table's job only for static and file lists; an SQL
 query gets the key as is, so those tests use `list_builder`.
 """
@@ -239,6 +239,9 @@ async def test_injection_keys_find_nothing(builder, key):
             db = sqlite3.connect(db_file)
             assert db.execute("SELECT count(*) FROM t").fetchone()[0] > 0
             db.close()
+    if builder.kind in ("postgres", "mysql"):
+        assert builder.stored_rows("aliases") == len(ALIASES)
+        assert builder.stored_rows("users") == len(USERS)
 
 
 async def test_injection_keys_on_lists(list_builder):

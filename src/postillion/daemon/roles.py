@@ -32,6 +32,7 @@ import itertools
 import logging
 import os
 import pickle
+import pwd
 import signal
 import socket
 import sys
@@ -134,7 +135,18 @@ def become(args: RoleArgs) -> None:
         if args.uid == 0 or args.gid == 0:
             raise PermissionError("refusing to run a role as root")
         drop_privileges(args.uid, args.gid)
+        # HOME still names root's home, which the role may not enter: a client
+        # library looking there (asyncpg's ~/.pgpass, ~/.postgresql/) would
+        # fail every reconnect.  libpq itself takes the effective user's home.
+        os.environ["HOME"] = _home_of(args.uid)
     die_with_parent(args.parent)
+
+
+def _home_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_dir or "/"
+    except KeyError:
+        return "/"
 
 
 class Requests:

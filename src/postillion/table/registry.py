@@ -13,6 +13,8 @@ from postillion.table.backend import Backend
 from postillion.table.backends.db import DbBackend
 from postillion.table.backends.file import FileBackend
 from postillion.table.backends.getpwnam import GetpwnamBackend
+from postillion.table.backends.mysql import MysqlBackend
+from postillion.table.backends.postgres import PostgresBackend
 from postillion.table.backends.proc import ProcBackend
 from postillion.table.backends.redis import RedisBackend
 from postillion.table.backends.socketmap import SocketmapBackend
@@ -29,6 +31,8 @@ BACKENDS: Final[tuple[type[Backend], ...]] = (
     RedisBackend,
     SocketmapBackend,
     ProcBackend,
+    PostgresBackend,
+    MysqlBackend,
 )
 
 # Other spellings, for a table that has a CONFIG string: OpenSMTPD reads
