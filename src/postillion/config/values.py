@@ -14,6 +14,7 @@ import shlex
 
 from postillion.config.lexer import Token
 from postillion.config.stream import Syntax
+from postillion.shellsyntax import shell_syntax
 
 _NUMBER = re.compile(r"[0-9]{1,18}\Z")   # ASCII digits only; bounded for int()
 _SIZE = re.compile(r"([0-9]{1,18})([kKmMgG]?)\Z")
@@ -145,9 +146,6 @@ def format_string(tok: Token, what: str) -> str:
     return tok.text
 
 
-_SHELL_META = "|;&<>`"
-
-
 def command(tok: Token, what: str) -> str:
     """An `mda` command: split into argv before expansion, run without a shell.
 
@@ -156,24 +154,10 @@ def command(tok: Token, what: str) -> str:
     (and envelope data in a shell was CVE-2020-7247).
     """
     text = tok.text
-    quote = ""
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == quote:
-                quote = ""
-            elif ch == "\\" and quote == '"':
-                i += 1
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "\\":
-            i += 1
-        elif ch in _SHELL_META or text.startswith("$(", i):
-            shown = "$(" if ch == "$" else ch
-            raise Syntax(tok.pos, f"{what} {tok.describe()} uses the shell syntax {shown!r}; "
-                                  "commands run without a shell (quote it, or use a script)")
-        i += 1
+    shown = shell_syntax(text)
+    if shown is not None:
+        raise Syntax(tok.pos, f"{what} {tok.describe()} uses the shell syntax {shown!r}; "
+                              "commands run without a shell (quote it, or use a script)")
     try:
         argv = shlex.split(text)
     except ValueError as e:

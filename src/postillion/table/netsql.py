@@ -33,13 +33,13 @@ both behave alike:
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
 from postillion.table.backend import EntryCheck, Shape
 from postillion.table.backend_config import BackendConfig, read_backend_config
+from postillion.table.cycle import FETCH_EXPIRE, FETCH_REFRESH, SourceCycle
 from postillion.table.errors import BackendError
 from postillion.table.services import Service
 from postillion.table.sqlshape import JOINED, SQL_SERVICES, columns, describe, rows_to_value
@@ -50,8 +50,8 @@ T = TypeVar("T")
 POOL_SIZE: Final = 4            # connections per table
 CONNECT_TIMEOUT: Final = 5      # seconds; with query_timeout below the table's 10 s
 QUERY_TIMEOUT: Final = 5        # seconds
-FETCH_SOURCE_EXPIRE: Final = 60     # seconds before fetch_source is run again
-FETCH_SOURCE_REFRESH: Final = 1000  # fetches before fetch_source is run again
+FETCH_SOURCE_EXPIRE: Final = FETCH_EXPIRE     # seconds before fetch_source is run again
+FETCH_SOURCE_REFRESH: Final = FETCH_REFRESH   # fetches before fetch_source is run again
 CLOSE_TIMEOUT: Final = 2.0      # seconds a polite close may take before it is cut
 
 SQL_KEYS: Final = frozenset(
@@ -215,28 +215,17 @@ class _Generation(Generic[C]):
         self.pool = pool
         self.queries = queries
         self.fetch_sql = fetch_sql
-        self.fetch_expire = fetch_expire
-        self.fetch_refresh = fetch_refresh
-        self.sources: list[str] = []
-        self.sources_read = 0.0
-        self.fetches = 0
-        self.cursor = 0
+        self.cycle = SourceCycle(fetch_expire, fetch_refresh)
 
     async def fetch_source(self) -> str | None:
-        now = time.monotonic()
-        if (not self.sources_read or now - self.sources_read >= self.fetch_expire
-                or self.fetches >= self.fetch_refresh):
-            sql = self.fetch_sql
-            assert sql is not None
+        sql = self.fetch_sql
+        assert sql is not None
+
+        async def read() -> list[str]:
             rows = await self.pool.use(lambda conn: self.pool.driver.rows(conn, sql, (), True))
-            self.sources = [v for row in rows if (v := rows_to_value(Service.SOURCE, [row]))]
-            self.sources_read, self.fetches = now, 0
-        self.fetches += 1
-        if not self.sources:
-            return None
-        source = self.sources[self.cursor % len(self.sources)]
-        self.cursor = (self.cursor + 1) % len(self.sources)
-        return source
+            return [v for row in rows if (v := rows_to_value(Service.SOURCE, [row]))]
+
+        return await self.cycle.next(read)
 
 
 class NetSqlBackend:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias, Union
 
+from postillion.shellsyntax import shell_syntax
 from postillion.table.errors import MalformedValue
 from postillion.table.services import Service
 
@@ -259,32 +260,6 @@ def error_target(target: str) -> tuple[int, str]:
     return int(code), text.strip()
 
 
-_SHELL_META: Final = "|;&<>`"
-
-
-def shell_syntax(command: str) -> str | None:
-    """The first unquoted `| ; & < >`, backquote or `$(` of a command, or None.
-
-    A `|command` target is split into words and run without a shell
-    (docs/tables.md, Alias targets), so these could only mean the author
-    expected one.  (config/values.py refuses the same in smtpd.conf.)"""
-    quote = ""
-    i = 0
-    while i < len(command):
-        ch = command[i]
-        if quote:
-            if ch == quote:
-                quote = ""
-            elif ch == "\\" and quote == '"':
-                i += 1
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "\\":
-            i += 1
-        elif ch in _SHELL_META or command.startswith("$(", i):
-            return "$(" if ch == "$" else ch
-        i += 1
-    return None
 
 
 def check_target(target: str) -> None:

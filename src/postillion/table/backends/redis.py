@@ -45,7 +45,6 @@ after `fetch_source_expire` seconds (60) or `fetch_source_refresh` fetches
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
@@ -57,6 +56,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from postillion.table.backend import EntryCheck, Shape
 from postillion.table.backend_config import BackendConfig, read_backend_config
+from postillion.table.cycle import FETCH_EXPIRE, FETCH_REFRESH, SourceCycle
 from postillion.table.errors import BackendError, printable
 from postillion.table.services import Service
 
@@ -65,8 +65,6 @@ DEFAULT_HOST: Final = "127.0.0.1"
 POOL_SIZE: Final = 8
 CONNECT_TIMEOUT: Final = 2.0
 QUERY_TIMEOUT: Final = 5.0
-FETCH_EXPIRE: Final = 60
-FETCH_REFRESH: Final = 1000
 
 REDIS_SERVICES: Final = frozenset(s for s in Service if s is not Service.AUTH)
 JOIN_COMMA: Final = frozenset({Service.ALIAS, Service.MAILADDRMAP})
@@ -171,10 +169,7 @@ class _Generation:
         self.master = _client(settings, settings.master, settings.master_port)
         self.slave = (_client(settings, settings.slave, settings.slave_port)
                       if settings.slave else None)
-        self.sources: list[str] = []
-        self.sources_read = 0.0
-        self.fetches = 0
-        self.cursor = 0
+        self.cycle = SourceCycle(settings.fetch_expire, settings.fetch_refresh)
         self.active = 0
         self.drained = asyncio.Event()
         self.drained.set()
@@ -340,9 +335,8 @@ class RedisBackend:
         words = gen.settings.fetch_source
         if service is not Service.SOURCE or words is None:
             raise BackendError(f"no fetch_{service.value} in {self.config_path}")
-        now = time.monotonic()
-        if (not gen.sources_read or now - gen.sources_read >= gen.settings.fetch_expire
-                or gen.fetches >= gen.settings.fetch_refresh):
+
+        async def read() -> list[str]:
             reply = await gen.command(list(words))
             if reply is None:
                 items: list[Any] = []
@@ -350,14 +344,9 @@ class RedisBackend:
                 items = list(reply)
             else:
                 items = [reply]
-            gen.sources = [t for t in (_text(i) for i in items if i is not None) if t]
-            gen.sources_read, gen.fetches = now, 0
-        gen.fetches += 1
-        if not gen.sources:
-            return None
-        source = gen.sources[gen.cursor % len(gen.sources)]
-        gen.cursor = (gen.cursor + 1) % len(gen.sources)
-        return source
+            return [t for t in (_text(i) for i in items if i is not None) if t]
+
+        return await gen.cycle.next(read)
 
     async def elements(self) -> Sequence[str]:
         raise BackendError("a redis table is not a list")

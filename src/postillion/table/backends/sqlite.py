@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, Final, TypeVar
 
 from postillion.table.backend import EntryCheck, Shape
 from postillion.table.backend_config import BackendConfig, read_backend_config
+from postillion.table.cycle import FETCH_EXPIRE, FETCH_REFRESH, SourceCycle
 from postillion.table.errors import BackendError
 from postillion.table.services import Service
 from postillion.table.sqlshape import JOINED, SQL_SERVICES, columns, describe, rows_to_value
@@ -72,12 +72,7 @@ class _Database:
         self.conn: sqlite3.Connection | None = None
         self.queries: dict[Service, str] = {}
         self.fetch_sql: str | None = None
-        self.fetch_expire = 60
-        self.fetch_refresh = 1000
-        self.sources: list[str] = []
-        self.sources_read = 0.0
-        self.fetches = 0
-        self.cursor = 0
+        self.cycle = SourceCycle()
         self._running: object | None = None
         self.dbpath: Path | None = None
         self.identity: tuple[int, int] | None = None
@@ -101,8 +96,8 @@ class _Database:
         self.fetch_sql = cfg.get("fetch_source")
         if self.fetch_sql is not None:
             self._check(cfg, "fetch_source", self.fetch_sql, 0, 1, "source")
-        self.fetch_expire = cfg.integer("fetch_source_expire", 60)
-        self.fetch_refresh = cfg.integer("fetch_source_refresh", 1000, minimum=1)
+        self.cycle = SourceCycle(cfg.integer("fetch_source_expire", FETCH_EXPIRE),
+                                 cfg.integer("fetch_source_refresh", FETCH_REFRESH, minimum=1))
         if not self.queries and self.fetch_sql is None:
             raise BackendError(f"{cfg.path}: no query_<service> and no fetch_source given")
 
@@ -238,17 +233,7 @@ class _Database:
         self.worker.stop()
 
     async def fetch_source(self) -> str | None:
-        now = time.monotonic()
-        if (not self.sources_read or now - self.sources_read >= self.fetch_expire
-                or self.fetches >= self.fetch_refresh):
-            self.sources = await self.run(self.read_sources)
-            self.sources_read, self.fetches = now, 0
-        self.fetches += 1
-        if not self.sources:
-            return None
-        source = self.sources[self.cursor % len(self.sources)]
-        self.cursor = (self.cursor + 1) % len(self.sources)
-        return source
+        return await self.cycle.next(lambda: self.run(self.read_sources))
 
 
 class SqliteBackend:
