@@ -167,7 +167,13 @@ class Daemon:
     def queued_files(self) -> list[Path]:
         """Every file in the queue (committed or not), for 'nothing queued' checks;
         the spool's lock file is no mail."""
-        return sorted(p for p in self.spool.rglob("*") if p.is_file() and p.name != PID_FILE)
+        return sorted(p for p in files_under(self.spool) if p.name != PID_FILE)
+
+
+def files_under(root: Path) -> list[Path]:
+    """Every file under root now.  A running queue removes directories while
+    we look: os.walk skips one that vanished (rglob raises)."""
+    return [Path(top) / name for top, _dirs, files in os.walk(root) for name in files]
 
 
 CONFIG = """\

@@ -96,10 +96,17 @@ class World:
         await until(lambda: self.queued() == [], "still queued", self.loop_log, timeout)
 
     def queued(self) -> list[Envelope]:
+        """The envelopes on disk now.  The queue removes files while we look:
+        os.walk skips a directory that vanished, and so does the read."""
         out = []
-        for path in (self.spool / "queue").rglob("*"):
-            if path.is_file() and path.name != "message" and not path.name.endswith(".tmp"):
-                out.append(Envelope.from_bytes(path.read_bytes()))
+        for top, _dirs, files in os.walk(self.spool / "queue"):
+            for name in files:
+                if name == "message" or name.endswith(".tmp"):
+                    continue
+                try:
+                    out.append(Envelope.from_bytes((Path(top) / name).read_bytes()))
+                except FileNotFoundError:
+                    continue
         return out
 
     async def wait_retry(self, count: int = 1, timeout: float = WAIT) -> list[Envelope]:

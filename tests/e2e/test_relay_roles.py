@@ -32,7 +32,7 @@ import pytest
 from postillion.daemon.bounces import GROUP_DELAY
 from tests.dnsserver import DnsServers, Zones
 from tests.e2e import procs
-from tests.e2e.conftest import Daemon, free_port
+from tests.e2e.conftest import Daemon, files_under, free_port
 from tests.mta.peers import Conn, Peer, dialogue
 
 QUEUE_USER = "_postillion"
@@ -89,8 +89,7 @@ class Relaying:
         return procs.roles(self.daemon.proc.pid, name)
 
     def queued(self) -> list[Path]:
-        return [p for p in (self.daemon.spool / "queue").rglob("*")
-                if p.is_file() and p.name != "message"]
+        return [p for p in files_under(self.daemon.spool / "queue") if p.name != "message"]
 
 
 @pytest.fixture
