@@ -31,8 +31,9 @@ Problem = tuple[Position, str]
 KNOWN_BACKENDS = frozenset({"static", "file", "db", "getpwnam", "sqlite", "postgres", "mysql",
                             "redis", "ldap", "socketmap", "proc"})
 
-#: Backends whose tables are local files: `check` loads them as the daemon will.
-LOCAL_BACKENDS = frozenset({"file", "db", "sqlite"})
+#: Backends whose tables `check` opens as the daemon will: local files loaded,
+#: an ldap directory bound and each filter run once.
+LOCAL_BACKENDS = frozenset({"file", "db", "sqlite", "ldap"})
 
 
 def table_problems(config: Config) -> list[Problem]:

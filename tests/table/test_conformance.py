@@ -1,6 +1,6 @@
 """Every backend answers the same logical tables the same way.
 
-Run against static, file and SQLite (see conftest.py).  List matching
+Run against static, file, db, SQLite and LDAP (see conftest.py).  List matching
 (wildcards, CIDR) is the table's job only for static and file lists; an SQL
 query gets the key as is, so those tests use `list_builder`.
 """
@@ -270,8 +270,8 @@ async def test_serves(builder):
 SOURCES = ["192.0.2.1", "2001:db8::1", "198.51.100.7"]
 
 
-async def test_fetch_is_cyclic(builder):
-    t = await builder.sources("sources", SOURCES)
+async def test_fetch_is_cyclic(fetcher):
+    t = await fetcher.sources("sources", SOURCES)
     got = [str((await t.fetch(Service.SOURCE)).address) for _ in range(7)]
     assert got == (SOURCES * 3)[:7]
 

@@ -13,6 +13,7 @@ from postillion.table.backend import Backend
 from postillion.table.backends.db import DbBackend
 from postillion.table.backends.file import FileBackend
 from postillion.table.backends.getpwnam import GetpwnamBackend
+from postillion.table.backends.ldap import LdapBackend
 from postillion.table.backends.sqlite import SqliteBackend
 from postillion.table.backends.static import StaticBackend
 from postillion.table.errors import TableError
@@ -23,6 +24,7 @@ BACKENDS: Final[tuple[type[Backend], ...]] = (
     DbBackend,
     GetpwnamBackend,
     SqliteBackend,
+    LdapBackend,
 )
 
 # Other spellings, for a table that has a CONFIG string: OpenSMTPD reads
