@@ -22,8 +22,9 @@ import pytest
 from postillion.table import Service, Table, open_table
 from postillion.table.dbfile import Entry, write_map
 from postillion.table.sqlshape import columns
-from tests.ldapserver import (  # noqa: F401  (slapd_server: the fixture)
-    ADMIN_DN, ADMIN_PASSWORD, MAILER_DN, MAILER_PASSWORD, SUFFIX, SlapdServer, slapd_server,
+from tests.ldapserver import (  # noqa: F401  (own_slapd, slapd_server: the fixtures)
+    ADMIN_DN, ADMIN_PASSWORD, MAILER_DN, MAILER_PASSWORD, SUFFIX, SlapdServer, own_slapd,
+    slapd_server,
 )
 
 

@@ -20,7 +20,7 @@ import pytest
 from postillion.errors import LookupUnavailable
 from postillion.table import Credentials, ExpandList, Service, TableError, Userinfo, open_table
 from postillion.table.backends.ldap import search_filter, searchable
-from tests.ldapserver import MAILER_DN, MAILER_PASSWORD, SUFFIX, SlapdServer, own_slapd  # noqa: F401
+from tests.ldapserver import MAILER_DN, MAILER_PASSWORD, SUFFIX, SlapdServer
 
 DIRECTORY = """\
 basedn {suffix}
@@ -142,48 +142,105 @@ async def test_outage_is_temporary_and_recovers_by_itself(own_slapd, tmp_path):
         await t.close()
 
 
+class StallingProxy:
+    """A TCP proxy on the test's own loop between the table and slapd; while
+    `stalled`, it holds back slapd's answers (a server that hangs)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.stalled = False
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    from_server: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                if from_server and self.stalled:
+                    continue            # swallowed: the client waits for ever
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers += [writer, up_writer]
+        await asyncio.gather(self._pipe(reader, up_writer, False),
+                             self._pipe(up_reader, writer, True))
+
+    async def close(self) -> None:
+        for w in self.writers:
+            w.close()
+        if self.server is not None:
+            self.server.close()
+
+
 async def test_a_stalled_server_costs_a_timeout_not_the_loop(slapd_server, tmp_path):
-    """A server that accepts and never answers: each lookup fails after
-    query_timeout, the event loop keeps running meanwhile."""
-    t = await opened(write_conf(tmp_path / "ldap.conf", slapd_server,
-                                "connect_timeout 1\nquery_timeout 1\nmax_connections 2\n"))
-    stall = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
+    proxy = StallingProxy(slapd_server.port)
+    await proxy.start()
+    conf = write_conf(tmp_path / "ldap.conf", slapd_server,
+                      "connect_timeout 2\nquery_timeout 1\nmax_connections 3\n")
+    Path(conf).write_text(Path(conf).read_text().replace(
+        slapd_server.url, f"ldap://127.0.0.1:{proxy.port}/"))
+    t = await opened(conf)
     try:
-        port = stall.getsockname()[1]
-        conf = write_conf(tmp_path / "ldap.conf", slapd_server,
-                          "connect_timeout 1\nquery_timeout 1\nmax_connections 2\n")
-        Path(conf).write_text(Path(conf).read_text().replace(
-            slapd_server.url, f"ldap://127.0.0.1:{port}/"))
-        stalled = open_table("stalled", "ldap", conf)
-        # open itself fails in time: the bind is never answered
-        started = time.monotonic()
-        task = asyncio.create_task(stalled.open())
-        ticks = 0
-        while not task.done():
-            await asyncio.sleep(0.05)
-            ticks += 1
-            while True:
-                stall.setblocking(False)
-                try:
-                    held.append(stall.accept()[0])
-                except BlockingIOError:
-                    break
-        with pytest.raises(TableError, match="ldap.conf:1: .*"):
-            task.result()
-        assert time.monotonic() - started < 5 and ticks > 5
-        # the healthy table was not held up
         assert await t.lookup(Service.USERINFO, "alice") is not None
+        proxy.stalled = True
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        ticking = asyncio.create_task(ticker())
+        # The idle connection's search is cut at query_timeout (1 s)...
+        started = time.monotonic()
+        with pytest.raises(LookupUnavailable):
+            await t.lookup(Service.USERINFO, "alice")
+        assert time.monotonic() - started < 2.5
+        # ...new connections' binds at connect_timeout (2 s), all at once.
+        started = time.monotonic()
+        results = await asyncio.gather(*(t.lookup(Service.USERINFO, "alice") for _ in range(3)),
+                                       return_exceptions=True)
+        elapsed = time.monotonic() - started
+        ticking.cancel()
+        assert all(isinstance(r, LookupUnavailable) for r in results), results
+        assert elapsed < 4 and ticks > elapsed / 0.05 / 2     # the loop kept running
+        proxy.stalled = False
+        assert await t.lookup(Service.USERINFO, "alice") == \
+            Userinfo("alice", 1000, 1000, "/home/alice")
     finally:
-        for s in held:
-            s.close()
-        stall.close()
         await t.close()
+        await proxy.close()
+
+
+async def test_a_server_that_never_answers_the_bind_fails_open_in_time(tmp_path, slapd_server):
+    silent = socket.create_server(("127.0.0.1", 0))     # accepts (backlog), never answers
+    try:
+        conf = write_conf(tmp_path / "ldap.conf", slapd_server, "connect_timeout 1\n")
+        Path(conf).write_text(Path(conf).read_text().replace(
+            slapd_server.url, f"ldap://127.0.0.1:{silent.getsockname()[1]}/"))
+        started = time.monotonic()
+        with pytest.raises(TableError, match=r"ldap.conf:1: "):
+            await opened(conf)
+        assert time.monotonic() - started < 5
+    finally:
+        silent.close()
 
 
 def postillion(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "postillion.cli", *args],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_table_lookup_and_check_commands(slapd_server, tmp_path):

@@ -197,8 +197,8 @@ def _drop(conn: ldap3.Connection) -> None:
     """Close a connection that failed or is no longer wanted, quietly."""
     try:
         conn.unbind()
-    except Exception:       # a dead socket: nothing left to close
-        pass
+    except (LDAPException, OSError):    # a dead socket: nothing left to close
+        return
 
 
 class _Directory:
@@ -237,7 +237,9 @@ class _Directory:
         except BackendError:
             _drop(conn)
             raise
-        conn.strategy.receive_timeout = s.query_timeout     # searches from now on
+        # Searches from now on: ldap3 set the socket's timeout when it connected.
+        conn.receive_timeout = s.query_timeout
+        conn.socket.settimeout(s.query_timeout)
         return conn
 
     def _take(self) -> ldap3.Connection:
