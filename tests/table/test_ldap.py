@@ -138,6 +138,11 @@ async def test_outage_is_temporary_and_recovers_by_itself(own_slapd, tmp_path):
         assert await t.lookup(Service.USERINFO, "alice") == \
             Userinfo("alice", 1000, 1000, "/home/alice")
         assert await t.lookup(Service.USERINFO, "nobody") is None
+        # a restart between two lookups costs none: the closed idle
+        # connection is replaced within the lookup
+        own_slapd.stop()
+        own_slapd.start()
+        assert await t.lookup(Service.USERINFO, "alice") is not None
     finally:
         await t.close()
 

@@ -28,7 +28,8 @@ binding, `query_timeout` a search (both below the table's 10 s).  A server
 that is down, slow or answers with an error gives `BackendError` (451 at
 SMTP, a retry for a delivery); the connection that failed is dropped and the
 next lookup connects again, so the table recovers by itself when the server
-comes back.  `open` and `update` connect, bind and run every filter once, so
+comes back.  An idle connection the server closed meanwhile (a restart, its
+idle timeout) is replaced within the lookup that finds it closed.  `open` and `update` connect, bind and run every filter once, so
 a wrong password, base DN or filter is an error naming `file:line` at start.
 """
 
@@ -44,7 +45,9 @@ from typing import ClassVar, Final, TypeVar
 from urllib.parse import urlsplit
 
 import ldap3
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import (
+    LDAPException, LDAPSessionTerminatedByServerError, LDAPSocketSendError,
+)
 from ldap3.utils.conv import escape_filter_chars
 
 from postillion.table.backend import EntryCheck, Shape
@@ -73,6 +76,8 @@ MAX_ENTRIES: Final = 1000        # entries one search may return
 MAX_VALUE: Final = 100_000       # characters of one joined value
 PROBE_KEY: Final = "postillion-probe"   # the key `open` runs every filter with
 DEFAULT_PORTS: Final = {"ldap": 389, "ldaps": 636}
+# How a connection the server closed while it sat idle fails.
+STALE: Final = (LDAPSessionTerminatedByServerError, LDAPSocketSendError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +236,7 @@ class _Directory:
             if not conn.bind():
                 who = s.username or "anonymous"
                 raise BackendError(f"bind as {who} refused: {conn.result.get('description')}")
-        except LDAPException as e:
+        except (LDAPException, OSError) as e:
             _drop(conn)
             raise BackendError(f"ldap://{s.host}:{s.port}: {type(e).__name__}: {e}") from None
         except BackendError:
@@ -242,11 +247,12 @@ class _Directory:
         conn.socket.settimeout(s.query_timeout)
         return conn
 
-    def _take(self) -> ldap3.Connection:
+    def _take(self) -> tuple[ldap3.Connection, bool]:
+        """A connection, and whether it is a reused one (which may be stale)."""
         with self.lock:
             if self.idle:
-                return self.idle.pop()
-        return self._connect()
+                return self.idle.pop(), True
+        return self._connect(), False
 
     def _give_back(self, conn: ldap3.Connection) -> None:
         with self.lock:
@@ -259,14 +265,24 @@ class _Directory:
         s = self.settings
         assert s is not None
         query = s.queries[service]
-        conn = self._take()
-        try:
-            ok = conn.search(s.basedn, search_filter(query.filter, key), ldap3.SUBTREE,
-                             attributes=list(query.attributes), size_limit=MAX_ENTRIES,
-                             time_limit=s.query_timeout)
-        except LDAPException as e:
-            _drop(conn)         # the next lookup connects again
-            raise BackendError(f"{service.value}_filter: {type(e).__name__}: {e}") from None
+        conn, reused = self._take()
+        while True:
+            try:
+                ok = conn.search(s.basedn, search_filter(query.filter, key), ldap3.SUBTREE,
+                                 attributes=list(query.attributes), size_limit=MAX_ENTRIES,
+                                 time_limit=s.query_timeout)
+                break
+            except STALE as e:
+                # An idle connection the server closed (a restart, its idle
+                # timeout): this lookup tries once more on a new one.
+                _drop(conn)
+                if not reused:
+                    raise BackendError(f"{service.value}_filter: {type(e).__name__}: {e}") \
+                        from None
+                conn, reused = self._connect(), False
+            except (LDAPException, OSError) as e:
+                _drop(conn)         # the next lookup connects again
+                raise BackendError(f"{service.value}_filter: {type(e).__name__}: {e}") from None
         result = conn.result or {}
         if not ok and result.get("result") != 0:
             # noSuchObject (a wrong basedn), sizeLimitExceeded, busy, a lost
