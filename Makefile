@@ -32,8 +32,10 @@ test: $(STAMP) test-deps system-user
 # python3-venv for the system-wide install that tests run as a normal user
 # (tests/sysvenv.py), dnsmasq-base as the loopback DNS server of the MTA's
 # tests (tests/dnsserver.py; the binary alone: no service starts, no
-# resolv.conf is touched).  Installed only when missing.
-TEST_DEBS := swaks sqlite3 openssl passwd strace python3-venv dnsmasq-base dovecot-imapd dovecot-lmtpd
+# resolv.conf is touched), slapd and ldap-utils for the ldap table's tests
+# (tests/ldapserver.py runs its own slapd on a loopback port; the system one
+# that the package may start is never used).  Installed only when missing.
+TEST_DEBS := swaks sqlite3 openssl passwd strace python3-venv dnsmasq-base dovecot-imapd dovecot-lmtpd slapd ldap-utils
 test-deps:
 	@missing=""; for p in $(TEST_DEBS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \

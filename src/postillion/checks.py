@@ -34,8 +34,9 @@ Problem = tuple[Position, str]
 KNOWN_BACKENDS = frozenset({"static", "file", "db", "getpwnam", "sqlite", "postgres", "mysql",
                             "redis", "ldap", "socketmap", "proc"})
 
-#: Backends `check` opens (files read, servers connected, helpers started) as the daemon will.
-LOCAL_BACKENDS = frozenset({"file", "db", "sqlite", "redis", "socketmap", "proc"})
+#: Backends `check` opens (files read, servers connected and an ldap directory
+#: bound with each filter run once, helpers started) as the daemon will.
+LOCAL_BACKENDS = frozenset({"file", "db", "sqlite", "redis", "socketmap", "proc", "ldap"})
 
 #: Backends on a server: `check` connects and runs each query once, as `open` does.
 NETWORK_BACKENDS = frozenset({"postgres", "mysql"})

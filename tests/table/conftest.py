@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import ldap3
 import pytest
 import redis
 
@@ -30,6 +31,10 @@ from postillion.table import Service, Table, open_table
 from postillion.table.dbfile import Entry, write_map
 from postillion.table.sqlshape import columns
 from tests.table.sqlservers import my_conninfo, my_run, pg_conninfo, pg_run, unique
+from tests.ldapserver import (  # noqa: F401  (own_slapd, slapd_server: the fixtures)
+    ADMIN_DN, ADMIN_PASSWORD, MAILER_DN, MAILER_PASSWORD, SUFFIX, SlapdServer, own_slapd,
+    slapd_server,
+)
 
 
 class Builder:
@@ -491,16 +496,86 @@ class MysqlBuilder(NetSqlBuilder):
         return "VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
 
 
+class LdapBuilder(Builder):
+    """Each table is a subtree of our slapd (tests/ldapserver.py), a new one
+    per write: entries `applicationProcess` with the key in `cn` and the raw
+    value in `description`, searched with `(cn=%s)`."""
+
+    kind = "ldap"
+    lists_match = False
+    server: SlapdServer
+    count = 0
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        LdapBuilder.count += 1
+        self.top = f"ou=b{LdapBuilder.count}-{uuid.uuid4().hex[:8]},ou=tables,{SUFFIX}"
+        self.generation = 0
+        self.admin: ldap3.Connection | None = None
+
+    def conf(self, name: str) -> Path:
+        return self.tmp / f"{name}.conf"
+
+    def _write(self, name: str, service: Service, pairs: Sequence[tuple[str, str]]) -> None:
+        if self.admin is None:
+            self.admin = ldap3.Connection(ldap3.Server(self.server.url.rstrip("/")),
+                                          ADMIN_DN, ADMIN_PASSWORD, auto_bind=True)
+            assert self.admin.add(self.top, ["organizationalUnit"])
+        self.generation += 1
+        base = f"ou={name}-{self.generation},{self.top}"
+        assert self.admin.add(base, ["organizationalUnit"]), self.admin.result
+        for n, (key, value) in enumerate(pairs, 1):
+            assert self.admin.add(f"ou=e{n},{base}", ["applicationProcess"],
+                                  {"cn": key, "description": value}), self.admin.result
+        self.conf(name).write_text(
+            f"# written by the test suite\n"
+            f"url {self.server.url}\n"
+            f"username {MAILER_DN}\n"
+            f"password {MAILER_PASSWORD}\n"
+            f"basedn {base}\n"
+            f"{service.value}_filter (&(objectClass=applicationProcess)(cn=%s))\n"
+            f"{service.value}_attributes description\n")
+
+    async def list(self, name, service, items):
+        self._write(name, service, [(i, i) for i in items])
+        return await self._open(open_table(name, "ldap", str(self.conf(name))))
+
+    async def map(self, name, service, pairs):
+        self._write(name, service, list(pairs.items()))
+        return await self._open(open_table(name, "ldap", str(self.conf(name))))
+
+    def rewrite_map(self, name, service, pairs):
+        self._write(name, service, list(pairs.items()))
+
+    def break_source(self, name, service):
+        with self.conf(name).open("a") as f:
+            f.write("basdn typo\n")
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self.admin is not None:
+            self.admin.unbind()
+
+
 # Adding a backend to the conformance suite = one Builder here and its name
 # in the fixtures' params below.
 BUILDERS = {"static": StaticBuilder, "file": FileBuilder, "db": DbBuilder,
             "sqlite": SqliteBuilder, "redis": RedisBuilder, "socketmap": SocketmapBuilder,
-            "proc": ProcBuilder, "postgres": PostgresBuilder, "mysql": MysqlBuilder}
+            "proc": ProcBuilder, "postgres": PostgresBuilder, "mysql": MysqlBuilder,
+            "ldap": LdapBuilder}
+NEEDS_SERVER = {"ldap": "slapd_server"}
+
+
+def _build(request, tmp_path: Path) -> Builder:
+    b = BUILDERS[request.param](tmp_path)
+    if request.param in NEEDS_SERVER:
+        b.server = request.getfixturevalue(NEEDS_SERVER[request.param])
+    return b
 
 
 @pytest.fixture(params=sorted(BUILDERS))
 async def builder(request, tmp_path) -> AsyncIterator[Builder]:
-    b = BUILDERS[request.param](tmp_path)
+    b = _build(request, tmp_path)
     yield b
     await b.aclose()
 
@@ -513,18 +588,18 @@ async def list_builder(request, tmp_path) -> AsyncIterator[Builder]:
     await b.aclose()
 
 
-@pytest.fixture(params=sorted(set(BUILDERS) - {"socketmap"}))
+@pytest.fixture(params=sorted(set(BUILDERS) - {"socketmap", "ldap"}))
 async def fetch_builder(request, tmp_path) -> AsyncIterator[Builder]:
-    """Backends that can fetch (a socketmap server cannot list)."""
-    b = BUILDERS[request.param](tmp_path)
+    """Backends that can fetch (a socketmap server cannot list; an ldap table only looks up)."""
+    b = _build(request, tmp_path)
     yield b
     await b.aclose()
 
 
-@pytest.fixture(params=["file", "db", "sqlite", "redis", "proc", "postgres", "mysql"])
+@pytest.fixture(params=["file", "db", "sqlite", "redis", "proc", "postgres", "mysql", "ldap"])
 async def updatable(request, tmp_path) -> AsyncIterator[Builder]:
     """Backends whose contents change without a config reload (not static)."""
-    b = BUILDERS[request.param](tmp_path)
+    b = _build(request, tmp_path)
     yield b
     await b.aclose()
 

@@ -1,7 +1,7 @@
 """Every backend answers the same logical tables the same way.
 
 Run against static, file, db, SQLite, the real PostgreSQL, MariaDB and
-Redis servers, socketmap and proc (see conftest.py).  List matching
+Redis servers, our own slapd (LDAP), socketmap and proc (see conftest.py).  List matching
 (wildcards, CIDR) is the table's job only for static and file lists; an SQL
 query gets the key as is, so those tests use `list_builder`.
 """

@@ -13,6 +13,7 @@ from postillion.table.backend import Backend
 from postillion.table.backends.db import DbBackend
 from postillion.table.backends.file import FileBackend
 from postillion.table.backends.getpwnam import GetpwnamBackend
+from postillion.table.backends.ldap import LdapBackend
 from postillion.table.backends.mysql import MysqlBackend
 from postillion.table.backends.postgres import PostgresBackend
 from postillion.table.backends.proc import ProcBackend
@@ -33,6 +34,7 @@ BACKENDS: Final[tuple[type[Backend], ...]] = (
     ProcBackend,
     PostgresBackend,
     MysqlBackend,
+    LdapBackend,
 )
 
 # Other spellings, for a table that has a CONFIG string: OpenSMTPD reads
