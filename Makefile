@@ -42,7 +42,8 @@ test-deps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-	  $$SUDO apt-get install -y -q $$missing >/dev/null || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $$missing >/dev/null; }; \
+	  APT="$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get"; \
+	  $$APT install -y -q $$missing >/dev/null || { $$APT update -q >/dev/null && $$APT install -y -q $$missing >/dev/null; }; \
 	fi
 
 # The unprivileged user the smtp and queue processes run as when the daemon
