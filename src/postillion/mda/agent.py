@@ -34,6 +34,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -52,7 +53,8 @@ logger = logging.getLogger("postillion.mda")
 
 WORKER_TIMEOUT: Final = 300.0  # seconds a file delivery may take before it counts as failed
 COMMAND_GRACE: Final = 10.0    # a command job's own timeout comes first; then this much more
-KEEP_IDLE: Final = 2           # idle workers kept per (uid, gid); more are retired
+KEEP_IDLE: Final = 2           # idle workers kept per (uid, gid) however long they wait
+IDLE_RETIRE: Final = 30.0      # seconds the idle workers beyond KEEP_IDLE are kept
 MAX_USER_POOLS: Final = 32     # distinct (uid, gid) pools kept; the least recently used goes
 RETIRE_GRACE: Final = 2.0      # seconds a retired worker gets to exit before SIGKILL
 
@@ -142,13 +144,17 @@ class Worker:
 
 class UserPool:
     """The workers of one (uid, gid): at most `size` busy at once (`mda
-    limit max-session-per-user`), started on demand, KEEP_IDLE kept idle."""
+    limit max-session-per-user`), started on demand.  A worker that finishes
+    waits for the next job: KEEP_IDLE of them for good, the others until
+    they have been idle IDLE_RETIRE seconds -- starting an interpreter per
+    delivery under load cost several times the delivery itself."""
 
     def __init__(self, uid: int, gid: int, size: int = 7, max_file_size: int = 0) -> None:
         self.uid, self.gid = uid, gid
         self.size = max(1, size)
         self.max_file_size = max_file_size
         self.idle: list[Worker] = []
+        self.idle_since: dict[Worker, float] = {}
         self.busy: set[Worker] = set()
         self.closed = False
         self._free = asyncio.Condition()
@@ -157,25 +163,43 @@ class UserPool:
         async with self._free:
             while not self.idle and len(self.busy) >= self.size:
                 await self._free.wait()
-            w = self.idle.pop() if self.idle else Worker(self.uid, self.gid, self.max_file_size)
+            if self.idle:
+                w = self.idle.pop()             # the most recently used: warm
+                self.idle_since.pop(w, None)
+            else:
+                w = Worker(self.uid, self.gid, self.max_file_size)
             self.busy.add(w)
             return w
 
     async def release(self, w: Worker, healthy: bool) -> None:
         self.busy.discard(w)
-        if healthy and not self.closed and len(self.idle) < KEEP_IDLE:
+        if healthy and not self.closed and len(self.idle) < self.size:
             self.idle.append(w)
+            self.idle_since[w] = time.monotonic()
         else:
             if not healthy:
                 w.proc.kill()
             await w.retire()
         async with self._free:
             self._free.notify()
+        await self._retire_stale()
+
+    async def _retire_stale(self) -> None:
+        """Idle workers beyond KEEP_IDLE, unused for IDLE_RETIRE seconds (the
+        oldest idle first: `acquire` takes the most recent)."""
+        now = time.monotonic()
+        stale = []
+        while len(self.idle) > KEEP_IDLE and now - self.idle_since.get(self.idle[0], now) >= IDLE_RETIRE:
+            w = self.idle.pop(0)
+            self.idle_since.pop(w, None)
+            stale.append(w)
+        await asyncio.gather(*(w.retire() for w in stale), return_exceptions=True)
 
     async def close(self) -> None:
         """Retire the idle workers now, the busy ones when their job ends."""
         self.closed = True
         workers, self.idle = self.idle, []
+        self.idle_since.clear()
         await asyncio.gather(*(w.retire() for w in workers), return_exceptions=True)
 
 
