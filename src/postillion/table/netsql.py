@@ -32,6 +32,7 @@ both behave alike:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -228,7 +229,7 @@ class _Generation(Generic[C]):
         return await self.cycle.next(read)
 
 
-class NetSqlBackend:
+class NetSqlBackend(abc.ABC):
     """The Backend of a networked SQL table; subclasses name their driver."""
 
     name: ClassVar[str] = ""
@@ -243,8 +244,9 @@ class NetSqlBackend:
         self.config_path = config
         self._gen: _Generation[Any] | None = None
 
+    @abc.abstractmethod
     def make_driver(self, cfg: BackendConfig, settings: PoolSettings) -> Driver[Any]:
-        raise NotImplementedError
+        """The subclass's driver (asyncpg, aiomysql) for this config."""
 
     @property
     def shape(self) -> Shape:
