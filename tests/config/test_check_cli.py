@@ -10,10 +10,10 @@ from pathlib import Path
 from postillion.config import load, parse
 from postillion.config.normal import normalise
 from postillion.config.support import unsupported
-from postillion.table.registry import BACKENDS
+from postillion.table.registry import BACKEND_NAMES
 
 EXAMPLES = Path(__file__).parent / "examples"
-KNOWN = ", ".join(sorted(cls.name for cls in BACKENDS))
+KNOWN = ", ".join(BACKEND_NAMES)
 
 
 def postillion(*args: str) -> subprocess.CompletedProcess[str]:

@@ -8,16 +8,29 @@ import pytest
 
 from postillion.errors import LookupUnavailable, TempFail
 from postillion.table import (
-    ALIASES, BACKENDS, ExpandList, Service, Shape, TableError, Userinfo, open_table,
+    ALIASES, BACKEND_NAMES, ExpandList, Service, Shape, TableError, Userinfo, open_table,
 )
 from postillion.table.table import fold_key
 
 
 def test_registry_names_are_unique_and_aliases_resolve():
-    names = [cls.name for cls in BACKENDS]
+    names = list(BACKEND_NAMES)
     assert len(names) == len(set(names))
-    assert {"static", "file", "sqlite", "getpwnam"} <= set(names)
+    assert {"static", "file", "sqlite", "getpwnam", "postgres", "ldap"} <= set(names)
     assert set(ALIASES.values()) <= set(names)
+
+
+def test_networked_backends_load_on_first_use_under_their_own_name():
+    """The daemon's processes import no client library a table does not use."""
+    import subprocess
+    import sys
+    code = ("import sys; import postillion.daemon.roles; "
+            "print(sorted(m for m in ('asyncpg', 'aiomysql', 'redis', 'ldap3') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    from postillion.table.registry import NETWORKED, backend_class
+    for name in NETWORKED:
+        assert backend_class("t", name, "/x").name == name
 
 
 def test_unknown_backend_is_config_error():

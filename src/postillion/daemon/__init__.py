@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from postillion import log
 from postillion.config import support as config_support
@@ -34,7 +35,6 @@ from postillion.mda.stream import delivered_to, is_junk
 from postillion.queue.envelope import Envelope
 from postillion.queue.lock import SpoolBusy, SpoolLock
 from postillion.daemon.bounces import Bouncer
-from postillion.mta.agent import MtaAgent
 from postillion.mta.lmtp import LmtpAgent, LmtpJob
 from postillion.queue.agents import Agents
 from postillion.queue.scheduler import Scheduler
@@ -48,6 +48,9 @@ from postillion.smtp.session import SessionContext
 from postillion.table.services import Service
 from postillion.table.table import Table, TableError, open_table
 from postillion.table.values import Userinfo
+
+if TYPE_CHECKING:
+    from postillion.mta.agent import MtaAgent
 
 logger = logging.getLogger("postillion.daemon")
 
@@ -252,8 +255,12 @@ class Daemon:
     async def _start(self) -> None:
         listeners = await self.prepare()
         self.mda.start()
-        self.mta = MtaAgent(self.config, self.tables)
-        self.agents.register("mta", self.relay)
+        if any(a.method == "relay" for a in self.config.actions.values()):
+            # Imported here: the MTA brings the DNS library, which a daemon
+            # that never relays (and each of its processes) need not load.
+            from postillion.mta.agent import MtaAgent
+            self.mta = MtaAgent(self.config, self.tables)
+            self.agents.register("mta", self.relay)
         self.lmtp_agent = LmtpAgent(self.config.hostname)
         try:
             envelopes = await self.store.open()

@@ -52,7 +52,6 @@ from postillion.errors import PermFail, Reply, TempFail
 from postillion.lookup.auth import AuthResult, Authenticators
 from postillion.lookup.forward import ForwardUnusable
 from postillion.mda.agent import MdaJob
-from postillion.mta.agent import MtaAgent, relay_tables
 from postillion.mta.lmtp import LmtpAgent, LmtpJob
 from postillion.privileges import die_with_parent, drop_privileges
 from postillion.queue.envelope import Envelope
@@ -483,6 +482,7 @@ async def mta_role(args: RoleArgs, config: Config) -> None:
 
     parent = ch.Channel(socket.socket(fileno=args.channel), on_parent, "parent channel")
     daemon = Daemon(config, Path("/nonexistent"))
+    from postillion.mta.agent import MtaAgent, relay_tables   # only this process needs DNS
     daemon.tables = await open_tables(config, relay_tables(config))     # as root
     agent = MtaAgent(config, daemon.tables)
     lmtp = LmtpAgent(config.hostname)

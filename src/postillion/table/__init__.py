@@ -19,7 +19,7 @@ This package imports nothing of ours but `postillion.errors`.
 
 from postillion.table.backend import Backend, Shape
 from postillion.table.errors import BackendError, MalformedValue, TableError
-from postillion.table.registry import ALIASES, BACKENDS
+from postillion.table.registry import ALIASES, BACKEND_NAMES
 from postillion.table.services import Service
 from postillion.table.table import LOOKUP_TIMEOUT, Table, open_table
 from postillion.table.values import (
@@ -28,7 +28,7 @@ from postillion.table.values import (
 )
 
 __all__ = [
-    "ALIASES", "BACKENDS", "LOOKUP_TIMEOUT",
+    "ALIASES", "BACKEND_NAMES", "LOOKUP_TIMEOUT",
     "Addrname", "Backend", "BackendError", "Credentials", "Domain", "ExpandList",
     "MalformedValue", "Mailaddr", "Mailaddrmap", "Netaddr", "Regex", "Relayhost",
     "Service", "Shape", "Source", "String", "Table", "TableError", "Userinfo", "Value",
