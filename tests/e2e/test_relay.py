@@ -114,3 +114,22 @@ async def test_null_sender_and_notify_never_get_no_bounce(dns, world):
     await asyncio.sleep(1.5)                       # past the bounce grouping delay
     assert w.mailbox("alice") == []
     await w.wait_empty()
+
+
+async def test_a_session_ends_after_max_failures_in_a_row(dns, world):
+    """`mta limit max-failures-per-session`: a peer refusing every recipient
+    gets a new session (or route) after that many, not the whole queue."""
+    base = net()
+    server = dns(Zones().mx("remote.test", 10, "mx.remote.test").host("mx.remote.test", f"{base}.2"))
+    w = await world(server.port, extra="mta limit max-failures-per-session 2 conn-delay-route 0"
+                                       " reconn-delay-route 0\n")
+
+    async def refuse(conn: Conn) -> None:
+        await dialogue(conn, rcpt=lambda a: "450 4.2.1 Try again later\r\n")
+
+    async with Peer(refuse, host=f"{base}.2", port=25) as mx:
+        for i in range(4):
+            await w.send([f"user{i}@remote.test"])
+        await w.wait_log("result=TempFail", count=4)
+        await w.wait_log("2 failures in a row on this session")
+    assert len(mx.conns) >= 2

@@ -343,12 +343,14 @@ class Connector:
             if session.tls is not None:
                 log.event(sid, "mta", "tls", ciphers=session.tls[0])
             reason = "quit"
+            failures = 0                  # recipients refused in a row on this session
             try:
                 while group:
                     result = await self._send(session, group)
                     messages += 1
                     for job, outcome in zip(group, result.recipients):
                         self._apply(sid, job, route, outcome)
+                        failures = 0 if outcome.outcome is Outcome.OK else failures + 1
                     if result.error:
                         # The connection or the peer's protocol broke (a
                         # timeout, a reply out of bounds): said once here,
@@ -360,6 +362,12 @@ class Connector:
                         reason = "closed"         # the peer said 421: no QUIT
                         break
                     if messages >= self.limits.session_mail_max:
+                        break
+                    if failures >= self.limits.max_failures_per_session:
+                        # A peer refusing everything: another session (or
+                        # route) may fare better, and it is not hammered.
+                        log.event(sid, "mta", "error",
+                                  reason=f"{failures} failures in a row on this session")
                         break
                     group = self._claim()
             finally:
