@@ -21,6 +21,7 @@ from postillion.errors import LookupUnavailable
 from postillion.table import Credentials, ExpandList, Service, TableError, Userinfo, open_table
 from postillion.table.backends.ldap import search_filter, searchable
 from tests.ldapserver import MAILER_DN, MAILER_PASSWORD, SUFFIX, SlapdServer
+from tests.tcpproxy import TcpProxy
 
 DIRECTORY = """\
 basedn {suffix}
@@ -266,3 +267,48 @@ def test_table_lookup_and_check_commands(slapd_server, tmp_path):
     result = postillion("check", "-f", str(smtpd))
     assert result.returncode != 0 and "refused" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["cut", "reset", "refuse"])
+async def test_a_broken_link_is_temporary_and_heals(slapd_server, tmp_path, mode):
+    """Through tests/tcpproxy.py: closed (FIN), reset (RST) or refused
+    connections make every lookup a 451 within the timeouts, never "not
+    found"; once the link is back the same table answers again, and no
+    connection is left held open."""
+    proxy = await TcpProxy("127.0.0.1", slapd_server.port).start()
+    conf = write_conf(tmp_path / "ldap.conf", slapd_server,
+                      "connect_timeout 1\nquery_timeout 1\nmax_connections 3\n")
+    Path(conf).write_text(Path(conf).read_text().replace(
+        slapd_server.url, f"ldap://127.0.0.1:{proxy.port}/"))
+    t = await opened(conf)
+    try:
+        assert await t.lookup(Service.USERINFO, "alice") is not None
+        if mode == "cut":
+            proxy.cut()
+        elif mode == "reset":
+            proxy.reset()
+        else:
+            await proxy.refuse()
+        for key in ("alice", "nobody", "alice"):     # down is never "not found"
+            started = time.monotonic()
+            with pytest.raises(LookupUnavailable) as info:
+                await t.lookup(Service.USERINFO, key)
+            assert time.monotonic() - started < 3
+            assert info.value.reply.code == 451 and info.value.reply.enhanced == "4.3.0"
+        results = await asyncio.gather(*(t.lookup(Service.USERINFO, "alice") for _ in range(4)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, LookupUnavailable) for r in results), results
+        assert await proxy.wait_idle() == 0
+        await proxy.restore()
+        assert await t.lookup(Service.USERINFO, "alice") == \
+            Userinfo("alice", 1000, 1000, "/home/alice")
+        assert await t.lookup(Service.USERINFO, "nobody") is None
+        results = await asyncio.gather(*(t.lookup(Service.USERINFO, "alice") for _ in range(4)))
+        assert all(r is not None for r in results)
+        assert proxy.active <= 3                     # max_connections, no more
+    finally:
+        await t.close()
+        try:
+            assert await proxy.wait_idle() == 0       # nothing left stuck
+        finally:
+            await proxy.close()
