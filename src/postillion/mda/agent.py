@@ -243,17 +243,7 @@ class MdaAgent:
             await handler(job)
 
     async def _maildir(self, job: MdaJob) -> None:
-        root = maildir_path(job)
-        if os.geteuid() != 0:
-            # Not root: we can only deliver as ourselves; a thread will do.
-            await asyncio.to_thread(_deliver_here, root, job)
-            return
-        fds, rel = await asyncio.to_thread(_open_job, job.message, root)
-        try:
-            await self._run(job.user, worker.encode_job("maildir", job.prefix, root=rel,
-                                                        name=job.name), fds)
-        finally:
-            _close(fds)
+        await self._under_path(job, maildir_path(job), _deliver_here, "maildir", name=job.name)
 
     async def _mbox(self, job: MdaJob) -> None:
         """The system mailbox, DIRECTORY/USER: created and dot-locked here
@@ -278,13 +268,21 @@ class MdaAgent:
     async def _file(self, job: MdaJob) -> None:
         """An mbox file an alias target names: everything as the user."""
         path = _expanded(job, job.path_template or "", "mbox")
+        await self._under_path(job, path, _file_here, "file", sender=job.sender)
+
+    async def _under_path(self, job: MdaJob, path: Path,
+                          here: Callable[[Path, MdaJob], None], method: str,
+                          **fields: str | None) -> None:
+        """A delivery to a path the user owns (a Maildir, an mbox file): not
+        root, we can only deliver as ourselves, in a thread; as root, the
+        message and the path's anchor go to the user's worker."""
         if os.geteuid() != 0:
-            await asyncio.to_thread(_file_here, path, job)
+            await asyncio.to_thread(here, path, job)
             return
         fds, rel = await asyncio.to_thread(_open_job, job.message, path)
         try:
-            await self._run(job.user, worker.encode_job("file", job.prefix, root=rel,
-                                                        sender=job.sender), fds)
+            await self._run(job.user, worker.encode_job(method, job.prefix, root=rel, **fields),
+                            fds)
         finally:
             _close(fds)
 
