@@ -210,11 +210,32 @@ class Relayed(Frame):
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Control(Frame):
+    """A `postillion ctl` verb the queue process (which serves the control
+    socket, control/) passes on: to the parent (`stop`, `reload`), to an
+    smtp process (`pause smtp`, `update table`...) or to the mta process
+    (`show routes`...).  Answered by ControlDone with the same id."""
+    id: int
+    verb: str
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ControlDone(Frame):
+    """The answer to a Control: `status` "" when done (`result` is JSON
+    text, "null" for nothing), else a control protocol status ("usage",
+    "not-found", "tempfail"...) and `result` says why."""
+    id: int
+    status: str
+    result: str
+
+
 #: Every frame type, by the name it travels under: one explicit registry.
 #: (Defined after the classes: a slotted dataclass cannot register itself.)
 TYPES: Final[dict[str, type[Frame]]] = {cls.__name__: cls for cls in (
     Hello, Committed, QueuePeer, Deliver, Delivered, AuthCheck, AuthAnswer, Admit, Admitted,
-    Left, Inject, Injected, Relay, Lmtp, Relayed, Forward, ForwardText)}
+    Left, Inject, Injected, Relay, Lmtp, Relayed, Forward, ForwardText, Control, ControlDone)}
 
 
 def encode(frame: Frame) -> bytes:

@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 from postillion import __version__
+from postillion.paths import DEFAULT_CONFIG, DEFAULT_SPOOL
 
-DEFAULT_CONFIG = "/etc/postillion/postillion.conf"
-DEFAULT_SPOOL = "/var/spool/postillion"
 DEMO_ROOT = "var"
 
 
@@ -157,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from postillion.tools import register as register_table_tools
     register_table_tools(sub)     # table lookup|dump, makemap, newaliases, encrypt
+    from postillion.control.ctl import register as register_ctl
+    register_ctl(sub)             # ctl, mailq
     return parser
 
 

@@ -46,7 +46,7 @@ def fail(message: str) -> None:
 
 
 def _default_config() -> str:
-    from postillion.cli import DEFAULT_CONFIG
+    from postillion.paths import DEFAULT_CONFIG
     return DEFAULT_CONFIG
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import os
 import pwd
@@ -33,12 +34,14 @@ from typing import Final
 
 from postillion import channel as ch
 from postillion.config.model import Config
+from postillion.control.server import bind_control
 from postillion.daemon import Daemon, StartupError, listen_error, lock_spool
 from postillion.daemon.roles import RoleArgs, write_start
 from postillion.errors import MailError, PermFail
 from postillion.lookup.auth import Authenticators
 from postillion.lookup.forward import ForwardUnusable, read_forward
 from postillion.mda.agent import MdaAgent, MdaJob
+from postillion.paths import CONTROL_SOCKET
 from postillion.queue.lock import SpoolLock
 from postillion.queue.store import QueueStore
 from postillion.smtp.server import Gate, bind
@@ -128,6 +131,8 @@ class Parent:
         self.mda = MdaAgent(config.mda)
         self.authenticators = Authenticators(config.limits)
         self.sockets: list[list[socket.socket]] = []
+        #: control.sock, bound here and served by the queue process.
+        self.control: socket.socket | None = None
         #: Session counts per listener, across every smtp process (anvil).
         self.gates = [Gate(config.limits) for _ in config.listeners]
         self.queue = Role("queue", 0)
@@ -136,6 +141,8 @@ class Parent:
         self.mta: Role | None = Role("mta", 0) if needs_mta(config) else None
         self.uid = self.gid = -1
         self._stopping = asyncio.Event()
+        #: Set to stop the daemon (SIGTERM, SIGINT, `ctl stop`).
+        self.shutdown = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- start ----------------------------------------------------------------
@@ -160,6 +167,10 @@ class Parent:
             own_spool(self.spool, self.uid, self.gid)
         except OSError as e:
             raise StartupError(f"queue {self.spool}: {e.strerror or e}") from None
+        try:
+            self.control = bind_control(self.spool, self.uid, self.gid)
+        except OSError as e:
+            raise StartupError(f"control socket in {self.spool}: {e.strerror or e}") from None
         for listener in listeners:
             decl = listener.decl
             try:
@@ -211,15 +222,16 @@ class Parent:
         listeners: list[tuple[int, int]] = []
         if role.name == "smtp":
             listeners = [(i, s.fileno()) for i, socks in enumerate(self.sockets) for s in socks]
+        control = self.control.fileno() if role.name == "queue" and self.control is not None else -1
         args = RoleArgs(role=role.name, index=role.index, parent=os.getpid(),
                         channel=theirs.fileno(), spool=str(self.spool),
                         uid=self.uid, gid=self.gid, foreground=self.foreground,
                         verbose=self.verbose, paused=tuple(sorted(self.paused)), first=first,
                         peers=tuple(p.fileno() for p in peers), listeners=tuple(listeners),
-                        mta=mta.fileno() if mta is not None else -1)
+                        mta=mta.fileno() if mta is not None else -1, control=control)
         start = write_start(args, self.config)
         fds = (theirs.fileno(), start, *args.peers, *(fd for _, fd in listeners),
-               *([mta.fileno()] if mta is not None else []))
+               *([mta.fileno()] if mta is not None else []), *([control] if control >= 0 else []))
         try:
             # Started from the event loop's thread, which lives as long as
             # the parent: the parent-death signal follows the forking thread.
@@ -255,6 +267,8 @@ class Parent:
             self._left(role, frame.listener, frame.ip)
         elif isinstance(frame, ch.Forward) and role.name == "smtp":
             self._answer(role, await self._forward(frame))
+        elif isinstance(frame, ch.Control) and role.name == "queue":
+            self._answer(role, await self._control(frame))
         elif isinstance(frame, ch.AuthCheck) and role.name == "smtp":
             result = await self.authenticators.get(None).check(frame.user, frame.password)
             self._answer(role, ch.AuthAnswer(frame.id, result.value))
@@ -262,6 +276,15 @@ class Parent:
             # A role that sends what it never should is not trusted again.
             logger.error("%s sent %s; stopping it", role.label, type(frame).__name__)
             self._kill(role)
+
+    async def _control(self, frame: ch.Control) -> ch.ControlDone:
+        """The ctl verbs only the parent can carry out, passed on by the
+        queue process once it checked that root asked."""
+        if frame.verb == "stop":
+            logger.info("stop requested by postillion ctl")
+            asyncio.get_running_loop().call_later(0.2, self.shutdown.set)   # answer first
+            return ch.ControlDone(frame.id, "", "null")
+        return ch.ControlDone(frame.id, "usage", json.dumps(f"the parent does not know {frame.verb}"))
 
     def _left(self, role: Role, listener: int, ip: str) -> None:
         key = (listener, ip)
@@ -416,18 +439,21 @@ class Parent:
             for sock in socks:
                 sock.close()
         self.sockets = []
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+            (self.spool / CONTROL_SOCKET).unlink(missing_ok=True)
         self.lock.release()
 
     async def serve(self) -> None:
         """Run until SIGTERM or SIGINT; SIGHUP is passed on to the roles."""
         loop = asyncio.get_running_loop()
-        done = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, done.set)
-        loop.add_signal_handler(signal.SIGINT, done.set)
+        loop.add_signal_handler(signal.SIGTERM, self.shutdown.set)
+        loop.add_signal_handler(signal.SIGINT, self.shutdown.set)
         loop.add_signal_handler(signal.SIGHUP, self._hangup)
         await self.start()
         try:
-            await done.wait()
+            await self.shutdown.wait()
         finally:
             logger.info("postillion stopping")
             await self.stop()

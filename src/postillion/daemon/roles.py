@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -44,6 +45,9 @@ from typing import Any
 from postillion import channel as ch
 from postillion import log
 from postillion.config.model import Config
+from postillion.control import protocol as wire
+from postillion.control.queueverbs import QueueVerbs
+from postillion.control.server import Answer, ControlError, ControlServer, Request, Verb
 from postillion.daemon import Daemon, StartupError, close_tables, delivery_tables, open_tables
 from postillion.daemon.bounces import Bouncer
 from postillion.daemon.relaying import MtaLink, run_one
@@ -86,6 +90,7 @@ class RoleArgs:
     peers: tuple[int, ...] = ()    # fds: channels to the other role(s)
     listeners: tuple[tuple[int, int], ...] = field(default=())  # (listener index, fd)
     mta: int = -1                  # fd: queue <-> mta channel (queue and mta), -1 none
+    control: int = -1              # fd: the listening control socket (queue), -1 none
 
 
 def write_start(args: RoleArgs, config: Config) -> int:
@@ -363,7 +368,7 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     daemon = Daemon(config, Path("."), paused=frozenset(args.paused))
 
     async def on_parent(frame: ch.Frame) -> None:
-        if isinstance(frame, ch.Delivered):
+        if isinstance(frame, (ch.Delivered, ch.ControlDone)):
             requests.answer(frame.id, frame)
         elif isinstance(frame, ch.QueuePeer) and frame.fds and frame.peer == "mta":
             mta.connect(socket.socket(fileno=os.dup(frame.fds[0])))
@@ -434,6 +439,12 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     task = None
     if "mda" not in args.paused:
         task = asyncio.create_task(daemon.scheduler.run())
+    control = None
+    if args.control >= 0:
+        verbs = QueueVerbs(daemon.store, lambda: daemon.scheduler).verbs()
+        verbs.update(parent_verbs(parent, requests))
+        control = ControlServer(socket.socket(fileno=args.control), verbs)
+        await control.start()
     parent.send(ch.Hello("queue", os.getpid()))
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
@@ -441,6 +452,8 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     await asyncio.wait([asyncio.ensure_future(parent.closed.wait()),
                         asyncio.ensure_future(stopping.wait())],
                        return_when=asyncio.FIRST_COMPLETED)
+    if control is not None:
+        await control.stop()
     await daemon.scheduler.stop(timeout=STOP_GRACE)
     if task is not None:
         task.cancel()
@@ -450,6 +463,27 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     smtp.close()
     daemon.scheduler = None
     await daemon.stop()
+
+
+def parent_verbs(parent: ch.Channel, requests: Requests) -> dict[str, Verb]:
+    """The ctl verbs only the parent carries out; the control server checked
+    that root asked before they get here."""
+
+    async def passed_on(request: Request, answer: Answer) -> object:
+        try:
+            done = await ask(parent, requests, lambda rid: ch.Control(rid, request.verb, request.args))
+        except (ConnectionError, TimeoutError):
+            raise ControlError(wire.TEMPFAIL, f"{request.verb}: the parent did not answer") from None
+        assert isinstance(done, ch.ControlDone)
+        try:
+            result = json.loads(done.result)
+        except ValueError:
+            result = done.result
+        if done.status:
+            raise ControlError(done.status, str(result))
+        return result
+
+    return {"stop": Verb(passed_on)}
 
 
 async def mta_role(args: RoleArgs, config: Config) -> None:

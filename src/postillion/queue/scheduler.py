@@ -109,6 +109,11 @@ class DueQueue:
     def discard(self, evpid: int) -> None:
         self._entries.pop(evpid, None)
 
+    def get(self, evpid: int) -> tuple[float, Envelope] | None:
+        """(due, envelope) of a waiting envelope, None if it is not waiting."""
+        entry = self._entries.get(evpid)
+        return None if entry is None else (entry[1], entry[2])
+
     def batch(self, now: float, limit: int) -> tuple[list[Envelope], float | None]:
         """Pop up to `limit` envelopes due at `now`; also return the seconds
         until the next due one (0 if more are due), None if none waits."""
@@ -167,6 +172,7 @@ class Scheduler:
         self._clock = clock
         self._due = DueQueue()
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._since: dict[int, float] = {}      # evpid -> when its attempt began
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._run_task: asyncio.Task[None] | None = None
@@ -180,6 +186,18 @@ class Scheduler:
     def inflight(self) -> int:
         """Envelopes being delivered now."""
         return len(self._inflight)
+
+    def runstate(self, evpid: int) -> tuple[str, float]:
+        """What `show queue` prints: ("inflight", seconds since the attempt
+        began), ("pending", seconds until due) or ("offline", 0) for an
+        envelope the scheduler does not hold (paused, or not yet announced)."""
+        now = self._clock()
+        if evpid in self._inflight:
+            return "inflight", max(0.0, now - self._since.get(evpid, now))
+        waiting = self._due.get(evpid)
+        if waiting is not None:
+            return "pending", max(0.0, waiting[0] - now)
+        return "offline", 0.0
 
     def schedule(self, envelope: Envelope) -> None:
         """Queue an envelope: due now if never tried (retry == 0), else at its
@@ -211,6 +229,7 @@ class Scheduler:
                 room = self._max_inflight - len(self._inflight)
                 ready, delay = self._due.batch(self._clock(), room)
                 for envelope in ready:
+                    self._since[envelope.id] = self._clock()
                     self._inflight[envelope.id] = loop.create_task(self._attempt(envelope))
                 if len(self._inflight) >= self._max_inflight:
                     delay = None  # a completion wakes us
@@ -257,6 +276,7 @@ class Scheduler:
             self._due.push(envelope, self._clock() + self._base(envelope))
         finally:
             self._inflight.pop(envelope.id, None)
+            self._since.pop(envelope.id, None)
             self._wakeup.set()
 
     async def _try(self, envelope: Envelope) -> None:
