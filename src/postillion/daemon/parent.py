@@ -105,7 +105,7 @@ def needs_mta(config: Config) -> bool:
 
 def own_spool(spool: Path, uid: int, gid: int) -> None:
     """The spool belongs to the queue user: 0711 at the top (where the
-    control socket will live), its own subdirectories 0700 (made by the
+    control socket lives), its own subdirectories 0700 (made by the
     queue process).  A spool another user owns (made by an older version
     as root) is handed over whole, once."""
     spool.mkdir(mode=0o711, parents=True, exist_ok=True)
