@@ -7,8 +7,11 @@ can be replayed in a unit test or a fuzzer; `smtp/session.py` binds the
 machine to sockets, rules, lookups and the queue (h11's shape, docs/architecture.md).
 As h11 does, the machine is split in a few files: `_events.py` (states and
 events), `_replies.py` (the replies it sends by itself), `_syntax.py` (paths
-and parameters), and this one (limits, transitions, the machine and its verb
-table); every public name is importable from here.
+and parameters), `_state.py` (limits, features and the transitions table),
+`_verbs.py` (each verb's check and proceed, the AUTH dialogue),
+`_content.py` (reading DATA and BDAT content), and this one (the machine:
+its interface, the command reader and dispatch, and its verb table); every
+public name is importable from here.
 
 The session drives it like this::
 
@@ -52,15 +55,13 @@ buffer, never line by line in Python (docs/architecture.md, "Performance shape")
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
+from collections.abc import Callable
 from typing import Final
 
 from postillion.errors import Reply
+from postillion.smtp import _verbs
+from postillion.smtp._content import read_chunk, read_content
 from postillion.smtp._events import (
     NEED_DATA,
     Auth,
@@ -81,11 +82,13 @@ from postillion.smtp._events import (
     StartTls,
     State,
 )
-from postillion.smtp._replies import (
+# The replies and parameter tables stay importable from here, where the
+# session and the tests name them (noqa: re-exported, not used here).
+from postillion.smtp._replies import (  # noqa: F401
     ACCEPT_CODES,
     AUTH_CANCELLED,
     AUTH_FIRST,
-    AUTH_OK,  # noqa: F401  (re-exported: the session and tests name replies here)
+    AUTH_OK,
     BAD_BASE64,
     BDAT_SYNTAX,
     BYE,
@@ -96,13 +99,13 @@ from postillion.smtp._replies import (
     NON_ASCII_ADDRESS,
     NOT_IMPLEMENTED,
     OK,
-    READY_TLS,  # noqa: F401
+    READY_TLS,
     RECIPIENT_SYNTAX,
     RESET_OK,
     SENDER_SYNTAX,
     START_DATA,
     TLS_FIRST,
-    TOO_BIG,  # noqa: F401
+    TOO_BIG,
     TOO_MANY_AUTH_FAILURES,
     TOO_MANY_FAILURES,
     TOO_MANY_MAILS,
@@ -111,23 +114,22 @@ from postillion.smtp._replies import (
     UNKNOWN_MECHANISM,
     UNRECOGNIZED,
     UNSUPPORTED_PARAMETER,
-    _sequence,
-    _syntax,
 )
-from postillion.smtp._syntax import (
+from postillion.smtp._state import (  # noqa: F401
+    ALL_EXTENSIONS,
+    TRANSITIONS,
+    Features,
+    ProtocolLimits,
+)
+from postillion.smtp._syntax import (  # noqa: F401
     _CONTROL,
     _HTTP_METHODS,
-    _STUFFED,
     MAIL_PARAMETERS,
     RCPT_PARAMETERS,
-    _BadAddress,
-    _is_domain,
-    _ParamCheck,
-    _parse_params,
-    _parse_path,
     _printable,
     _Refusal,
 )
+from postillion.smtp._verbs import auth_response
 
 __all__ = [
     "NEED_DATA",
@@ -155,112 +157,6 @@ __all__ = [
     "State",
     "START_DATA",
 ]
-
-
-# --------------------------------------------------------------------------
-# Limits
-
-
-@dataclass(frozen=True, slots=True)
-class ProtocolLimits:
-    """The §6.3 limits the machine enforces itself; the session fills it from
-    the config `Limits` (same field names, same defaults).
-
-    Lengths count the raw octets on the wire, line end included; the message
-    size counts octets after dot-unstuffing and line-end normalisation, i.e.
-    what would be stored.
-    """
-
-    max_line: int = 4096                    # command line incl. CRLF -> 500 5.5.2, close
-    max_data_line: int = 65535              # message line incl. CRLF -> 500 5.5.2, close
-    max_message_size: int = 35 * 1024 * 1024  # after unstuffing -> DataEnd(too_big=True)
-    max_rcpt: int = 1000                    # per transaction -> 452 4.5.3
-    max_mails: int = 100                    # per session -> 452 4.5.3 at MAIL
-    max_failed_commands: int = 10           # in a row -> 421 4.7.0, close
-    max_auth_line: int = 12288              # AUTH response line incl. CRLF -> 500 5.5.2, close
-    max_failed_auth: int = 3                # 535 per session -> 421 4.7.0, close
-    max_rejected_rcpt: int = 50             # RCPT refused 5xx per session -> 421 4.7.0, close
-
-    def __post_init__(self) -> None:
-        # ".\r\n" must fit in a data line and "QUIT\r\n" in a command line,
-        # or no client could ever end a message or a session.
-        if self.max_line < 6 or self.max_data_line < 3:
-            raise ValueError("max_line must be >= 6 and max_data_line >= 3")
-        if min(self.max_message_size, self.max_rcpt, self.max_mails, self.max_failed_commands,
-               self.max_failed_auth, self.max_rejected_rcpt) < 1 or self.max_auth_line < 6:
-            raise ValueError("protocol limits must be positive")
-
-
-@dataclass(frozen=True, slots=True)
-class Features:
-    """What the listener offers (EHLO keywords, docs/smtp.md), fixed per session.
-
-    Each flag enables its EHLO keyword together with the verb or parameters
-    behind it; a verb not offered answers 502 5.5.1, a parameter 555 5.5.4.
-    """
-
-    starttls: bool = False        # `tls`/`tls-require`: STARTTLS until TLS is up
-    tls_required: bool = False    # `tls-require`: MAIL -> 530 5.7.0 before STARTTLS
-    auth: bool = False            # `auth`/`auth-optional`: AUTH PLAIN LOGIN (on TLS)
-    auth_required: bool = False   # `auth`: MAIL -> 530 5.7.0 before AUTH
-    insecure_auth: bool = False   # `insecure-auth`: AUTH offered without TLS
-    dsn: bool = False             # DSN: RET/ENVID at MAIL, NOTIFY/ORCPT at RCPT
-    smtputf8: bool = False        # SMTPUTF8: UTF-8 addresses with the MAIL parameter
-    chunking: bool = False        # CHUNKING: BDAT
-
-
-#: What a session on a listener with every extension gets (`no-dsn` aside).
-ALL_EXTENSIONS: Final = Features(dsn=True, smtputf8=True, chunking=True)
-
-
-# --------------------------------------------------------------------------
-# The transitions table
-
-#: (state, accepted event) -> next state.  Reply-owed events move only when
-#: the session's reply accepts them (2xx, or 354 for DataStart); Reset and
-#: Quit move at once.  A reply-owed event whose (state, type) is missing here
-#: is a sequence error: 503 5.5.1, state unchanged.  A refused DataEnd still
-#: ends the transaction (READY); any 421 goes to CLOSED.
-TRANSITIONS: Final[dict[tuple[State, type[Event]], State]] = {
-    (State.CONNECTED, Helo): State.READY,
-    (State.READY, Helo): State.READY,
-    (State.MAIL, Helo): State.READY,
-    (State.RCPT, Helo): State.READY,
-    (State.BDAT, Helo): State.READY,
-    (State.READY, StartTls): State.TLS,
-    (State.READY, Auth): State.READY,
-    (State.RCPT, BdatEnd): State.BDAT,    # READY instead after a LAST chunk
-    (State.BDAT, BdatEnd): State.BDAT,
-    (State.READY, MailFrom): State.MAIL,
-    (State.MAIL, RcptTo): State.RCPT,
-    (State.RCPT, RcptTo): State.RCPT,
-    (State.RCPT, DataStart): State.DATA,
-    (State.DATA, DataEnd): State.READY,
-    (State.CONNECTED, Reset): State.CONNECTED,
-    (State.READY, Reset): State.READY,
-    (State.MAIL, Reset): State.READY,
-    (State.RCPT, Reset): State.READY,
-    (State.BDAT, Reset): State.READY,
-    (State.CONNECTED, Quit): State.CLOSED,
-    (State.READY, Quit): State.CLOSED,
-    (State.MAIL, Quit): State.CLOSED,
-    (State.RCPT, Quit): State.CLOSED,
-    (State.BDAT, Quit): State.CLOSED,
-}
-
-#: Why a reply-owed command is out of sequence, by the state it came in.
-_OUT_OF_SEQUENCE: Final[dict[type[Event], Callable[[State], Reply]]] = {
-    MailFrom: lambda s: _sequence(
-        "send HELO/EHLO first" if s is State.CONNECTED else "sender already specified"
-    ),
-    RcptTo: lambda s: _sequence("RCPT after BDAT" if s is State.BDAT else "need MAIL before RCPT"),
-    DataStart: lambda s: _sequence("DATA after BDAT" if s is State.BDAT else "need RCPT before DATA"),
-    BdatEnd: lambda s: _sequence("need RCPT before BDAT"),
-    StartTls: lambda s: _sequence(
-        "send EHLO first" if s is State.CONNECTED else "STARTTLS not allowed in a transaction"),
-    Auth: lambda s: _sequence(
-        "send EHLO first" if s is State.CONNECTED else "AUTH not allowed in a transaction"),
-}
 
 
 # --------------------------------------------------------------------------
@@ -545,12 +441,16 @@ class ServerProtocol:
         self.smtputf8 = False
 
     def _advance(self) -> None:
-        """Parse until an event is ready, more bytes are needed, or closed."""
+        """Parse until an event is ready, more bytes are needed, or closed.
+
+        A BDAT chunk being read, or DATA content, goes to `_content.py`'s
+        readers; anything else is a command line.
+        """
         while not self._events and self._closed is None and self.state is not State.TLS:
             if self._bdat_left >= 0:
-                progressed = self._read_chunk()
+                progressed = read_chunk(self)
             elif self.state is State.DATA:
-                progressed = self._read_content()
+                progressed = read_content(self)
             else:
                 progressed = self._read_command()
             if not progressed:
@@ -585,7 +485,7 @@ class ServerProtocol:
         if self._line_crlf:
             line = line[:-1]
         if self.state is State.AUTH:
-            self._auth_response(line)
+            auth_response(self, line)
         else:
             self._dispatch(line)
         return True
@@ -632,399 +532,28 @@ class ServerProtocol:
                 self._queue(TOO_MANY_FAILURES)
                 self._close("too many failed commands")
 
-    def _need_sequence(self, event_type: type[Event]) -> None:
-        if (self.state, event_type) not in TRANSITIONS:
-            raise _Refusal(_OUT_OF_SEQUENCE[event_type](self.state))
-
-    # Each verb: _check_X(arg) validates and returns the event (None when
-    # there is none to report), raising _Refusal; _proceed_X(event) acts.
-
-    def _check_hello(self, arg: str, extended: bool) -> Helo:
-        """RFC 5321 §4.1.1.1: one domain or address literal, printable, <= 255."""
-        domain = arg.strip(" ")
-        if not domain:
-            raise _Refusal(_syntax("EHLO hostname" if extended else "HELO hostname"))
-        # A trailing dot (FQDN written absolute) is harmless in a greeting.
-        bare = domain[:-1] if domain.endswith(".") and not domain.startswith("[") else domain
-        if not _is_domain(bare):
-            raise _Refusal(Reply(501, "5.5.4", "Invalid domain name"))
-        return Helo(domain, extended)
-
-    def _check_helo(self, arg: str) -> Helo:
-        return self._check_hello(arg, extended=False)
-
-    def _check_ehlo(self, arg: str) -> Helo:
-        return self._check_hello(arg, extended=True)
-
-    def _split_path(self, arg: str, keyword: str, bad: Reply) -> tuple[str, str]:
-        """`FROM:<path> params` -> (path text, params text); one space allowed after ':'."""
-        n = len(keyword)
-        head = arg[:n]
-        if not (head.isascii() and head.upper() == keyword):
-            verb = "MAIL" if keyword == "FROM:" else "RCPT"
-            raise _Refusal(_syntax(f"{verb} {keyword}<address>"))
-        rest = arg[n:].lstrip(" ")
-        close = rest.find(">")
-        if not rest.startswith("<") or close < 0:
-            raise _Refusal(bad)
-        after = rest[close + 1 :]
-        if after and not after.startswith(" "):
-            raise _Refusal(bad)
-        return rest[1:close], after
-
-    def _check_params(self, text: str,
-                      known: Mapping[str, tuple[str | None, _ParamCheck]]) -> Mapping[str, str]:
-        params = _parse_params(text)
-        for key in params:
-            entry = known.get(key)
-            if entry is None or (entry[0] is not None and not getattr(self.features, entry[0])):
-                raise _Refusal(UNSUPPORTED_PARAMETER)
-        checked = {key: known[key][1](self, value) for key, value in params.items()}
-        return MappingProxyType(checked)
-
-    def _check_mail(self, arg: str) -> MailFrom:
-        """Sequence, TLS/AUTH policy, max_mails, `FROM:<path>`, then
-        parameters (docs/smtp.md); SMTPUTF8 lets the path be UTF-8."""
-        self._need_sequence(MailFrom)
-        if self.features.tls_required and not self.tls:
-            raise _Refusal(TLS_FIRST)
-        if self.features.auth_required and self.authenticated is None:
-            raise _Refusal(AUTH_FIRST)
-        if self._mails >= self.limits.max_mails:
-            raise _Refusal(TOO_MANY_MAILS, counts=False)
-        inner, rest = self._split_path(arg, "FROM:", SENDER_SYNTAX)
-        params = self._check_params(rest, MAIL_PARAMETERS)
-        try:
-            sender = _parse_path(inner, utf8="SMTPUTF8" in params)
-        except _BadAddress as bad:
-            raise _Refusal(NON_ASCII_ADDRESS if bad.non_ascii else SENDER_SYNTAX) from None
-        return MailFrom(sender, params)
-
-    def _check_rcpt(self, arg: str) -> RcptTo:
-        """Sequence, `TO:<path>` (never `<>`), parameters, then max_rcpt."""
-        self._need_sequence(RcptTo)
-        inner, rest = self._split_path(arg, "TO:", RECIPIENT_SYNTAX)
-        try:
-            rcpt = _parse_path(inner, utf8=self.smtputf8)
-        except _BadAddress as bad:
-            raise _Refusal(NON_ASCII_ADDRESS if bad.non_ascii else RECIPIENT_SYNTAX) from None
-        if rcpt is None:
-            raise _Refusal(RECIPIENT_SYNTAX)
-        params = self._check_params(rest, RCPT_PARAMETERS)
-        if self._rcpts >= self.limits.max_rcpt:
-            # RFC 5321 §4.5.3.1.8: the client sends the rest in another
-            # transaction; those already accepted stay.
-            raise _Refusal(TOO_MANY_RECIPIENTS, counts=False)
-        return RcptTo(rcpt, params)
-
-    def _check_data(self, arg: str) -> DataStart:
-        self._need_sequence(DataStart)
-        if arg:
-            raise _Refusal(_syntax("DATA"))
-        return DataStart()
-
-    def _check_starttls(self, arg: str) -> StartTls:
-        """RFC 3207: once, after EHLO, outside a transaction, no argument."""
-        if self.tls:
-            raise _Refusal(_sequence("TLS already active"))
-        if not self.features.starttls:
-            raise _Refusal(NOT_IMPLEMENTED)
-        if arg:
-            raise _Refusal(_syntax("STARTTLS"))
-        self._need_sequence(StartTls)
-        return StartTls()
-
-    def _check_auth(self, arg: str) -> tuple[str, str | None]:
-        """RFC 4954 §4: offered, after EHLO, outside a transaction, once, on
-        TLS (538 5.7.11 before it), PLAIN or LOGIN (504 5.5.4 else)."""
-        if not self.features.auth:
-            raise _Refusal(NOT_IMPLEMENTED)
-        if self.authenticated is not None:
-            raise _Refusal(_sequence("already authenticated"))
-        self._need_sequence(Auth)
-        if not (self.tls or self.features.insecure_auth):
-            raise _Refusal(ENCRYPTION_REQUIRED)
-        mechanism, _, initial = arg.partition(" ")
-        mechanism = mechanism.upper() if mechanism.isascii() else ""
-        if not mechanism:
-            raise _Refusal(_syntax("AUTH mechanism [initial-response]"))
-        if mechanism not in ("PLAIN", "LOGIN"):
-            raise _Refusal(UNKNOWN_MECHANISM)
-        if " " in initial:
-            raise _Refusal(_syntax("AUTH mechanism [initial-response]"))
-        return mechanism, initial or None
-
-    def _check_bdat(self, arg: str) -> tuple[int, bool]:
-        """RFC 3030: `BDAT size [LAST]`.  The chunk is read whatever the
-        state; a malformed line closes the session, since where the octets
-        that follow end could then only be guessed."""
-        if not self.features.chunking:
-            raise _Refusal(NOT_IMPLEMENTED)
-        words = arg.split(" ")
-        size = words[0]
-        # isascii first: "²" is a digit to str.isdigit() and "laſt".upper() is "LAST".
-        last = len(words) == 2 and words[1].isascii() and words[1].upper() == "LAST"
-        if (not (size.isascii() and size.isdigit()) or len(size) > 18 or len(words) > 2
-                or (len(words) == 2 and not last)):
-            raise _Refusal(BDAT_SYNTAX, fatal=True)
-        return int(size), last
-
-    def _check_no_argument(self, arg: str) -> None:
-        if arg:
-            raise _Refusal(Reply(501, "5.5.4", "Invalid command: unexpected argument"))
-
-    def _check_any(self, arg: str) -> None:
-        """NOOP and HELP may carry a string, which is ignored (RFC 5321 §4.1.1.9)."""
-
-    def _check_not_implemented(self, arg: str) -> None:
-        """VRFY/EXPN would let anyone enumerate users; TURN/ETRN are not ours."""
-        raise _Refusal(NOT_IMPLEMENTED)
-
-    def _proceed_owed(self, event: Event | None) -> None:
-        """Hand the event to the session; parsing waits for its reply."""
-        assert event is not None
-        self._events.append(event)
-
-    def _proceed_starttls(self, event: object) -> None:
-        assert isinstance(event, StartTls)
-        self._events.append(event)
-
-    def _proceed_auth(self, event: object) -> None:
-        """Ask for what the client did not send yet, or hand out Auth."""
-        assert isinstance(event, tuple)
-        mechanism, initial = event
-        self._auth_mech, self._auth_user = mechanism, None
-        if initial is None:
-            self._ask(b"334 \r\n" if mechanism == "PLAIN" else b"334 VXNlcm5hbWU6\r\n")
-        else:
-            # The line's own bytes back (it was decoded with surrogateescape):
-            # a non-ASCII one is then refused as base64, never raised on.
-            self._auth_response(initial.encode("utf-8", "surrogateescape"), initial=True)
-
-    def _ask(self, challenge: bytes) -> None:
-        self.state = State.AUTH
-        self._out.append(challenge)
-
-    def _auth_response(self, line: bytes, initial: bool = False) -> None:
-        """One SASL response line: `*` cancels, else base64 (RFC 4954 §4)."""
-        self.state = State.READY
-        shown = b"AUTH " + self._auth_mech.encode() + b" (...)"
-        if line == b"*":
-            self._refuse(shown, AUTH_CANCELLED)
-            return
-        try:
-            decoded = b"" if initial and line == b"=" else base64.b64decode(line, validate=True)
-        except (binascii.Error, ValueError):
-            self._refuse(shown, BAD_BASE64)
-            return
-        text = decoded.decode("utf-8", "surrogateescape")
-        if self._auth_mech == "PLAIN":
-            parts = text.split("\0")
-            if len(parts) != 3:
-                self._refuse(shown, BAD_BASE64)
-                return
-            self._events.append(Auth("PLAIN", parts[1], parts[2], parts[0]))
-        elif self._auth_user is None:
-            self._auth_user = text
-            self._ask(b"334 UGFzc3dvcmQ6\r\n")
-        else:
-            self._events.append(Auth("LOGIN", self._auth_user, text))
-
-    def _proceed_bdat(self, event: object) -> None:
-        """Start reading the chunk; the reply comes once it is all read."""
-        assert isinstance(event, tuple)
-        size, last = event
-        self._bdat_left, self._bdat_chunk, self._bdat_last = size, size, last
-        self._bdat_refusal = None
-        if self.state is not State.BDAT:
-            self._phases += 1
-        if self.state is State.RCPT:
-            self._size = 0
-            self._bdat_cr = False
-        elif self.state is not State.BDAT:
-            self._bdat_refusal = _OUT_OF_SEQUENCE[BdatEnd](self.state)
-
-    def _proceed_rset(self, event: Event | None) -> None:
-        self.state = TRANSITIONS[(self.state, Reset)]
-        self._rcpts = 0
-        self.smtputf8 = False
-        self._queue(RESET_OK)
-        self._events.append(Reset())
-
-    def _proceed_noop(self, event: Event | None) -> None:
-        self._queue(OK)
-
-    def _proceed_help(self, event: Event | None) -> None:
-        self._queue(HELP)
-
-    def _proceed_quit(self, event: Event | None) -> None:
-        self._queue(BYE)
-        self._events.append(Quit())
-        self._close("quit")
-
-    # -- message content ------------------------------------------------------
-
-    def _read_content(self) -> bool:
-        """Hand out content up to the last complete line, or up to CRLF.CRLF.
-
-        The terminator is a "." line ending in CRLF whose previous line also
-        ended in CRLF (docs/smtp.md); it is found with one `find` over the
-        buffer, as are the line ends and stuffed dots.  Only whole lines
-        leave, so a partial terminator stays buffered for the next read.
-        Returns False when more bytes are needed.
-        """
-        if self._done:
-            self._done = False
-            self._events.append(DataEnd(self._size, self._size > self.limits.max_message_size))
-            return True
-        buf, limit = self._buf, self.limits.max_data_line
-        skip = 0
-        if self._prev_crlf and buf.startswith(b".\r\n"):
-            end, skip = 0, 3
-        else:
-            term = buf.find(b"\r\n.\r\n", max(0, self._scan - 1))
-            if term >= 0:
-                end, skip = term + 2, 3
-            else:
-                end = buf.rfind(b"\n", self._scan) + 1
-        fits = self._lines_fit(end)
-        too_long = fits < end or (not skip and len(buf) - end >= limit)
-        if fits:
-            self._emit(fits)
-        if too_long:
-            self._queue(LINE_TOO_LONG)
-            self._close("data line too long")
-            return True
-        if skip:
-            self._consume(skip)
-            self._done = True
-            return True
-        if fits:
-            return True
-        if self._eof:
-            self._close("eof in data")
-            return True
-        self._scan = len(buf)
-        return False
-
-    def _read_chunk(self) -> bool:
-        """Hand out BDAT octets as they come; BdatEnd (or the refusal) once
-        all `size` are in.  Nothing in a chunk is a command or a terminator.
-
-        Line ends are stored as for DATA (bare LF -> CRLF, bare CR -> space),
-        a CR at a chunk's end waiting for the next chunk's first octet; there
-        is no dot-stuffing to undo (RFC 3030 §2).
-        """
-        take = min(self._bdat_left, len(self._buf))
-        if take:
-            data = bytes(self._buf[:take])
-            self._consume(take)
-            self._bdat_left -= take
-            if self._bdat_refusal is None:
-                self._chunk_content(data, final=self._bdat_left == 0 and self._bdat_last)
-            if self._bdat_left:
-                return True
-        elif self._bdat_left:
-            if self._eof:
-                self._close("eof in bdat")
-                return True
-            return False
-        self._bdat_left = -1
-        if self._bdat_last and self._bdat_cr and self._bdat_refusal is None:
-            self._chunk_content(b"", final=True)
-        if self._bdat_refusal is not None:
-            self._refuse(f"BDAT {self._bdat_chunk}".encode(), self._bdat_refusal)
-        else:
-            too_big = self._size > self.limits.max_message_size
-            self._events.append(BdatEnd(self._bdat_chunk, self._size, self._bdat_last, too_big))
-        return True
-
-    def _chunk_content(self, data: bytes, final: bool) -> None:
-        if self._bdat_cr:
-            data = b"\r" + data
-            self._bdat_cr = False
-        if not final and data.endswith(b"\r"):
-            data = data[:-1]
-            self._bdat_cr = True
-        if not data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n"):
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b" ").replace(b"\n", b"\r\n")
-        before = self._size
-        self._size += len(data)
-        if data and self._size <= self.limits.max_message_size:
-            self._events.append(DataChunk(data))
-        elif before <= self.limits.max_message_size < self._size:
-            pass  # from here on read and dropped; BdatEnd says too_big
-
-    def _lines_fit(self, end: int) -> int:
-        """`end` if every line in buf[:end] is <= max_data_line, else where the
-        first longer line starts.
-
-        Steps a window of max_data_line bytes to the last LF inside it, so a
-        chunk costs about two `rfind` calls per max_data_line, not one per line.
-        """
-        buf, limit, pos = self._buf, self.limits.max_data_line, 0
-        while end - pos > limit:
-            nl = buf.rfind(b"\n", pos, pos + limit)
-            if nl < 0:
-                return pos
-            pos = nl + 1
-        return end
-
-    def _emit(self, n: int) -> None:
-        """Consume buf[:n] (whole lines) and hand it out as one DataChunk.
-
-        Fast path: only CRLF line ends and no line starting with "." -> the
-        bytes go out as they are.  Otherwise bare LF -> CRLF, bare CR -> space,
-        then one leading dot is removed from every line but a lone "." line.
-        """
-        buf = self._buf
-        lfs = buf.count(b"\n", 0, n)
-        clean = buf.count(b"\r", 0, n) == lfs == buf.count(b"\r\n", 0, n)
-        stuffed = buf[0] == 0x2E or buf.find(b"\n.", 0, n) >= 0
-        self._prev_crlf = n >= 2 and buf[n - 2] == 0x0D
-        with memoryview(buf) as view:
-            chunk = view[:n].tobytes()
-        self._consume(n)
-        if not clean:
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b" ").replace(b"\n", b"\r\n")
-        if stuffed:
-            if chunk.startswith(b".") and not chunk.startswith(b".\r\n"):
-                chunk = chunk[1:]
-            chunk = _STUFFED.sub(b"\n", chunk)
-        before, limit = self._size, self.limits.max_message_size
-        self._size += len(chunk)
-        if before > limit:
-            return  # already too big: read and dropped
-        if self._size > limit:
-            # Hand out the whole lines that still fit, so the cut does not
-            # depend on how the reads fell; the rest is dropped and DataEnd
-            # says too_big.
-            chunk = chunk[: chunk.rfind(b"\n", 0, limit - before) + 1]
-        if chunk:
-            self._events.append(DataChunk(chunk))
-
 
 _Check = Callable[[ServerProtocol, str], "Event | None"]
 _Proceed = Callable[[ServerProtocol, "Event | None"], None]
 
-#: Verb -> (check, proceed).  Unknown verbs get 500 5.5.1; verbs the listener
-#: does not offer (AUTH, STARTTLS, BDAT; see Features) and those never
-#: offered get 502 5.5.1.
+#: Verb -> (check, proceed), both in `_verbs.py`.  Unknown verbs get 500
+#: 5.5.1; verbs the listener does not offer (AUTH, STARTTLS, BDAT; see
+#: Features) and those never offered get 502 5.5.1.
 VERBS: Final[dict[str, tuple[_Check, _Proceed]]] = {
-    "HELO": (ServerProtocol._check_helo, ServerProtocol._proceed_owed),
-    "EHLO": (ServerProtocol._check_ehlo, ServerProtocol._proceed_owed),
-    "MAIL": (ServerProtocol._check_mail, ServerProtocol._proceed_owed),
-    "RCPT": (ServerProtocol._check_rcpt, ServerProtocol._proceed_owed),
-    "DATA": (ServerProtocol._check_data, ServerProtocol._proceed_owed),
-    "RSET": (ServerProtocol._check_no_argument, ServerProtocol._proceed_rset),
-    "NOOP": (ServerProtocol._check_any, ServerProtocol._proceed_noop),
-    "HELP": (ServerProtocol._check_any, ServerProtocol._proceed_help),
-    "QUIT": (ServerProtocol._check_no_argument, ServerProtocol._proceed_quit),
-    "STARTTLS": (ServerProtocol._check_starttls, ServerProtocol._proceed_starttls),
-    "AUTH": (ServerProtocol._check_auth, ServerProtocol._proceed_auth),
-    "BDAT": (ServerProtocol._check_bdat, ServerProtocol._proceed_bdat),
+    "HELO": (_verbs.check_helo, _verbs.proceed_owed),
+    "EHLO": (_verbs.check_ehlo, _verbs.proceed_owed),
+    "MAIL": (_verbs.check_mail, _verbs.proceed_owed),
+    "RCPT": (_verbs.check_rcpt, _verbs.proceed_owed),
+    "DATA": (_verbs.check_data, _verbs.proceed_owed),
+    "RSET": (_verbs.check_no_argument, _verbs.proceed_rset),
+    "NOOP": (_verbs.check_any, _verbs.proceed_noop),
+    "HELP": (_verbs.check_any, _verbs.proceed_help),
+    "QUIT": (_verbs.check_no_argument, _verbs.proceed_quit),
+    "STARTTLS": (_verbs.check_starttls, _verbs.proceed_starttls),
+    "AUTH": (_verbs.check_auth, _verbs.proceed_auth),
+    "BDAT": (_verbs.check_bdat, _verbs.proceed_bdat),
     **{
-        verb: (ServerProtocol._check_not_implemented, ServerProtocol._proceed_noop)
+        verb: (_verbs.check_not_implemented, _verbs.proceed_noop)
         for verb in ("VRFY", "EXPN", "TURN", "ETRN")
     },
 }
