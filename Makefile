@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-deps system-user clean bench
+.PHONY: run test test-deps system-user clean bench man
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,11 @@ test: $(STAMP) test-deps system-user
 # tests (tests/dnsserver.py; the binary alone: no service starts, no
 # resolv.conf is touched), slapd and ldap-utils for the ldap table's tests
 # (tests/ldapserver.py runs its own slapd on a loopback port; the system one
-# that the package may start is never used).  Installed only when missing.
-TEST_DEBS := swaks sqlite3 openssl passwd strace python3-venv dnsmasq-base dovecot-imapd dovecot-lmtpd slapd ldap-utils
+# that the package may start is never used), mandoc, groff-base and man-db
+# to lint and render the manual pages (tests/test_man.py), systemd for
+# `systemd-analyze verify` of the unit file (tests/test_unit_file.py; no
+# systemd needs to run).  Installed only when missing.
+TEST_DEBS := swaks sqlite3 openssl passwd strace python3-venv dnsmasq-base dovecot-imapd dovecot-lmtpd slapd ldap-utils mandoc groff-base man-db systemd
 test-deps:
 	@missing=""; for p in $(TEST_DEBS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
@@ -61,6 +64,11 @@ system-user:
 
 bench: $(STAMP)
 	bench/run
+
+## make man: regenerate man/man8/postillion.8 and man/man5/postillion.conf.5 from
+##   docs/commands.md and docs/configuration.md (commit them with the docs)
+man: $(STAMP)
+	$(BIN)/python tools/mkman
 
 clean:
 	rm -rf $(VENV) var build src/*.egg-info

@@ -144,14 +144,51 @@ def _probe_syslog(path: str) -> None:
     raise OSError(errno.EPROTOTYPE, "not a syslog socket")
 
 
+#: The variable systemd sets when a service's stderr is a journal stream
+#: (systemd.exec(5)): "DEVICE:INODE" of that stream.
+JOURNAL_STREAM_ENV = "JOURNAL_STREAM"
+
+
+def stderr_is_journal() -> bool:
+    """Whether our stderr is the journal stream systemd gave the service.
+
+    Compared by device and inode as systemd.exec(5) asks: a child whose
+    stderr was redirected elsewhere inherits the variable, not the stream."""
+    import os
+    device, colon, inode = os.environ.get(JOURNAL_STREAM_ENV, "").partition(":")
+    try:
+        st = os.fstat(2)
+        return bool(colon) and (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError):
+        return False
+
+
+class JournalFormatter(logging.Formatter):
+    """Lines for a journal stream: no time (the journal stamps each line),
+    and each line prefixed `<N>` with its syslog priority (sd-daemon(3)), so
+    `journalctl -p warning` finds the warnings."""
+
+    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
+                  logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{self.PRIORITIES.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
 def setup(foreground: bool, verbose: bool = False, syslog_socket: str = SYSLOG_SOCKET,
           announce: bool = True) -> str:
     """Log to stderr in the foreground (`-d`), else to syslog's mail facility.
 
     Without a syslog socket that accepts a connection, the lines go to
     stderr and one line there says why -- never silently to UDP port 514,
-    where nothing may be listening.  Returns where the log goes: "stderr" or
-    "syslog".
+    where nothing may be listening.  Returns where the log goes: "stderr",
+    "journal" (stderr, when it is systemd's journal stream) or "syslog".
+
+    One handler, whatever the case: a line is written once, to one place.
+    Under systemd without `-d` that is /dev/log (journald's syslog socket:
+    facility mail, each process's own pid); with `-d` it is the journal
+    stream, in JournalFormatter's layout.
     """
     import sys
     root = logging.getLogger("postillion")
@@ -173,7 +210,11 @@ def setup(foreground: bool, verbose: bool = False, syslog_socket: str = SYSLOG_S
     where = "syslog"
     if handler is None:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%b %d %H:%M:%S"))
-        where = "stderr"
+        if stderr_is_journal():
+            handler.setFormatter(JournalFormatter("%(message)s"))
+            where = "journal"
+        else:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%b %d %H:%M:%S"))
+            where = "stderr"
     root.addHandler(handler)
     return where

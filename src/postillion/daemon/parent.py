@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Final
 
 from postillion import channel as ch
+from postillion import sdnotify
 from postillion.config.model import Config
 from postillion.control.server import bind_control
 from postillion.daemon import Daemon, StartupError, listen_error, lock_spool
@@ -144,6 +145,9 @@ class Parent:
         #: Set to stop the daemon (SIGTERM, SIGINT, `ctl stop`).
         self.shutdown = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: systemd's line (Type=notify); taking NOTIFY_SOCKET out of the
+        #: environment here means no role or worker can speak on it.
+        self.notifier = sdnotify.Notifier.from_environ()
 
     # -- start ----------------------------------------------------------------
 
@@ -451,11 +455,17 @@ class Parent:
         loop.add_signal_handler(signal.SIGTERM, self.shutdown.set)
         loop.add_signal_handler(signal.SIGINT, self.shutdown.set)
         loop.add_signal_handler(signal.SIGHUP, self._hangup)
-        await self.start()
+        try:
+            await self.start()
+        except StartupError as e:
+            self.notifier.status(f"failed to start: {e}")
+            raise
+        self.notifier.ready(f"ready: {len(self.smtp)} smtp process(es)")
         try:
             await self.shutdown.wait()
         finally:
             logger.info("postillion stopping")
+            self.notifier.stopping()
             await self.stop()
 
     def _hangup(self) -> None:
