@@ -132,6 +132,7 @@ def test_metrics_endpoint_is_an_address_in_normal_form_and_converts_back() -> No
     config = parse("metrics listen on [0:0::1] port 9100\n", "smtpd.conf")
     assert config.metrics == MetricsDecl("::1", 9100, P(1, 1))
     assert "metrics listen on ::1 port 9100\n" in to_modern(config)
+    assert unsupported(config) == []
 
 
 def test_actions() -> None:

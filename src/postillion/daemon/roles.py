@@ -45,6 +45,7 @@ from postillion import channel as ch
 from postillion import log
 from postillion.config.model import Config
 from postillion.daemon import Daemon, StartupError, close_tables, delivery_tables, open_tables
+from postillion.daemon import exporter
 from postillion.daemon.bounces import Bouncer
 from postillion.daemon.relaying import MtaLink, run_one
 from postillion.daemon.smtplinks import SmtpLinks
@@ -86,6 +87,7 @@ class RoleArgs:
     peers: tuple[int, ...] = ()    # fds: channels to the other role(s)
     listeners: tuple[tuple[int, int], ...] = field(default=())  # (listener index, fd)
     mta: int = -1                  # fd: queue <-> mta channel (queue and mta), -1 none
+    metrics: int = -1              # fd: queue: the `metrics listen on` socket, -1 none
 
 
 def write_start(args: RoleArgs, config: Config) -> int:
@@ -133,6 +135,7 @@ def become(args: RoleArgs) -> None:
     if os.geteuid() == 0:
         if args.uid == 0 or args.gid == 0:
             raise PermissionError("refusing to run a role as root")
+        exporter.hand_over_files(args.uid, args.gid)
         drop_privileges(args.uid, args.gid)
         # HOME still names root's home, which the role may not enter: a client
         # library looking there (asyncpg's ~/.pgpass, ~/.postgresql/) would
@@ -434,6 +437,9 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     task = None
     if "mda" not in args.paused:
         task = asyncio.create_task(daemon.scheduler.run())
+    scrape = exporter.MetricsServer(lambda: exporter.queue_census(daemon.scheduler))
+    if args.metrics >= 0:
+        await scrape.start(socket.socket(fileno=args.metrics))
     parent.send(ch.Hello("queue", os.getpid()))
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
@@ -441,6 +447,7 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     await asyncio.wait([asyncio.ensure_future(parent.closed.wait()),
                         asyncio.ensure_future(stopping.wait())],
                        return_when=asyncio.FIRST_COMPLETED)
+    await scrape.close()
     await daemon.scheduler.stop(timeout=STOP_GRACE)
     if task is not None:
         task.cancel()

@@ -19,7 +19,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Final, Protocol
 
 from postillion.errors import MailError, PermFail, Reply, TempFail
@@ -109,6 +109,9 @@ class DueQueue:
     def discard(self, evpid: int) -> None:
         self._entries.pop(evpid, None)
 
+    def envelopes(self) -> Iterator[Envelope]:
+        return (entry[2] for entry in self._entries.values())
+
     def batch(self, now: float, limit: int) -> tuple[list[Envelope], float | None]:
         """Pop up to `limit` envelopes due at `now`; also return the seconds
         until the next due one (0 if more are due), None if none waits."""
@@ -167,6 +170,7 @@ class Scheduler:
         self._clock = clock
         self._due = DueQueue()
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._attempting: dict[int, Envelope] = {}   # the envelopes of _inflight
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._run_task: asyncio.Task[None] | None = None
@@ -180,6 +184,20 @@ class Scheduler:
     def inflight(self) -> int:
         """Envelopes being delivered now."""
         return len(self._inflight)
+
+    def census(self) -> tuple[int, float | None]:
+        """The envelopes held (waiting or being delivered) and the oldest
+        one's ctime, None when there is none: for the metrics endpoint,
+        which asks when scraped (one pass over the queue, never per event)."""
+        # One being retried is briefly in both: counted once.
+        held = itertools.chain(self._due.envelopes(), (
+            e for e in self._attempting.values() if e.id not in self._due))
+        count, oldest = 0, None
+        for envelope in held:
+            count += 1
+            if oldest is None or envelope.ctime < oldest:
+                oldest = envelope.ctime
+        return count, oldest
 
     def schedule(self, envelope: Envelope) -> None:
         """Queue an envelope: due now if never tried (retry == 0), else at its
@@ -211,6 +229,7 @@ class Scheduler:
                 room = self._max_inflight - len(self._inflight)
                 ready, delay = self._due.batch(self._clock(), room)
                 for envelope in ready:
+                    self._attempting[envelope.id] = envelope
                     self._inflight[envelope.id] = loop.create_task(self._attempt(envelope))
                 if len(self._inflight) >= self._max_inflight:
                     delay = None  # a completion wakes us
@@ -257,6 +276,7 @@ class Scheduler:
             self._due.push(envelope, self._clock() + self._base(envelope))
         finally:
             self._inflight.pop(envelope.id, None)
+            self._attempting.pop(envelope.id, None)
             self._wakeup.set()
 
     async def _try(self, envelope: Envelope) -> None:
