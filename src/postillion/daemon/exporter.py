@@ -136,7 +136,7 @@ def process_gone(directory: Path | None, pid: int) -> None:
 def hand_over_files(uid: int, gid: int) -> None:
     """Give this process's metrics files to the queue user before dropping
     to it: those made at import ran as root, and the queue process, which
-    reads them all, must be able to whatever the umask was."""
+    reads them all, must be able to read them whatever the umask was."""
     directory = os.environ.get(metrics.DIR_ENV)
     if not directory:
         return
