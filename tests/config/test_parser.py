@@ -21,6 +21,7 @@ from postillion.config.model import (
     Limits,
     ListenDecl,
     MatchDecl,
+    MetricsDecl,
     Position,
     ProcessOptions,
     TableDecl,
@@ -124,6 +125,14 @@ def test_listen_defaults_and_option_order() -> None:
         ListenDecl("lo", P(1, 1)),
         ListenDecl("::1", P(2, 1), 587, "mx.test"),
     )
+
+
+def test_metrics_endpoint_is_an_address_in_normal_form_and_converts_back() -> None:
+    assert parse("listen on lo\n", "smtpd.conf").metrics is None
+    config = parse("metrics listen on [0:0::1] port 9100\n", "smtpd.conf")
+    assert config.metrics == MetricsDecl("::1", 9100, P(1, 1))
+    assert "metrics listen on ::1 port 9100\n" in to_modern(config)
+    assert unsupported(config) == []
 
 
 def test_actions() -> None:

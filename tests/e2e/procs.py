@@ -79,6 +79,23 @@ def established(port: int) -> set[int]:
     return out
 
 
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports `pid` holds a listening socket on."""
+    mine = socket_inodes(pid)
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], int(fields[9])
+            if state == "0A" and inode in mine:
+                out.add(int(local.rsplit(":", 1)[1], 16))
+    return out
+
+
 def holders(daemon_pid: int, port: int) -> dict[int, int]:
     """Processes of the daemon holding client connections on `port`: pid -> count."""
     conns = established(port)

@@ -140,6 +140,7 @@ def test_settings_refuse_nonsense(field, value):
 
 ALLOWED = ("postillion.table", "postillion.queue.envelope", "postillion.errors",
            "postillion.log", "postillion.config.model", "postillion.mta", "postillion.tls",
+           "postillion.metrics",     # a leaf: the metric objects (docs/metrics.md)
            # The one relay URL parser, for URLs fetched from a table (and its token types).
            "postillion.config.relay", "postillion.config.lexer", "postillion.config.stream")
 

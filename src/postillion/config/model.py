@@ -407,6 +407,23 @@ class ProcessOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsDecl:
+    """`metrics listen on ADDRESS port PORT`: where Prometheus scrapes `/metrics`.
+
+    Ours, not OpenSMTPD's (docs/configuration.md, metrics; docs/metrics.md).
+    `address` is an IP literal in its normal form (no interface or host
+    name: what the endpoint is reachable on is written down, never looked
+    up); the parent binds it, the queue process answers on it.  None in
+    Config when not written: then nothing is bound and nothing is counted
+    across processes.
+    """
+
+    address: str
+    port: int
+    pos: Position
+
+
+@dataclass(frozen=True, slots=True)
 class TableUse:
     """A table used for a service (docs/tables.md) at `pos`: `userbase <users>` = userinfo.
 
@@ -450,6 +467,7 @@ class Config:
     mda: MdaOptions = field(default_factory=MdaOptions)
     scheduler: SchedulerOptions = field(default_factory=SchedulerOptions)
     processes: ProcessOptions = field(default_factory=ProcessOptions)
+    metrics: MetricsDecl | None = None      # `metrics listen on`: None = no endpoint
     grammar: str = field(default="modern", compare=False)  # "modern" | "2012": how rules were written
     #: Every option written, with its position, for `support.unsupported()`.
     #: Not part of equality: two configs saying the same thing are equal.

@@ -113,6 +113,7 @@ class _Normaliser:
             "mda": _fields(c.mda),
             "scheduler": _fields(c.scheduler),
             "processes": _fields(c.processes),
+            "metrics": _fields(c.metrics) if c.metrics is not None else None,
             "tables": {n: _table_data(t) for n, t in c.tables.items()
                        if not n.startswith(ANON_PREFIX)},
             "pkis": {n: _fields(p, ("pos", "name")) for n, p in sorted(c.pkis.items())},
@@ -252,6 +253,8 @@ class _Writer:
             self.lines.append(f"mda wrapper {q(name)} {q(cmd)}")
         if c.scheduler != SchedulerOptions():
             self.lines.append(f"scheduler limit max-inflight {c.scheduler.max_inflight}")
+        if c.metrics is not None:
+            self.lines.append(f"metrics listen on {c.metrics.address} port {c.metrics.port}")
 
     def tables(self) -> None:
         for name, decl in self.c.tables.items():

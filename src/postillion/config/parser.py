@@ -66,11 +66,12 @@ conformance`, which lists where OpenSMTPD 6.8's checker disagrees):
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
-from postillion.config import files
+from postillion.config import files, values
 from postillion.config.errors import ConfigError, did_you_mean
 from postillion.config.grammar.action import ActionGrammar
 from postillion.config.grammar.base import _at, _hint, _quote
@@ -90,6 +91,7 @@ from postillion.config.model import (
     ListenDecl,
     MatchDecl,
     MdaOptions,
+    MetricsDecl,
     MtaLimit,
     MtaOptions,
     PkiDecl,
@@ -147,6 +149,7 @@ class _State:
     pki_refs: list[tuple[str, Position]] = field(default_factory=list)
     ca_refs: list[tuple[str, Position]] = field(default_factory=list)
     wrapper_refs: list[tuple[str, Position]] = field(default_factory=list)
+    metrics: MetricsDecl | None = None      # `metrics listen on`, at most one
 
 
 class Parser(ListenGrammar, ActionGrammar, MatchGrammar, OptionsGrammar, MtaGrammar):
@@ -183,6 +186,7 @@ class Parser(ListenGrammar, ActionGrammar, MatchGrammar, OptionsGrammar, MtaGram
             "mta": self._mta,
             "mda": self._mda,
             "scheduler": self._scheduler,
+            "metrics": self._metrics,
             "include": self._include,
             "accept": lambda s, kw: legacy.rule(self, s, kw),
             "reject": lambda s, kw: legacy.rule(self, s, kw),
@@ -263,6 +267,28 @@ class Parser(ListenGrammar, ActionGrammar, MatchGrammar, OptionsGrammar, MtaGram
             path = os.path.normpath(os.path.join(os.path.dirname(kw.pos.file), path))
         self.parse_path(path, name.pos)
 
+    # -- metrics ---------------------------------------------------------------
+
+    def _metrics(self, s: Stream, kw: Token) -> None:
+        """`metrics listen on ADDRESS port PORT` (docs/metrics.md): once, an
+        IP literal only -- an interface or host name would make where the
+        endpoint answers depend on the machine's state at start."""
+        s.expect_word("listen", "metrics")
+        s.expect_word("on", "metrics listen")
+        tok = s.expect_value('an IP address after "metrics listen on"')
+        try:
+            address = str(ipaddress.ip_address(tok.text.removeprefix("[").removesuffix("]")))
+        except ValueError:
+            raise Syntax(tok.pos, 'expected an IP address (such as 127.0.0.1 or ::1) after '
+                                  f'"metrics listen on", got {tok.describe()}') from None
+        s.expect_word("port", "metrics listen on ADDRESS")
+        port = values.number(s.expect_value('a port after "port"'), "port", 1, 65535)
+        s.expect_end("metrics listen on")
+        if self.st.metrics is not None:
+            raise Syntax(kw.pos, f"metrics already set at {_at(self.st.metrics.pos)}")
+        self.st.metrics = MetricsDecl(address, port, kw.pos)
+        self.use("metrics", kw.pos)
+
     # -- the end -----------------------------------------------------------------
 
     def config(self, path: str) -> Config:
@@ -299,6 +325,7 @@ class Parser(ListenGrammar, ActionGrammar, MatchGrammar, OptionsGrammar, MtaGram
             mda=mda,
             scheduler=section(SchedulerOptions, "scheduler"),
             processes=section(ProcessOptions, "processes"),
+            metrics=st.metrics,
             grammar="2012" if "2012" in st.rule_grammar else "modern",
             features=tuple(st.features),
             table_uses=tuple(TableUse(name, USE_SERVICES[use], at)

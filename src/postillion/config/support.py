@@ -45,6 +45,8 @@ IMPLEMENTED: frozenset[str] = frozenset({
     "action ca", "mta limit", "mta nameserver",
     # processes (the supervisor: how many smtp processes, which user they run as)
     "smtp workers", "queue user",
+    # the Prometheus endpoint (daemon/parent.py binds it, daemon/exporter.py answers)
+    "metrics",
     # TLS, AUTH and listener options (smtp/, tls.py, lookup/auth.py)
     "pki", "ca", "smtp ciphers", "listen tls", "listen tls-require", "listen smtps", "listen verify",
     "listen pki", "listen ca", "listen auth", "listen auth-optional", "listen insecure-auth",

@@ -36,7 +36,7 @@ from postillion import channel as ch
 from postillion import sdnotify
 from postillion.config.model import Config
 from postillion.control.server import bind_control
-from postillion.daemon import Daemon, StartupError, listen_error, lock_spool
+from postillion.daemon import Daemon, StartupError, exporter, listen_error, lock_spool
 from postillion.daemon.roles import RoleArgs, write_start
 from postillion.errors import MailError, PermFail
 from postillion.lookup.auth import Authenticators
@@ -141,6 +141,10 @@ class Parent:
         #: The mta process, when an action relays or delivers over LMTP.
         self.mta: Role | None = Role("mta", 0) if needs_mta(config) else None
         self.uid = self.gid = -1
+        #: `metrics listen on`: its socket (for the queue process) and the
+        #: directory of every role's metrics files (daemon/exporter.py).
+        self.metrics: socket.socket | None = None
+        self.metrics_dir: Path | None = None
         self._stopping = asyncio.Event()
         #: Set to stop the daemon (SIGTERM, SIGINT, `ctl stop`).
         self.shutdown = asyncio.Event()
@@ -181,6 +185,7 @@ class Parent:
                 self.sockets.append(bind(decl, listener.hosts))
             except OSError as e:
                 raise listen_error(decl, e) from None
+        self._prepare_metrics()
         self.smtp = [Role("smtp", i) for i in range(self.config.processes.effective_smtp_workers())]
         pairs = [socket.socketpair() for _ in self.smtp]
         for role, (queue_end, smtp_end) in zip(self.smtp, pairs):
@@ -202,6 +207,13 @@ class Parent:
             self._watch(role)
         logger.info("postillion ready: %d smtp process(es), queue process%s, as uid %d",
                     len(self.smtp), ", mta process" if self.mta is not None else "", self.uid)
+
+    def _prepare_metrics(self) -> None:
+        """`metrics listen on`: bound here, with the listeners; the roles
+        count into files under the spool, the queue process answers."""
+        if self.config.metrics is not None:
+            self.metrics = exporter.bind(self.config.metrics)
+            self.metrics_dir = exporter.prepare_dir(self.spool, self.uid, self.gid)
 
     def roles(self) -> list[Role]:
         return [self.queue, *self.smtp, *([self.mta] if self.mta is not None else [])]
@@ -232,16 +244,20 @@ class Parent:
                         uid=self.uid, gid=self.gid, foreground=self.foreground,
                         verbose=self.verbose, paused=tuple(sorted(self.paused)), first=first,
                         peers=tuple(p.fileno() for p in peers), listeners=tuple(listeners),
-                        mta=mta.fileno() if mta is not None else -1, control=control)
+                        mta=mta.fileno() if mta is not None else -1, control=control,
+                        metrics=self.metrics.fileno()
+                        if self.metrics is not None and role.name == "queue" else -1)
         start = write_start(args, self.config)
         fds = (theirs.fileno(), start, *args.peers, *(fd for _, fd in listeners),
-               *([mta.fileno()] if mta is not None else []), *([control] if control >= 0 else []))
+               *([mta.fileno()] if mta is not None else []), *([control] if control >= 0 else []),
+               *([args.metrics] if args.metrics >= 0 else []))
         try:
             # Started from the event loop's thread, which lives as long as
             # the parent: the parent-death signal follows the forking thread.
             role.proc = subprocess.Popen(
                 [sys.executable, "-m", "postillion.daemon.roles", role.name, str(start)],
-                pass_fds=fds, cwd="/", stdin=subprocess.DEVNULL)
+                pass_fds=fds, cwd="/", stdin=subprocess.DEVNULL,
+                env=exporter.role_environ(self.metrics_dir))
         finally:
             theirs.close()
             os.close(start)
@@ -347,6 +363,7 @@ class Parent:
             await role.channel.closed.wait()
             status = await self._reap(role)
             self._forget_sessions(role)
+            exporter.process_gone(self.metrics_dir, role.proc.pid)
             if self._stopping.is_set():
                 return
             lived = time.monotonic() - role.started
@@ -447,6 +464,9 @@ class Parent:
             self.control.close()
             self.control = None
             (self.spool / CONTROL_SOCKET).unlink(missing_ok=True)
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         self.lock.release()
 
     async def serve(self) -> None:

@@ -49,6 +49,7 @@ from postillion.control import protocol as wire
 from postillion.control.queueverbs import QueueVerbs
 from postillion.control.server import Answer, ControlError, ControlServer, Request, Verb
 from postillion.daemon import Daemon, StartupError, close_tables, delivery_tables, open_tables
+from postillion.daemon import exporter
 from postillion.daemon.bounces import Bouncer
 from postillion.daemon.relaying import MtaLink, run_one
 from postillion.daemon.smtplinks import SmtpLinks
@@ -91,6 +92,7 @@ class RoleArgs:
     listeners: tuple[tuple[int, int], ...] = field(default=())  # (listener index, fd)
     mta: int = -1                  # fd: queue <-> mta channel (queue and mta), -1 none
     control: int = -1              # fd: the listening control socket (queue), -1 none
+    metrics: int = -1              # fd: queue: the `metrics listen on` socket, -1 none
 
 
 def write_start(args: RoleArgs, config: Config) -> int:
@@ -138,6 +140,7 @@ def become(args: RoleArgs) -> None:
     if os.geteuid() == 0:
         if args.uid == 0 or args.gid == 0:
             raise PermissionError("refusing to run a role as root")
+        exporter.hand_over_files(args.uid, args.gid)
         drop_privileges(args.uid, args.gid)
         # HOME still names root's home, which the role may not enter: a client
         # library looking there (asyncpg's ~/.pgpass, ~/.postgresql/) would
@@ -445,6 +448,9 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
         verbs.update(parent_verbs(parent, requests))
         control = ControlServer(socket.socket(fileno=args.control), verbs)
         await control.start()
+    scrape = exporter.MetricsServer(lambda: exporter.queue_census(daemon.scheduler))
+    if args.metrics >= 0:
+        await scrape.start(socket.socket(fileno=args.metrics))
     parent.send(ch.Hello("queue", os.getpid()))
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
@@ -454,6 +460,7 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
                        return_when=asyncio.FIRST_COMPLETED)
     if control is not None:
         await control.stop()
+    await scrape.close()
     await daemon.scheduler.stop(timeout=STOP_GRACE)
     if task is not None:
         task.cancel()

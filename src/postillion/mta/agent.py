@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Final
 
-from postillion import log
+from postillion import log, metrics
 from postillion.config.lexer import Kind, Token
 from postillion.config.model import ActionDecl, Config, Position, RelayHost
 from postillion.config.relay import parse_url
@@ -323,6 +323,7 @@ class Connector:
             try:
                 session = await open_session(config)
             except RouteError as e:
+                metrics.ROUTE_ERRORS.labels(e.phase.value).inc()
                 kind = ErrorKind.SMTP if e.phase in (Phase.GREETING, Phase.HELLO) else ErrorKind.NETWORK
                 log.event(sid, "mta", "error", reason=e.reason)
                 if e.phase is Phase.AUTH:

@@ -4,6 +4,7 @@ The scheduler calls `Agents.deliver(envelope)` and knows nothing else: local
 delivery (`mda`) and relaying (`mta`) each implement `Agent`, and the daemon
 registers them, so neither the scheduler nor the session ever names a
 concrete agent, and a new method is a new registration, not a new branch.
+Being the one door, it is where every attempt's result is counted.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from postillion.errors import Reply, TempFail
+from postillion import metrics
+from postillion.errors import PermFail, Reply, TempFail
 from postillion.queue.envelope import Envelope
 
 
@@ -36,4 +38,17 @@ class Agents:
             # A queue written by a newer or differently built daemon: keep it.
             raise TempFail(Reply(451, "4.3.0", "No agent for this envelope"),
                            f"no {envelope.type} agent in this daemon")
-        await agent(envelope)
+        try:
+            await agent(envelope)
+        except PermFail:
+            self._count(envelope, "permfail")
+            raise
+        except Exception:    # TempFail, and what the scheduler takes for one
+            self._count(envelope, "tempfail")
+            raise
+        self._count(envelope, "ok")
+
+    @staticmethod
+    def _count(envelope: Envelope, result: str) -> None:
+        """One attempt in postillion_deliveries_total (docs/metrics.md)."""
+        metrics.DELIVERIES.labels(envelope.type, result).inc()

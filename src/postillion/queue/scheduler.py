@@ -19,7 +19,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Final, Protocol
 
 from postillion.errors import MailError, PermFail, Reply, TempFail
@@ -113,6 +113,8 @@ class DueQueue:
         """(due, envelope) of a waiting envelope, None if it is not waiting."""
         entry = self._entries.get(evpid)
         return None if entry is None else (entry[1], entry[2])
+    def envelopes(self) -> Iterator[Envelope]:
+        return (entry[2] for entry in self._entries.values())
 
     def batch(self, now: float, limit: int) -> tuple[list[Envelope], float | None]:
         """Pop up to `limit` envelopes due at `now`; also return the seconds
@@ -173,6 +175,7 @@ class Scheduler:
         self._due = DueQueue()
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._since: dict[int, float] = {}      # evpid -> when its attempt began
+        self._attempting: dict[int, Envelope] = {}   # the envelopes of _inflight
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._run_task: asyncio.Task[None] | None = None
@@ -198,6 +201,19 @@ class Scheduler:
         if waiting is not None:
             return "pending", max(0.0, waiting[0] - now)
         return "offline", 0.0
+    def census(self) -> tuple[int, float | None]:
+        """The envelopes held (waiting or being delivered) and the oldest
+        one's ctime, None when there is none: for the metrics endpoint,
+        which asks when scraped (one pass over the queue, never per event)."""
+        # One being retried is briefly in both: counted once.
+        held = itertools.chain(self._due.envelopes(), (
+            e for e in self._attempting.values() if e.id not in self._due))
+        count, oldest = 0, None
+        for envelope in held:
+            count += 1
+            if oldest is None or envelope.ctime < oldest:
+                oldest = envelope.ctime
+        return count, oldest
 
     def schedule(self, envelope: Envelope) -> None:
         """Queue an envelope: due now if never tried (retry == 0), else at its
@@ -230,6 +246,7 @@ class Scheduler:
                 ready, delay = self._due.batch(self._clock(), room)
                 for envelope in ready:
                     self._since[envelope.id] = self._clock()
+                    self._attempting[envelope.id] = envelope
                     self._inflight[envelope.id] = loop.create_task(self._attempt(envelope))
                 if len(self._inflight) >= self._max_inflight:
                     delay = None  # a completion wakes us
@@ -277,6 +294,7 @@ class Scheduler:
         finally:
             self._inflight.pop(envelope.id, None)
             self._since.pop(envelope.id, None)
+            self._attempting.pop(envelope.id, None)
             self._wakeup.set()
 
     async def _try(self, envelope: Envelope) -> None:

@@ -31,7 +31,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from postillion import log
+from postillion import log, metrics
 from postillion.config.model import Limits, ListenDecl
 from postillion.errors import LookupUnavailable, MailError, Reply
 from postillion.lookup.auth import Authenticator, AuthResult
@@ -182,6 +182,14 @@ class Session:
         self.rdns = UNKNOWN_HOST
 
     async def run(self) -> None:
+        metrics.SMTP_SESSIONS.inc()
+        metrics.SMTP_SESSIONS_ACTIVE.inc()
+        try:
+            await self._run()
+        finally:
+            metrics.SMTP_SESSIONS_ACTIVE.dec()
+
+    async def _run(self) -> None:
         self.rdns = await reverse_dns(self.peer, self.ctx.tuning.rdns_timeout)
         log.smtp_connected(self.sid, self.peer, self.rdns)
         reason = "disconnect"
@@ -421,13 +429,13 @@ class Session:
         sender = self._address(event.sender) if event.sender else ""
         if self._spool_full(int(event.params.get("SIZE") or 0)):
             log.smtp_failed_command(self.sid, f"MAIL FROM:<{sender}>", NO_SPACE)
-            self.proto.send(NO_SPACE)
+            self._refuse_message(NO_SPACE)
             return
         if self.username is not None and self.ctx.senders is not None:
             reply = await self._check_sender(sender)
             if reply is not None:
                 log.smtp_failed_command(self.sid, f"MAIL FROM:<{sender}>", reply)
-                self.proto.send(reply)
+                self._refuse_message(reply)
                 return
         self.tx = Transaction(sender=sender, params=dict(event.params),
                               headers=HeaderScan(self.ctx.tuning.header_scan_limit),
@@ -494,6 +502,7 @@ class Session:
                 log.event(self.sid, "smtp", "expand-error", rcpt=log.path(rcpt), reason=e.reason)
         if not reply.is_positive:
             log.smtp_failed_command(self.sid, f"RCPT TO:<{rcpt}>", reply)
+            metrics.RECIPIENTS_REFUSED.labels(metrics.status_label(reply.code, reply.enhanced)).inc()
         self.proto.send(reply)
 
     async def _open_message(self, tx: Transaction) -> Reply | None:
@@ -576,7 +585,7 @@ class Session:
             if tx.incoming is not None:
                 await self.ctx.store.discard(tx.incoming)
             log.smtp_failed_command(self.sid, command, tx.failed)
-            self.proto.send(tx.failed)
+            self._refuse_message(tx.failed)
             return tx.failed.code != 421
         if tx.held and tx.incoming is not None:
             tx.incoming.write(bytes(tx.held))  # a message that is all header: as sent
@@ -592,7 +601,7 @@ class Session:
             if tx.incoming is not None:
                 await self.ctx.store.discard(tx.incoming)
             log.smtp_failed_command(self.sid, command, reply)
-            self.proto.send(reply)
+            self._refuse_message(reply)
             return True
         incoming = tx.incoming
         assert incoming is not None
@@ -603,13 +612,19 @@ class Session:
             log.event(self.sid, "smtp", "queue-error", reason=str(e))
             reply = _queue_reply(e)
             log.smtp_failed_command(self.sid, command, reply)
-            self.proto.send(reply)  # in order, after queued replies
+            self._refuse_message(reply)  # in order, after queued replies
             return reply.code != 421
         for env in envelopes:
             log.smtp_envelope(self.sid, env.id, env.sender, env.dest)
         log.smtp_message(self.sid, incoming.msgid, incoming.size, len(envelopes), self._proto_name())
         self.proto.send(Reply(250, "2.0.0", f"{incoming.msgid:08x} Message accepted for delivery"))
+        metrics.MESSAGES_ACCEPTED.inc()
         return True
+
+    def _refuse_message(self, reply: Reply) -> None:
+        """Refuse the transaction with `reply`, counted by its code."""
+        metrics.MESSAGES_REFUSED.labels(metrics.status_label(reply.code, reply.enhanced)).inc()
+        self.proto.send(reply)
 
     def _proto_name(self) -> str:
         name = "ESMTP" if self.extended else "SMTP"

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Literal, TypeVar, overload
 
+from postillion import metrics
 from postillion.errors import LookupUnavailable
 from postillion.table.backend import Backend, EntryCheck, Shape
 from postillion.table.errors import BackendError, MalformedValue, TableError, printable
@@ -74,6 +76,8 @@ class Table:
         self.timeout = timeout
         self.sub_addr_delim = sub_addr_delim
         self._compiled: dict[Service, CompiledList] = {}
+        # The histogram child for our backend, found once (docs/metrics.md).
+        self._latency = metrics.TABLE_LOOKUP_SECONDS.labels(backend.name)
 
     def __repr__(self) -> str:
         return f"<Table {self.name} ({self.backend.name})>"
@@ -277,7 +281,9 @@ class Table:
 
     async def _call(self, op: str, service: Service, key: str,
                     call: Callable[[], Awaitable[T]]) -> T:
-        """Run one backend call under the timeout; every failure -> ERROR."""
+        """Run one backend call under the timeout; every failure -> ERROR.
+        Every call is timed here, the one place all of them pass."""
+        start = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
                 return await call()
@@ -289,6 +295,8 @@ class Table:
             log.error("table %s: unexpected error in %s", self.name, self.backend.name,
                       exc_info=True)
             reason = f"{type(e).__name__}: {e}"
+        finally:
+            self._latency.observe(time.perf_counter() - start)
         raise self._unavailable(op, service, key, reason)
 
     def _unavailable(self, op: str, service: Service, key: str, reason: str) -> LookupUnavailable:
