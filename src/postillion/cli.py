@@ -118,6 +118,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    """Explain where mail to one address goes (daemon/routing_explain.py):
+    exit 0 deliverable, 1 refused (5xx), 2 temporary or a configuration,
+    table or DNS error (4xx), as `table lookup`."""
+    import json
+
+    from postillion.config import ConfigError, load
+    from postillion.daemon import routing_show
+    from postillion.daemon.routing_explain import EXIT_TEMPORARY, Question, RouteError, explain
+    import logging
+    # Errors are reported here; the tables' warnings would repeat them.
+    logging.getLogger("postillion").addHandler(logging.NullHandler())
+    path = Path(args.file) if args.file else Path(DEFAULT_CONFIG)
+    try:
+        config = load(path, parse_defines(args.define))
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_TEMPORARY
+    except OSError as e:
+        print(f"{path}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_TEMPORARY
+    address = args.address
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1]
+    sender = args.sender or ""
+    if sender.startswith("<") and sender.endswith(">"):
+        sender = sender[1:-1]
+    question = Question(address, sender=sender, src=args.src, auth=args.auth, tls=args.tls)
+    try:
+        explanation = asyncio.run(explain(config, question))
+    except RouteError as e:
+        print(f"postillion: {e}", file=sys.stderr)
+        return EXIT_TEMPORARY
+    if args.json:
+        print(json.dumps(routing_show.as_json(explanation), indent=2))
+    else:
+        sys.stdout.write(routing_show.text(explanation))
+    return explanation.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="postillion", description="Postillion, a mail transfer agent modelled on OpenSMTPD.")
@@ -153,6 +193,29 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-D", "--define", action="append", default=[], metavar="NAME=VALUE",
                        help="set a macro, overriding the file")
     check.set_defaults(func=cmd_check)
+
+    route = sub.add_parser(
+        "route", help="explain where mail to an address goes (like exim -bt)",
+        description="Explain, without queueing or sending anything, what the daemon does "
+                    "with mail to ADDRESS: the match rule that decides, the reply to RCPT, "
+                    "the expansion (aliases, virtual, .forward, :include:) and each final "
+                    "delivery: method, user, path or command, or the relay's MX hosts in the "
+                    "order tried.  Exit 0 deliverable, 1 refused (5xx), 2 temporary (4xx) "
+                    "or an error in the configuration, a table or the DNS.")
+    route.add_argument("-f", "--file", help=f"configuration file (default: {DEFAULT_CONFIG})")
+    route.add_argument("-D", "--define", action="append", default=[], metavar="NAME=VALUE",
+                       help="set a macro, overriding the file")
+    route.add_argument("--from", dest="sender", metavar="SENDER", default=None,
+                       help="the MAIL FROM address (default: <>, the null sender)")
+    route.add_argument("--src", metavar="IP", default=None,
+                       help="the client's IP address (default: a local client, `from local`)")
+    route.add_argument("--auth", metavar="USER", default=None,
+                       help="the session authenticated as USER (`match auth`)")
+    route.add_argument("--tls", action="store_true", help="the session is encrypted (`match tls`)")
+    route.add_argument("--json", action="store_true",
+                       help="print one JSON object (shape in docs/commands.md)")
+    route.add_argument("address", metavar="ADDRESS", help="the recipient, as in RCPT TO")
+    route.set_defaults(func=cmd_route)
 
     from postillion.tools import register as register_table_tools
     register_table_tools(sub)     # table lookup|dump, makemap, newaliases, encrypt

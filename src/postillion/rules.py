@@ -82,11 +82,20 @@ class Ruleset:
         None covers both `reject` and "no rule matched": the caller answers
         `550 5.7.1`.  `rcpt` is `local@domain`.
         """
+        return self.action_of(await self.first_rule(facts, sender, rcpt))
+
+    async def first_rule(self, facts: SessionFacts, sender: str, rcpt: str) -> MatchDecl | None:
+        """The first rule all of whose criteria hold (a `reject` one
+        included), or None: which line decided, for `postillion route`."""
         domain = rcpt.rpartition("@")[2].lower()
         for rule in self._matches:
             if await self._holds(rule, facts, domain):
-                return self._actions[rule.action] if rule.action is not None else None
+                return rule
         return None
+
+    def action_of(self, rule: MatchDecl | None) -> ActionDecl | None:
+        """The action a rule found by `first_rule` gives; None for `reject` or no rule."""
+        return self._actions[rule.action] if rule is not None and rule.action is not None else None
 
     async def _holds(self, rule: MatchDecl, facts: SessionFacts, domain: str) -> bool:
         for criterion in rule.criteria:

@@ -19,6 +19,7 @@ def test_configuration_section_runs_as_written(tmp_path: Path):
     out = "".join(run_sections(tmp_path, "A configuration"))
     assert "alice\n" in out
     assert "alice:2000:2000:/var/vmail/alice" in out
+    assert "maildir /var/vmail/alice/Maildir as alice(2000:2000)" in out   # postillion route
     config = load(tmp_path / "postillion.conf")
     assert [decl.effective_port for decl in config.listeners] == [25]
     # The schema is the demo database's (src/postillion/demo.py).

@@ -94,3 +94,37 @@ def test_a_normal_user_runs_every_process_as_itself_and_delivers_as_itself(venv)
                     os.killpg(proc.pid, 9)
                     proc.wait(timeout=5)
             shutil.rmtree(work, ignore_errors=True)
+
+
+def test_route_run_by_a_normal_user_says_a_forward_it_cannot_read_is_the_daemons_to_read(venv):
+    """`postillion route` reads a `.forward` in its own process: a normal
+    user cannot enter another user's 0700 home, so the expansion stops
+    there (451, exit 2) and the output says that the daemon, reading as
+    root, would see the file."""
+    assert os.geteuid() == 0, "the test makes a user and switches to it: run the suite as root"
+    with normal_user() as user:
+        work = Path(tempfile.mkdtemp(prefix="postillion-route-"))
+        try:
+            work.chmod(0o755)
+            home = work / "carol"
+            home.mkdir(mode=0o700)
+            (home / ".forward").write_text("carol\n")
+            os.chown(home / ".forward", 2002, 2002)
+            os.chown(home, 2002, 2002)
+            (work / "users").write_text(f"carol 2002:2002:{home}\n")
+            conf = work / "smtpd.conf"
+            conf.write_text(f"table users file:{work / 'users'}\n"
+                            'action "local" mbox userbase <users>\n'
+                            'match from local for local action "local"\n')
+            argv = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+                    "--clear-groups", "--", str(venv / "bin/postillion"), "route", "-f",
+                    str(conf), "carol@localhost"]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                  env={"PATH": "/usr/bin:/bin", "HOME": str(work)})
+            assert done.returncode == 2, done.stdout + done.stderr
+            assert "RCPT TO:<carol@localhost>: 451 4.2.4" in done.stdout
+            assert f"{home}/.forward: Permission denied" in done.stdout
+            assert f"route runs as uid {user.pw_uid}, the daemon reads .forward files as root" \
+                in done.stdout
+        finally:
+            shutil.rmtree(work, ignore_errors=True)

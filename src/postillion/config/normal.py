@@ -35,6 +35,7 @@ from postillion.config.model import (
     Criterion,
     Limits,
     ListenDecl,
+    MatchDecl,
     MdaOptions,
     MtaOptions,
     ProcessOptions,
@@ -397,3 +398,11 @@ def to_modern(config: Config) -> str:
     Raises ConvertError for the 2012 `ssl://` scheme (no modern spelling).
     """
     return _Writer(config).write()
+
+
+def match_text(config: Config, rule: MatchDecl) -> str:
+    """One `match` rule in the modern grammar, as `--convert` writes it
+    (`postillion route` names the rule that decided)."""
+    writer = _Writer(config)
+    writer.match(rule)
+    return writer.lines[-1]

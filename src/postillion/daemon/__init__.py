@@ -216,6 +216,27 @@ class Daemon:
         refuses; what is left to `start` is the spool and the ports.
         Raises StartupError naming file:line:column.
         """
+        ctx = await self.prepare_routing()
+        listeners = []
+        for decl in self.config.listeners:
+            try:
+                listener_ctx = listener_context(ctx, decl, self.config, self.tables,
+                                                self.authenticators)
+                hosts = await asyncio.to_thread(self._listen_hosts, decl)
+            except ListenerError as e:
+                raise StartupError(str(e)) from None
+            except ListenAddressError as e:
+                raise StartupError(f"{decl.pos}: cannot listen on {decl.address}: {e}") from None
+            listeners.append(Listener(decl, listener_ctx, hosts))
+        return listeners
+
+    async def prepare_routing(self) -> SessionContext:
+        """What decides where mail goes, and nothing that binds or reads a
+        key: refuse options not implemented yet, open and verify every
+        table, build the rules and the expander.  Returns (and keeps as
+        `local_ctx`) the listener-less context bounces are injected
+        through; `postillion route` explains a recipient with it.
+        Raises StartupError."""
         if (refusal := config_support.refusal(self.config)) is not None:
             raise StartupError(refusal)  # an option not implemented yet is never ignored
         self.tables = await open_tables(self.config)
@@ -232,18 +253,7 @@ class Daemon:
         # Bounces enter the queue through a session on this listener-less
         # context: `from local`, no AUTH, no TLS (smtp/inject.py).
         self.local_ctx = ctx
-        listeners = []
-        for decl in self.config.listeners:
-            try:
-                listener_ctx = listener_context(ctx, decl, self.config, self.tables,
-                                                self.authenticators)
-                hosts = await asyncio.to_thread(self._listen_hosts, decl)
-            except ListenerError as e:
-                raise StartupError(str(e)) from None
-            except ListenAddressError as e:
-                raise StartupError(f"{decl.pos}: cannot listen on {decl.address}: {e}") from None
-            listeners.append(Listener(decl, listener_ctx, hosts))
-        return listeners
+        return ctx
 
     @staticmethod
     def _listen_hosts(decl: ListenDecl) -> list[str] | None:

@@ -38,7 +38,7 @@ import asyncio
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from postillion.config.model import ActionDecl, Limits
@@ -87,6 +87,39 @@ class Delivery:
         return (self.dispatcher, self.user, self.exec or self.dest)
 
 
+@dataclass(slots=True, eq=False)
+class Step:
+    """One step of an expansion as `postillion route` shows it
+    (docs/commands.md, route), recorded only when a caller asks for it.
+
+    `kind`: "address", "user" (a node expanded), "include" (an
+    `:include:` file), "forward" (a `.forward` read), "target" (an alias
+    target that ended the expansion: `error:`), "delivery" (a final
+    delivery, `delivery` set).  `detail` says how it was expanded (which
+    table and key, the userbase entry); `error` is the failure met here.
+    """
+
+    kind: str
+    value: str
+    action: str = ""
+    detail: str = ""
+    delivery: Delivery | None = None
+    error: MailError | None = None
+    children: list[Step] = field(default_factory=list)
+
+    def add(self, kind: str, value: str, **fields: object) -> Step:
+        child = Step(kind, value, **fields)  # type: ignore[arg-type]
+        self.children.append(child)
+        return child
+
+    def note(self, text: str) -> None:
+        self.detail = f"{self.detail}; {text}" if self.detail else text
+
+    def holds(self, error: MailError) -> bool:
+        """Whether this step or one below it already records `error`."""
+        return self.error is error or any(child.holds(error) for child in self.children)
+
+
 @dataclass(frozen=True, slots=True)
 class _Node:
     kind: str              # "address" | "user"
@@ -95,6 +128,7 @@ class _Node:
     depth: int
     domain: str
     parent_user: str = ""
+    step: Step | None = field(default=None, compare=False)  # when traced
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,35 +197,50 @@ class Expander:
         self._route = route
         self._forward = forward
 
-    async def expand(self, rcpt: str, action: ActionDecl) -> list[Delivery]:
+    async def expand(self, rcpt: str, action: ActionDecl, trace: Step | None = None) -> list[Delivery]:
+        """The final deliveries of `rcpt` under `action`; each node expanded
+        is recorded under `trace` when given (`postillion route`)."""
         try:
-            return await self._expand(rcpt, action)
+            return await self._expand(rcpt, action, trace)
         except ForwardUnusable as e:
             raise expansion_problem(rcpt, e.reason, temporary=True) from None
 
-    async def _expand(self, rcpt: str, action: ActionDecl) -> list[Delivery]:
+    async def _expand(self, rcpt: str, action: ActionDecl, trace: Step | None) -> list[Delivery]:
         local, _, domain = rcpt.rpartition("@")
-        queue = deque([_Node("address", rcpt, action, 0, domain.lower())])
+        step = trace.add("address", rcpt, action=action.name) if trace is not None else None
+        queue = deque([_Node("address", rcpt, action, 0, domain.lower(), step=step)])
         deliveries: dict[tuple[str, str, str], Delivery] = {}
         expanded: set[tuple[str, str, str, str]] = set()
         seen = 0
         while queue:
             node = queue.popleft()
             seen += 1
-            if node.depth > self._limits.expand_depth or seen > MAX_TARGETS:
-                raise expansion_problem(rcpt, f"expansion deeper than {self._limits.expand_depth}")
-            once = (node.kind, node.value.lower(), node.action.name, node.parent_user)
-            if once in expanded:
-                continue                 # reached again through another target
-            expanded.add(once)
-            if node.kind == "address" and node.action.method == "relay":
-                # Relayed as written: the next hop expands its own addresses.
-                found = [Delivery(node.action.name, "", node.value, agent="mta", ttl=node.action.ttl)]
-                children: list[_Node] = []
-            elif node.kind == "address":
-                children, found = await self._address(node, rcpt)
-            else:
-                children, found = await self._user(node, rcpt)
+            try:
+                if node.depth > self._limits.expand_depth or seen > MAX_TARGETS:
+                    raise expansion_problem(rcpt, f"expansion deeper than {self._limits.expand_depth}")
+                once = (node.kind, node.value.lower(), node.action.name, node.parent_user)
+                if once in expanded:
+                    if node.step is not None:
+                        node.step.note("expanded already (above)")
+                    continue                 # reached again through another target
+                expanded.add(once)
+                if node.kind == "address" and node.action.method == "relay":
+                    # Relayed as written: the next hop expands its own addresses.
+                    relayed = Delivery(node.action.name, "", node.value, agent="mta",
+                                       ttl=node.action.ttl)
+                    if node.step is not None:
+                        node.step.add("delivery", node.value, action=node.action.name,
+                                      delivery=relayed)
+                    found = [relayed]
+                    children: list[_Node] = []
+                elif node.kind == "address":
+                    children, found = await self._address(node, rcpt)
+                else:
+                    children, found = await self._user(node, rcpt)
+            except MailError as e:
+                if node.step is not None and not node.step.holds(e):
+                    node.step.error = e
+                raise
             for delivery in found:
                 deliveries.setdefault(delivery.key, delivery)
             queue.extend(children)
@@ -203,68 +252,114 @@ class Expander:
         local, _, domain = node.value.rpartition("@")
         action = node.action
         if action.virtual is not None:
-            targets = await self._first(action.virtual,
-                                        virtual_keys(local, domain.lower(), self._limits.sub_addr_delim))
-            if targets is None:
+            found = await self._first(action.virtual,
+                                      virtual_keys(local, domain.lower(), self._limits.sub_addr_delim))
+            if found is None:
+                if node.step is not None:
+                    node.step.note(f"not in virtual <{action.virtual}>")
                 raise invalid_recipient(rcpt)
-            return await self._children(node, targets.targets, rcpt, node.parent_user,
-                                        _Source(node.value))
-        return [_Node("user", local, action, node.depth + 1, domain.lower(), node.parent_user)], []
+            if node.step is not None:
+                node.step.note(f"virtual <{action.virtual}> key {found[0]}")
+            return await self._children(node, found[1].targets, rcpt, node.parent_user,
+                                        _Source(node.value), node.step)
+        step = node.step.add("user", local, action=action.name) if node.step is not None else None
+        return [_Node("user", local, action, node.depth + 1, domain.lower(), node.parent_user,
+                      step)], []
 
     async def _user(self, node: _Node, rcpt: str) -> tuple[list[_Node], list[Delivery]]:
         action = node.action
         name = node.value.lower()
         aliases = action.alias or action.virtual
         dest_of = (lambda user: f"{user}@{node.domain}" if node.domain else user)
+        step = node.step
         if aliases is not None and name != node.parent_user:
-            targets = await self._first(aliases, alias_keys(name, self._limits.sub_addr_delim))
-            if targets is not None:
-                return await self._children(node, targets.targets, rcpt, name,
-                                            _Source(dest_of(name)))
+            found = await self._first(aliases, alias_keys(name, self._limits.sub_addr_delim))
+            if found is not None:
+                if step is not None:
+                    step.note(f"{'alias' if action.alias else 'virtual'} <{aliases}> key {found[0]}")
+                return await self._children(node, found[1].targets, rcpt, name,
+                                            _Source(dest_of(name)), step)
         user, tag = split_tag(name, self._limits.sub_addr_delim)
         info = await self._userinfo(action, user)
+        userbase = f"userbase <{action.userbase or 'getpwnam'}>"
         if info is None:
+            if step is not None:
+                step.note(f"not in {userbase}")
             raise invalid_recipient(rcpt)
+        if step is not None:
+            step.note(f"{userbase}: {info.username} {info.uid}:{info.gid} {info.home}")
         dest = dest_of(user)
         # The loop guard (a user named by its own alias or .forward) is
         # delivered to its mailbox; root's .forward is never run.
+        if name == node.parent_user and step is not None:
+            step.note("named by its own alias or .forward: its mailbox")
         if name != node.parent_user and info.uid != 0:
             text = await self._forward(info)
             if text is not None:
                 where = f"{info.home.rstrip('/')}/.forward"
-                targets = parse_targets(text, where, forward=True)
+                forward = step.add("forward", where) if step is not None else None
+                try:
+                    targets = parse_targets(text, where, forward=True)
+                except MailError as e:
+                    if forward is not None:
+                        forward.error = e
+                    raise
                 return await self._children(node, targets, rcpt, user,
-                                            _Source(dest, forward=True, owner=user))
+                                            _Source(dest, forward=True, owner=user), forward)
+            if step is not None:
+                step.note("no .forward")
+        elif info.uid == 0 and step is not None:
+            step.note("uid 0: its .forward is never read")
         if action.method == "forward-only":
             raise expansion_problem(rcpt, f"forward-only: no usable .forward for {user}",
                                     temporary=True)
         if action.method == "expand-only":
             raise expansion_problem(rcpt, f"expand-only: {user} has no .forward")
-        return [], [Delivery(action.name, user, dest, tag, ttl=action.ttl)]
+        delivery = Delivery(action.name, user, dest, tag, ttl=action.ttl)
+        if step is not None:
+            step.add("delivery", dest, action=action.name, delivery=delivery)
+        return [], [delivery]
 
     async def _children(self, node: _Node, targets: tuple[str, ...], rcpt: str,
-                        parent_user: str, source: _Source) -> tuple[list[_Node], list[Delivery]]:
+                        parent_user: str, source: _Source,
+                        step: Step | None = None) -> tuple[list[_Node], list[Delivery]]:
+        """The nodes and deliveries `targets` give; `step`, when traced,
+        is where they are recorded."""
         children: list[_Node] = []
         deliveries: list[Delivery] = []
-        pending = deque((node.depth + 1, t) for t in targets)
+        pending = deque((node.depth + 1, t, step) for t in targets)
         count = 0
         while pending:
-            depth, target = pending.popleft()
+            depth, target, at = pending.popleft()
             count += 1
             if depth > self._limits.expand_depth or count > MAX_TARGETS:
                 raise expansion_problem(rcpt, f"expansion deeper than {self._limits.expand_depth}")
-            kind = self._kind(target, rcpt)
+            try:
+                kind = self._kind(target, rcpt)
+            except MailError as e:
+                if at is not None:
+                    at.add("target", target, error=e)
+                raise
             if kind == "include":
-                if source.forward:
-                    raise ForwardUnusable(":include: is not allowed in a .forward")
-                path = target[len(":include:"):].strip()
-                text = await asyncio.to_thread(read_include, path)
-                pending.extend((depth + 1, t) for t in
-                               parse_targets(text, f":include:{path}", forward=False))
+                include = at.add("include", target) if at is not None else None
+                try:
+                    if source.forward:
+                        raise ForwardUnusable(":include: is not allowed in a .forward")
+                    path = target[len(":include:"):].strip()
+                    text = await asyncio.to_thread(read_include, path)
+                    pending.extend((depth + 1, t, include) for t in
+                                   parse_targets(text, f":include:{path}", forward=False))
+                except MailError as e:
+                    if include is not None:
+                        include.error = e
+                    raise
             elif kind in ("command", "file"):
-                deliveries.append(self._exec(node.action, target, rcpt, source))
+                delivery = self._exec(node.action, target, rcpt, source)
+                if at is not None:
+                    at.add("delivery", target, action=node.action.name, delivery=delivery)
+                deliveries.append(delivery)
             else:
-                children.append(await self._target(node, target, rcpt, parent_user, depth))
+                children.append(await self._target(node, target, rcpt, parent_user, depth, at))
         return children, deliveries
 
     @staticmethod
@@ -289,25 +384,34 @@ class Expander:
         return Delivery(action.name, user, source.dest, ttl=action.ttl, exec=target.strip())
 
     async def _target(self, node: _Node, target: str, rcpt: str, parent_user: str,
-                      depth: int) -> _Node:
+                      depth: int, at: Step | None = None) -> _Node:
         """An address or a user target: the table has checked its form (values.check_target)."""
         if target_kind(target) == "address":
             action = await self._route(target)
             if action is None:
-                raise PermFail(Reply(550, "5.7.1", f"Invalid recipient: <{rcpt}>"),
-                               f"alias target <{target}> matches no rule")
+                error = PermFail(Reply(550, "5.7.1", f"Invalid recipient: <{rcpt}>"),
+                                 f"alias target <{target}> matches no rule")
+                if at is not None:
+                    at.add("address", target, detail="matches no rule", error=error)
+                raise error
+            step = at.add("address", target, action=action.name) if at is not None else None
             return _Node("address", target, action, depth, target.rpartition("@")[2].lower(),
-                         parent_user)
+                         parent_user, step)
         if not _USERNAME.match(target):
-            raise expansion_problem(rcpt, "malformed alias target")
-        return _Node("user", target, node.action, depth, node.domain, parent_user)
+            error = expansion_problem(rcpt, "malformed alias target")
+            if at is not None:
+                at.add("target", target, error=error)
+            raise error
+        step = at.add("user", target, action=node.action.name) if at is not None else None
+        return _Node("user", target, node.action, depth, node.domain, parent_user, step)
 
-    async def _first(self, table_name: str, keys: list[str]) -> ExpandList | None:
+    async def _first(self, table_name: str, keys: list[str]) -> tuple[str, ExpandList] | None:
+        """The first key of `keys` the table holds, and its targets."""
         table = self._tables[table_name]
         for key in keys:
             value = await table.lookup(Service.ALIAS, key)
             if value is not None:
-                return value
+                return key, value
         return None
 
     async def _userinfo(self, action: ActionDecl, user: str) -> Userinfo | None:

@@ -47,7 +47,7 @@ from postillion.mda.format import FormatEnv, FormatError, expand
 from postillion.mda.jobs import MdaJob, perm, temp
 from postillion.table.values import Userinfo
 
-__all__ = ["MdaAgent", "MdaJob", "maildir_path", "open_anchor"]
+__all__ = ["MdaAgent", "MdaJob", "file_path", "maildir_path", "mbox_path", "open_anchor"]
 
 logger = logging.getLogger("postillion.mda")
 
@@ -61,6 +61,20 @@ RETIRE_GRACE: Final = 2.0      # seconds a retired worker gets to exit before SI
 
 def maildir_path(job: MdaJob) -> Path:
     return _expanded(job, job.path_template or "~/Maildir", "maildir")
+
+
+def file_path(job: MdaJob) -> Path:
+    """The mbox file an alias or `.forward` target names (method `file`)."""
+    return _expanded(job, job.path_template or "", "mbox")
+
+
+def mbox_path(job: MdaJob, directory: str) -> str:
+    """The system mailbox `directory/USER` (method `mbox`); PermFail
+    without a usable user name."""
+    name = job.user.username
+    if not name or "/" in name or name in (".", ".."):
+        raise perm(f"no mailbox name for user {name!r}")
+    return os.path.join(directory, name)
 
 
 def _expanded(job: MdaJob, template: str, what: str) -> Path:
@@ -248,11 +262,9 @@ class MdaAgent:
     async def _mbox(self, job: MdaJob) -> None:
         """The system mailbox, DIRECTORY/USER: created and dot-locked here
         (as root: the spool is root's), appended to by the user's worker."""
-        name = job.user.username
-        if not name or "/" in name or name in (".", ".."):
-            raise perm(f"no mailbox name for user {name!r}")
         directory = self.options.mbox_directory
-        where = os.path.join(directory, name)
+        where = mbox_path(job, directory)
+        name = job.user.username
         held = await asyncio.to_thread(_open_spool, directory, name, job, where)
         dirfd, lock, mailbox, message = held
         try:
@@ -267,7 +279,7 @@ class MdaAgent:
 
     async def _file(self, job: MdaJob) -> None:
         """An mbox file an alias target names: everything as the user."""
-        path = _expanded(job, job.path_template or "", "mbox")
+        path = file_path(job)
         await self._under_path(job, path, _file_here, "file", sender=job.sender)
 
     async def _under_path(self, job: MdaJob, path: Path,

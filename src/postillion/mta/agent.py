@@ -96,8 +96,7 @@ class MtaAgent:
                  client_limits: ClientLimits | None = None) -> None:
         self.config = config
         self.tables = tables
-        self.resolver = resolver if resolver is not None else \
-            MxResolver(list(config.mta.nameservers) or None)
+        self.resolver = resolver if resolver is not None else make_resolver(config)
         self.state = MtaState(clock)
         self.clock = clock
         self.client_limits = client_limits
@@ -115,7 +114,7 @@ class MtaAgent:
         if action is None or action.method != "relay":
             raise TempFail(NO_ACTION, f"no relay action {envelope.dispatcher!r}")
         domain = envelope.dest.rpartition("@")[2]
-        relay = relay_for(action, domain, relayhost=await self._smarthost(action, domain),
+        relay = relay_for(action, domain, relayhost=await smarthost(self.tables, action, domain),
                           hostname=self.config.hostname)
         self._prune()
         connector = self.connectors.get(relay)
@@ -124,24 +123,6 @@ class MtaAgent:
         job = _Job(envelope, message, asyncio.get_running_loop().create_future())
         connector.submit(job)
         await job.done
-
-    async def _smarthost(self, action: ActionDecl, domain: str) -> RelayHost | None:
-        """`host <t>` (a smarthost fetched in turn) or `domain <t>` (one per
-        recipient domain): the relay URL, parsed as `relay host` would."""
-        if action.host_table is None and action.domain is None:
-            return None
-        if action.host_table is not None:
-            value = await self.tables[action.host_table].fetch(Service.RELAYHOST)
-        else:
-            assert action.domain is not None
-            value = await self.tables[action.domain].lookup(Service.RELAYHOST, domain.lower())
-        if value is None:
-            raise TempFail(Reply(451, "4.3.0", "No relay host for this domain"),
-                           f"no relayhost for {domain} in the action's table")
-        try:
-            return parse_relay_url(value.url)
-        except ValueError as e:
-            raise LookupUnavailable(f"relayhost {value.url!r}: {e}") from None
 
     def _prune(self) -> None:
         """Drop the connectors idle for CONNECTOR_IDLE (at most every
@@ -158,6 +139,55 @@ class MtaAgent:
         """End the sessions still open (the tables are the caller's)."""
         for connector in list(self.connectors.values()):
             await connector.stop()
+
+
+def make_resolver(config: Config) -> MxResolver:
+    """The MTA's resolver: `mta nameserver` when given, else the system's."""
+    return MxResolver(list(config.mta.nameservers) or None)
+
+
+async def smarthost(tables: Mapping[str, Table], action: ActionDecl,
+                    domain: str) -> RelayHost | None:
+    """`host <t>` (a smarthost fetched in turn) or `domain <t>` (one per
+    recipient domain): the relay URL, parsed as `relay host` would; None
+    when the action names no such table."""
+    if action.host_table is None and action.domain is None:
+        return None
+    if action.host_table is not None:
+        value = await tables[action.host_table].fetch(Service.RELAYHOST)
+    else:
+        assert action.domain is not None
+        value = await tables[action.domain].lookup(Service.RELAYHOST, domain.lower())
+    if value is None:
+        raise TempFail(Reply(451, "4.3.0", "No relay host for this domain"),
+                       f"no relayhost for {domain} in the action's table")
+    try:
+        return parse_relay_url(value.url)
+    except ValueError as e:
+        raise LookupUnavailable(f"relayhost {value.url!r}: {e}") from None
+
+
+async def relay_hosts(resolver: MxResolver, relay: Relay) -> list[tuple[int, str, tuple[str, ...]]]:
+    """A relay's hosts as (preference, name, addresses), best first: the
+    smarthost's addresses, or the domain's MX hosts (only those better
+    than ours when `backup`).  Raises TempFail / PermFail (mta/dns.py)."""
+    if relay.as_host:
+        addresses = await resolver.addresses(relay.domain)
+        return [(0, _host_name(relay.domain), tuple(addresses))]
+    hosts = await resolver.mx(relay.domain, backup=relay.backup)
+    return [(h.preference, h.name, h.addresses) for h in hosts]
+
+
+async def relay_sources(tables: Mapping[str, Table], relay: Relay) -> list[str]:
+    """The source addresses of a relay with a `src` table (none without);
+    LookupUnavailable when the table is empty."""
+    if relay.src is None:
+        return []
+    entries = await tables[relay.src].dump(Service.SOURCE)
+    sources = [str(value.address) for _, value in entries]  # type: ignore[attr-defined]
+    if not sources:
+        raise LookupUnavailable(f"src table {relay.src!r} is empty")
+    return sources
 
 
 def parse_relay_url(url: str) -> RelayHost:
@@ -243,19 +273,9 @@ class Connector:
 
     async def _refresh(self) -> None:
         """Hosts from DNS (the resolver caches), sources from the `src` table."""
-        resolver = self.agent.resolver
-        if self.relay.as_host:
-            addresses = await resolver.addresses(self.relay.domain)
-            self.routes.set_hosts([(0, _host_name(self.relay.domain), addresses)])
-        else:
-            hosts = await resolver.mx(self.relay.domain, backup=self.relay.backup)
-            self.routes.set_hosts([(h.preference, h.name, h.addresses) for h in hosts])
+        self.routes.set_hosts(await relay_hosts(self.agent.resolver, self.relay))
         if self.relay.src is not None:
-            entries = await self.agent.tables[self.relay.src].dump(Service.SOURCE)
-            sources = [str(value.address) for _, value in entries]  # type: ignore[attr-defined]
-            if not sources:
-                raise LookupUnavailable(f"src table {self.relay.src!r} is empty")
-            self.routes.set_sources(sources)
+            self.routes.set_sources(await relay_sources(self.agent.tables, self.relay))
 
     def _claim(self) -> list[_Job]:
         """The next message's envelopes (one transaction), oldest first."""

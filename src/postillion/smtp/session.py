@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from postillion import log, metrics
-from postillion.config.model import Limits, ListenDecl
+from postillion.config.model import Limits, ListenDecl, MatchDecl
 from postillion.errors import LookupUnavailable, MailError, Reply
 from postillion.lookup.auth import Authenticator, AuthResult
-from postillion.lookup.expand import Delivery, Expander
+from postillion.lookup.expand import Delivery, Expander, Step
 from postillion.queue.envelope import DEFAULT_TTL, Envelope
 from postillion.queue.store import NO_SPACE, Incoming, QueueStore, storage_reply
 from postillion.rules import Ruleset, SessionFacts, is_local_address
@@ -148,6 +148,60 @@ async def reverse_dns(address: str, timeout: float) -> str:
     if len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
         return UNKNOWN_HOST
     return name.lower()
+
+
+def session_address(path: p.Path, hostname: str) -> str:
+    """A path as the session looks it up: without a domain it gets our
+    hostname (`<postmaster>`, docs/smtp.md).
+
+    SMTPUTF8 (RFC 6531): a UTF-8 address is NFC-normalised, and its
+    domain written as A-labels, so lookups see one spelling of it.
+    """
+    local, domain = path.local, path.domain or hostname
+    if not (local.isascii() and domain.isascii()):
+        local = unicodedata.normalize("NFC", local)
+        domain = unicodedata.normalize("NFC", domain)
+        if not domain.isascii() and not domain.startswith("["):
+            try:
+                domain = domain.encode("idna").decode("ascii")
+            except UnicodeError:
+                pass  # not a valid IDN: kept as sent, matches no table
+    return f"{local}@{domain}"
+
+
+@dataclass(frozen=True, slots=True)
+class RcptDecision:
+    """What RCPT gets for one recipient: the reply, the rule that decided
+    (None: no rule matched), the final deliveries when accepted, and the
+    administrator's why when refused (`lookup_error`: a table could not
+    answer).  One function makes it, for the session and `postillion route`."""
+
+    reply: Reply
+    rule: MatchDecl | None = None
+    deliveries: list[Delivery] = field(default_factory=list)
+    reason: str = ""
+    lookup_error: bool = False
+
+
+async def rcpt_decision(ruleset: Ruleset, expander: Expander, facts: SessionFacts,
+                        sender: str, rcpt: str, trace: Step | None = None) -> RcptDecision:
+    """The rules, then expansion (docs/architecture.md, The flow of one
+    message): `550 5.7.1` when no rule accepts, the expansion's own reply
+    when it fails, `451 4.3.0` when a table cannot answer.  `trace` records
+    the expansion (lookup/expand.py)."""
+    rule = None
+    try:
+        rule = await ruleset.first_rule(facts, sender, rcpt)
+        action = ruleset.action_of(rule)
+        if action is None:
+            return RcptDecision(Reply(550, "5.7.1", f"Invalid recipient: <{rcpt}>"), rule)
+        deliveries = await expander.expand(rcpt, action, trace)
+        return RcptDecision(REPLY_RCPT_OK, rule, deliveries)
+    except LookupUnavailable as e:
+        return RcptDecision(Reply(451, "4.3.0", f"Temporary failure: <{rcpt}>"), rule,
+                            reason=e.reason, lookup_error=True)
+    except MailError as e:
+        return RcptDecision(e.reply, rule, reason=e.reason if e.reason != e.reply.text else "")
 
 
 class Session:
@@ -408,21 +462,7 @@ class Session:
     # -- transaction ------------------------------------------------------------
 
     def _address(self, path: p.Path) -> str:
-        """A path without a domain gets our hostname (`<postmaster>`, docs/smtp.md).
-
-        SMTPUTF8 (RFC 6531): a UTF-8 address is NFC-normalised, and its
-        domain written as A-labels, so lookups see one spelling of it.
-        """
-        local, domain = path.local, path.domain or self.hostname
-        if not (local.isascii() and domain.isascii()):
-            local = unicodedata.normalize("NFC", local)
-            domain = unicodedata.normalize("NFC", domain)
-            if not domain.isascii() and not domain.startswith("["):
-                try:
-                    domain = domain.encode("idna").decode("ascii")
-                except UnicodeError:
-                    pass  # not a valid IDN: kept as sent, matches no table
-        return f"{local}@{domain}"
+        return session_address(path, self.hostname)
 
     async def _mail(self, event: p.MailFrom) -> None:
         await self._abort_transaction()
@@ -484,23 +524,16 @@ class Session:
     async def _rcpt(self, event: p.RcptTo) -> None:
         assert self.tx is not None
         rcpt = self._address(event.rcpt)
-        reply: Reply
-        try:
-            action = await self.ctx.ruleset.match(self.facts, self.tx.sender, rcpt)
-            if action is None:
-                reply = Reply(550, "5.7.1", f"Invalid recipient: <{rcpt}>")
-            else:
-                deliveries = await self.ctx.expander.expand(rcpt, action)
-                self.tx.recipients.append((rcpt, deliveries, dict(event.params)))
-                reply = REPLY_RCPT_OK
-        except LookupUnavailable as e:
-            log.event(self.sid, "smtp", "lookup-error", rcpt=log.path(rcpt), reason=e.reason)
-            reply = Reply(451, "4.3.0", f"Temporary failure: <{rcpt}>")
-        except MailError as e:
-            reply = e.reply
-            if e.reason != reply.text:   # why, for the administrator (a .forward, a loop...)
-                log.event(self.sid, "smtp", "expand-error", rcpt=log.path(rcpt), reason=e.reason)
-        if not reply.is_positive:
+        decision = await rcpt_decision(self.ctx.ruleset, self.ctx.expander, self.facts,
+                                       self.tx.sender, rcpt)
+        reply = decision.reply
+        if decision.lookup_error:
+            log.event(self.sid, "smtp", "lookup-error", rcpt=log.path(rcpt), reason=decision.reason)
+        elif decision.reason:   # why, for the administrator (a .forward, a loop...)
+            log.event(self.sid, "smtp", "expand-error", rcpt=log.path(rcpt), reason=decision.reason)
+        if reply.is_positive:
+            self.tx.recipients.append((rcpt, decision.deliveries, dict(event.params)))
+        else:
             log.smtp_failed_command(self.sid, f"RCPT TO:<{rcpt}>", reply)
             metrics.RECIPIENTS_REFUSED.labels(metrics.status_label(reply.code, reply.enhanced)).inc()
         self.proto.send(reply)
