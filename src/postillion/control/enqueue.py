@@ -80,9 +80,11 @@ class Enqueue:
             raise ControlError(wire.USAGE, "enqueue: no recipients")
         if len(request.args) > MAX_RCPTS + 1:
             raise ControlError(wire.USAGE, f"enqueue: more than {MAX_RCPTS} recipients")
-        for address in request.args:
-            check_address(address)
         sender, rcpts = request.args[0], request.args[1:]
+        if sender not in (DEFAULT_SENDER, NULL_SENDER):
+            check_address(sender)
+        for rcpt in rcpts:
+            check_address(rcpt)
         if sender == DEFAULT_SENDER:
             sender = f"{login}@{self.hostname}"
         elif sender == NULL_SENDER:
@@ -103,8 +105,8 @@ class Enqueue:
 def check_address(address: str) -> None:
     """What the local session could not be handed as `<address>`: the
     syntax itself is the session's to judge (its reply says what is wrong)."""
-    if address in (DEFAULT_SENDER, NULL_SENDER):
-        return
+    if not address:
+        raise ControlError(wire.DATAERR, "an empty address")
     if len(address) > MAX_ADDRESS:
         raise ControlError(wire.DATAERR, f"address longer than {MAX_ADDRESS} characters")
     if any(ch in "<>" or ch.isspace() or not ch.isprintable() for ch in address):
