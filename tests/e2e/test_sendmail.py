@@ -156,6 +156,10 @@ def test_usage_and_refusals_exit_with_sysexits(mta, venv, user):
     assert done.returncode == 65, done.stderr
     assert b"exceeds" in done.stderr
     assert len(mta.delivered("alice")) == before
+    # A line over the session's `max-data-line`.
+    done = run_as(user, venv, mta.spool, "sendmail", "alice@example.test",
+                  stdin=b"Subject: long\n\n" + b"y" * 70_000 + b"\n")
+    assert (done.returncode, done.stderr) == (65, b"sendmail: 500 5.5.2 Line too long\n")
     # No daemon on that spool.
     empty = Path(tempfile.mkdtemp(prefix="postillion-nospool-"))
     try:
