@@ -117,7 +117,11 @@ def check_address(address: str) -> None:
 def status_of(reply: Reply) -> str:
     """The control status a refusal maps to, for the client's exit code:
     unknown recipient (5.1.1) "not-found" (EX_NOUSER), any other 5xx
-    "dataerr" (EX_DATAERR), 4xx "tempfail" (EX_TEMPFAIL)."""
+    "dataerr" (EX_DATAERR), 4xx "tempfail" (EX_TEMPFAIL) -- except more
+    recipients than `max-rcpt` (452 4.5.3): one submission never has room
+    for them, however often it is tried, so "dataerr"."""
     if reply.code >= 500:
         return wire.NOT_FOUND if reply.enhanced == "5.1.1" else wire.DATAERR
+    if reply.enhanced == "4.5.3":
+        return wire.DATAERR
     return wire.TEMPFAIL
