@@ -163,10 +163,14 @@ class Left(Frame):
 @dataclass(frozen=True, slots=True)
 class Inject(Frame):
     """queue -> smtp: queue the message in fds[0] (a memfd) from `sender` to
-    `rcpts` through a local session (a bounce: smtp/inject.py)."""
+    `rcpts` through a local session (smtp/inject.py): a bounce, or a
+    `sendmail` submission by the local user `user` (uid `uid`), as the
+    control socket's peer credentials said -- "" and -1 for a bounce."""
     id: int
     sender: str
     rcpts: tuple[str, ...]
+    user: str = ""
+    uid: int = -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,12 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
     register_table_tools(sub)     # table lookup|dump, makemap, newaliases, encrypt
     from postillion.control.ctl import register as register_ctl
     register_ctl(sub)             # ctl, mailq
+    # Listed here; main() hands its arguments to control/sendmail.py as
+    # they are, since Sendmail's options are not argparse's (-oi, -FName).
+    sub.add_parser("sendmail", add_help=False,
+                   help="submit a message from standard input (Sendmail's command line; "
+                        "postillion sendmail --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["sendmail"]:
+        from postillion.control.sendmail import main as sendmail
+        return sendmail(args_list[1:])
+    args = build_parser().parse_args(args_list)
     return int(args.func(args))
+
+
+def mailq_main() -> int:
+    """The `mailq` console script: `postillion mailq`."""
+    return main(["mailq", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

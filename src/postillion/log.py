@@ -109,8 +109,13 @@ def smtp_envelope(sid: str, evpid: int, sender: str, rcpt: str) -> None:
     event(sid, "smtp", "envelope", evpid=f"{evpid:016x}", **{"from": path(sender), "to": path(rcpt)})
 
 
-def smtp_message(sid: str, msgid: int, size: int, nrcpt: int, proto: str) -> None:
-    event(sid, "smtp", "message", msgid=f"{msgid:08x}", size=size, nrcpt=nrcpt, proto=proto)
+def smtp_message(sid: str, msgid: int, size: int, nrcpt: int, proto: str,
+                 user: str | None = None, uid: int | None = None) -> None:
+    """A message queued; `user` and `uid` name the local user who submitted
+    it with `sendmail` (whatever sender it claimed)."""
+    extra = {} if user is None else {"user": user, "uid": uid}
+    event(sid, "smtp", "message", msgid=f"{msgid:08x}", size=size, nrcpt=nrcpt, proto=proto,
+          **extra)
 
 
 def smtp_disconnected(sid: str, reason: str) -> None:

@@ -61,7 +61,12 @@ def stream(spool: Path, verb: str, args: list[str] | tuple[str, ...] = (), body:
         try:
             sock.sendall(wire.encode({"verb": verb, "args": list(args), "size": len(body)}))
             if body:
-                sock.sendall(body)
+                try:
+                    sock.sendall(body)
+                except OSError:
+                    # Refused before it was read (too big, not allowed): the
+                    # answer saying why is already waiting to be read.
+                    pass
             while True:
                 frame = wire.recv_frame(sock)
                 if not frame.get("ok"):

@@ -46,6 +46,7 @@ from postillion import channel as ch
 from postillion import log
 from postillion.config.model import Config
 from postillion.control import protocol as wire
+from postillion.control.enqueue import Enqueue
 from postillion.control.queueverbs import QueueVerbs
 from postillion.control.server import Answer, ControlError, ControlServer, Request, Verb
 from postillion.daemon import Daemon, StartupError, close_tables, delivery_tables, open_tables
@@ -62,6 +63,7 @@ from postillion.privileges import die_with_parent, drop_privileges
 from postillion.queue.envelope import Envelope
 from postillion.queue.scheduler import Scheduler
 from postillion.smtp.inject import inject
+from postillion.smtp.session import Submitter
 from postillion.table.values import Userinfo
 
 logger = logging.getLogger("postillion.role")
@@ -268,13 +270,16 @@ async def smtp_role(args: RoleArgs, config: Config) -> None:
             queue.connect(socket.socket(fileno=os.dup(frame.fds[0])))
 
     async def injected(frame: ch.Inject) -> ch.Injected:
-        """A bounce from the queue: queued through a local session."""
+        """A bounce, or a `sendmail` submission (`frame.user`), from the
+        queue: queued through a local session."""
         try:
             message = read_memfd(frame.fds[0], config.limits.max_message_size + INJECT_SLACK)
         except (OSError, ValueError) as e:
             return ch.Injected(frame.id, 451, "4.3.0", f"Local injection failed: {e}")
         assert daemon.local_ctx is not None
-        reply = (await inject(daemon.local_ctx, frame.sender, frame.rcpts, message)).reply
+        submitter = Submitter(frame.uid, frame.user) if frame.user else None
+        reply = (await inject(daemon.local_ctx, frame.sender, frame.rcpts, message,
+                              submitter=submitter)).reply
         return ch.Injected(frame.id, reply.code, reply.enhanced, reply.text)
 
     queue = QueueLink(injected)
@@ -446,6 +451,7 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     if args.control >= 0:
         verbs = QueueVerbs(daemon.store, lambda: daemon.scheduler).verbs()
         verbs.update(parent_verbs(parent, requests))
+        verbs.update(Enqueue(smtp.send, config.hostname, config.limits.max_message_size).verbs())
         control = ControlServer(socket.socket(fileno=args.control), verbs)
         await control.start()
     scrape = exporter.MetricsServer(lambda: exporter.queue_census(daemon.scheduler))

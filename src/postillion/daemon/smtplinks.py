@@ -78,16 +78,19 @@ class SmtpLinks:
         else:
             raise ch.ChannelError(f"unexpected {type(frame).__name__}")
 
-    async def send(self, sender: str, rcpts: Sequence[str], message: bytes) -> Reply:
+    async def send(self, sender: str, rcpts: Sequence[str], message: bytes, *,
+                   user: str = "", uid: int = -1) -> Reply:
         """Queue `message` through an smtp process (its rules, its commit):
-        the reply to its end of data, or a 451 when none could take it."""
+        the reply to its end of data, or a 451 when none could take it.
+        `user` and `uid` name the local user of a `sendmail` submission
+        (control/enqueue.py); a bounce has none."""
         reply = NO_SMTP
         for tried in range(1, self.tries + 1):
             try:
                 channel = await self._next()
             except TimeoutError:
                 return reply
-            answer = await self._ask(channel, sender, rcpts, message)
+            answer = await self._ask(channel, sender, rcpts, message, user, uid)
             if answer is not None:
                 return answer
             logger.warning("queue inject-lost to=%s reason=%s%s",
@@ -105,7 +108,7 @@ class SmtpLinks:
         return live[next(self._turn) % len(live)]
 
     async def _ask(self, channel: ch.Channel, sender: str, rcpts: Sequence[str],
-                   message: bytes) -> Reply | None:
+                   message: bytes, user: str = "", uid: int = -1) -> Reply | None:
         """The smtp process's reply, or None when it went away first."""
         rid = next(self._ids)
         future: asyncio.Future[ch.Injected] = asyncio.get_running_loop().create_future()
@@ -117,7 +120,7 @@ class SmtpLinks:
                 view = memoryview(message)
                 while view:
                     view = view[os.write(fd, view):]
-                channel.send(ch.Inject(rid, sender, tuple(rcpts), fds=(fd,)))
+                channel.send(ch.Inject(rid, sender, tuple(rcpts), user, uid, fds=(fd,)))
             finally:
                 os.close(fd)
             async with asyncio.timeout(self.answer_timeout):

@@ -132,6 +132,26 @@ def received_header(helo: str, peer: str, hostname: str, msgid: int, rcpts: Sequ
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
 
+def received_local(hostname: str, msgid: int, rcpts: Sequence[str], uid: int, user: str) -> bytes:
+    """The `Received:` of a local submission (`sendmail`), as Postfix's
+    pickup writes it: no client to name, but the submitting user, taken
+    from the kernel's peer credentials (docs/smtp.md, Headers added)::
+
+        Received: by mx.example.org (Postillion, from userid 1000 user alice)
+            id 1a2b3c4d
+            for <bob@example.org>;
+            Sat, 06 Dec 2026 14:01:02 +0100
+    """
+    lines = [f"Received: by {hostname} (Postillion, from userid {uid} user {clean(user)})",
+             f"\tid {msgid:08x}"]
+    if len(rcpts) == 1:
+        lines.append(f"\tfor <{rcpts[0]}>;")
+    else:
+        lines[-1] += ";"
+    lines.append(f"\t{formatdate(localtime=True)}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+
+
 def missing_headers(headers: HeaderScan, hostname: str) -> bytes:
     """`Date:` and `Message-ID: <16hex@HOSTNAME>` where the header lacks them."""
     out = b""

@@ -1,7 +1,7 @@
 """Local injection: a message enters the queue through an SMTP session with
 ourselves, as OpenSMTPD's bounces do.
 
-A delivery status notification (and, later, `postillion sendmail`) must go
+A delivery status notification (and `postillion sendmail`) must go
 where any local mail to that address goes: through the rules (`from local`),
 recipient expansion, the `Received:` header, the durable commit and the
 `smtp` log lines.  Rather than a second path that would drift from the
@@ -9,6 +9,12 @@ first, the message is sent over a socketpair to a real `Session` built on
 the listener-less context (`from local`, no AUTH, no TLS), by a client that
 speaks just enough SMTP to a peer it knows.  What the session answers is
 what the injector gets: `250` means the message is queued, durably.
+
+A `sendmail` submission names its local user (`Submitter`, from the control
+socket's peer credentials): that session writes the `Received: ... from
+userid` header and records the user on the envelopes, and the message is
+queued for all its recipients or none -- a refused recipient ends the
+transaction before DATA, so the user who retries sends nobody a copy twice.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from postillion.errors import Reply
-from postillion.smtp.session import Session, SessionContext
+from postillion.smtp.session import Session, SessionContext, Submitter
 
 #: The whole exchange, from the banner to the reply after the dot, must end
 #: within this many seconds (a commit waits for a disk flush, nothing else).
@@ -31,6 +37,9 @@ MAX_REPLY_LINE: Final = 4096
 MAX_REPLY_LINES: Final = 64
 #: The message is written in pieces of this size.
 WRITE_CHUNK: Final = 64 * 1024
+
+#: Refused recipients a submission's one reply names (the rest are counted).
+MAX_REFUSALS_NAMED: Final = 20
 
 _CLIENT_NAME: Final = "localhost"
 
@@ -66,17 +75,21 @@ class _ProtocolError(Exception):
 
 
 async def inject(ctx: SessionContext, sender: str, rcpts: Sequence[str], message: bytes,
-                 timeout: float = INJECT_TIMEOUT) -> InjectResult:
+                 timeout: float = INJECT_TIMEOUT, *,
+                 submitter: Submitter | None = None) -> InjectResult:
     """Queue `message` from `sender` ("" for `<>`) to `rcpts` through a local
-    session on `ctx`.  Never raises for an SMTP refusal: the replies say it;
-    a broken exchange (timeout, our session closing) gives a `451 4.3.0`."""
+    session on `ctx`, submitted by `submitter` (None: a bounce).  Never
+    raises for an SMTP refusal: the replies say it; a broken exchange
+    (timeout, our session closing) gives a `451 4.3.0`."""
     ours, theirs = socket.socketpair()
     server_reader, server_writer = await asyncio.open_connection(sock=ours)
-    session = asyncio.create_task(Session(ctx, server_reader, server_writer).run())
+    session = asyncio.create_task(
+        Session(ctx, server_reader, server_writer, submitter=submitter).run())
     reader, writer = await asyncio.open_connection(sock=theirs, limit=MAX_REPLY_LINE)
     try:
         async with asyncio.timeout(timeout):
-            return await _exchange(reader, writer, sender, rcpts, message)
+            return await _exchange(reader, writer, sender, rcpts, message,
+                                   every_rcpt=submitter is not None)
     except (asyncio.TimeoutError, OSError, _ProtocolError, asyncio.IncompleteReadError) as e:
         return InjectResult((), None, Reply(451, "4.3.0", f"Local injection failed: {type(e).__name__}"))
     finally:
@@ -88,7 +101,7 @@ async def inject(ctx: SessionContext, sender: str, rcpts: Sequence[str], message
 
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sender: str,
-                    rcpts: Sequence[str], message: bytes) -> InjectResult:
+                    rcpts: Sequence[str], message: bytes, every_rcpt: bool = False) -> InjectResult:
     if (banner := await _reply(reader)).code != 220:
         return InjectResult((), None, banner)
     ehlo = await _command(reader, writer, f"EHLO {_CLIENT_NAME}")
@@ -103,7 +116,10 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
         replies.append(await _command(reader, writer, f"RCPT TO:<{rcpt}>"))
     if not any(r.code == 250 for r in replies):
         await _quit(reader, writer)
-        return InjectResult(tuple(replies), None)
+        return InjectResult(tuple(replies), None, refusals(rcpts, replies) if every_rcpt else None)
+    if every_rcpt and any(r.code != 250 for r in replies):
+        await _quit(reader, writer)
+        return InjectResult(tuple(replies), None, refusals(rcpts, replies))
     data = await _command(reader, writer, "DATA")
     if data.code != 354:
         return InjectResult(tuple(replies), None, data)
@@ -114,6 +130,20 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     final = await _reply(reader)
     await _quit(reader, writer)
     return InjectResult(tuple(replies), final)
+
+
+def refusals(rcpts: Sequence[str], replies: Sequence[Reply]) -> Reply:
+    """One reply for every refused recipient: the code and enhanced code of
+    the first permanent refusal (else the first temporary one: retrying
+    cannot help while one is refused for good), and each refusal's text,
+    naming its recipient, joined by `; `."""
+    refused = [(rcpt, r) for rcpt, r in zip(rcpts, replies) if r.code != 250]
+    first = next((r for _, r in refused if r.code >= 500), refused[0][1])
+    texts = [r.text if f"<{rcpt}>" in r.text else f"<{rcpt}>: {r.text}"
+             for rcpt, r in refused[:MAX_REFUSALS_NAMED]]
+    if len(refused) > MAX_REFUSALS_NAMED:
+        texts.append(f"and {len(refused) - MAX_REFUSALS_NAMED} more")
+    return Reply(first.code, first.enhanced, "; ".join(texts))
 
 
 def _stuffed(message: bytes) -> list[bytes]:

@@ -41,7 +41,7 @@ from postillion.queue.store import NO_SPACE, Incoming, QueueStore, storage_reply
 from postillion.rules import Ruleset, SessionFacts, is_local_address
 from postillion.smtp import protocol as p
 from postillion.smtp.headers import (HeaderScan, clean, masquerade_from, missing_headers,
-                                     received_header)
+                                     received_header, received_local)
 from postillion.smtp.tuning import DEFAULT_TUNING, Tuning
 from postillion.table.match import mailaddr_match
 from postillion.table.services import Service
@@ -92,6 +92,17 @@ def features(decl: ListenDecl | None) -> p.Features:
         tls_required=decl.tls_require and not decl.smtps,
         auth=bool(decl.auth), auth_required=decl.auth == "required",
         insecure_auth=decl.insecure_auth, dsn=not decl.no_dsn, smtputf8=True, chunking=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Submitter:
+    """The local user a `sendmail` submission comes from, as the kernel told
+    the control socket (SO_PEERCRED): never anything the user wrote.  Its
+    session writes a `Received: ... from userid UID` header, records `name`
+    as the envelopes' `username` and logs both (smtp/inject.py)."""
+
+    uid: int
+    name: str
 
 
 @dataclass(slots=True)
@@ -208,8 +219,9 @@ class Session:
     """Drives one connection from banner to close."""
 
     def __init__(self, ctx: SessionContext, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter, submitter: Submitter | None = None) -> None:
         self.ctx = ctx
+        self.submitter = submitter
         self.reader = reader
         self.writer = writer
         self.sid = log.new_id()
@@ -545,6 +557,10 @@ class Session:
             tx.incoming = incoming = await self.ctx.store.create()
             rcpts = [rcpt for rcpt, _, _ in tx.recipients]
             listen = self.ctx.listen
+            if self.submitter is not None:
+                incoming.write(received_local(self.hostname, incoming.msgid, rcpts,
+                                              self.submitter.uid, self.submitter.name))
+                return None
             incoming.write(received_header(
                 self.helo, self.peer, self.hostname, incoming.msgid, rcpts, self.extended,
                 rdns=self.rdns, tls=self.tls, user=self.username,
@@ -606,7 +622,8 @@ class Session:
         """docs/smtp.md, Headers added: on port 587 and authenticated sessions, a missing
         Date: or Message-ID: is added (RFC 6409 §8)."""
         listen = self.ctx.listen
-        return self.username is not None or (listen is not None and listen.effective_port == 587)
+        return self.username is not None or self.submitter is not None or \
+            (listen is not None and listen.effective_port == 587)
 
     async def _end(self, too_big: bool, command: str) -> bool:
         """End of DATA or the LAST chunk (or a chunk too big): refuse or queue."""
@@ -649,7 +666,10 @@ class Session:
             return reply.code != 421
         for env in envelopes:
             log.smtp_envelope(self.sid, env.id, env.sender, env.dest)
-        log.smtp_message(self.sid, incoming.msgid, incoming.size, len(envelopes), self._proto_name())
+        submitter = self.submitter
+        log.smtp_message(self.sid, incoming.msgid, incoming.size, len(envelopes), self._proto_name(),
+                         user=submitter.name if submitter else None,
+                         uid=submitter.uid if submitter else None)
         self.proto.send(Reply(250, "2.0.0", f"{incoming.msgid:08x} Message accepted for delivery"))
         metrics.MESSAGES_ACCEPTED.inc()
         return True
@@ -681,7 +701,8 @@ class Session:
                     smtpname=self.hostname, helo=clean(self.helo), hostname=self.rdns,
                     sockaddr=self.peer, sender=tx.sender, rcpt=rcpt, dest=d.dest,
                     ctime=now, mda_user=d.user, mda_subaddress=d.subaddress, mda_exec=d.exec,
-                    username=self.username or "", flags=frozenset(flags),
+                    username=self.submitter.name if self.submitter else self.username or "",
+                    flags=frozenset(flags),
                     dsn_notify=frozenset(notify.split(",")) if notify else frozenset(),
                     dsn_ret=tx.params.get("RET", ""), dsn_envid=tx.params.get("ENVID", ""),
                     dsn_orcpt=params.get("ORCPT", ""),
