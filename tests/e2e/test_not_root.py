@@ -19,18 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests import sysuser, sysvenv
+from tests import sysuser
 from tests.e2e import procs
 from tests.e2e.conftest import free_port
 
 
 @pytest.fixture(scope="module")
-def venv() -> Iterator[Path]:
-    built = sysvenv.build()
-    try:
-        yield built
-    finally:
-        sysvenv.remove(built)
+def venv(system_venv: Path) -> Path:
+    return system_venv
 
 
 @contextlib.contextmanager
