@@ -53,6 +53,18 @@ def system_user(password: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def shell_user(prefix: str = "ptest") -> Iterator[pwd.struct_passwd]:
+    """A uniquely named account without a home that commands can run as
+    (`su USER -c ...`: a shell, /bin/sh)."""
+    user = prefix + secrets.token_hex(5)
+    run("useradd", "--no-create-home", "--shell", "/bin/sh", user)
+    try:
+        yield pwd.getpwnam(user)
+    finally:
+        run("userdel", user)
+
+
+@contextlib.contextmanager
 def user_with_home() -> Iterator[pwd.struct_passwd]:
     """A uniquely named account with a home directory (useradd
     --create-home) and no login shell; removed with its home."""

@@ -8,13 +8,11 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import secrets
 import shutil
 import smtplib
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,14 +27,8 @@ def venv(system_venv: Path) -> Path:
     return system_venv
 
 
-@contextlib.contextmanager
-def normal_user() -> Iterator[pwd.struct_passwd]:
-    name = "pdev" + secrets.token_hex(5)
-    sysuser.run("useradd", "--no-create-home", "--shell", "/bin/sh", name)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        sysuser.run("userdel", name)
+def normal_user() -> contextlib.AbstractContextManager[pwd.struct_passwd]:
+    return sysuser.shell_user("pdev")
 
 
 def test_a_normal_user_runs_every_process_as_itself_and_delivers_as_itself(venv):

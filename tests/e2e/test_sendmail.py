@@ -11,7 +11,6 @@ import email.policy
 import json
 import os
 import pwd
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -37,12 +36,8 @@ def venv(system_venv: Path) -> Path:
 @pytest.fixture(scope="module")
 def user() -> Iterator[pwd.struct_passwd]:
     assert os.geteuid() == 0, "the test makes a user and runs sendmail as it: run the suite as root"
-    name = "psend" + secrets.token_hex(5)
-    sysuser.run("useradd", "--no-create-home", "--shell", "/bin/sh", name)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        sysuser.run("userdel", name)
+    with sysuser.shell_user("psend") as entry:
+        yield entry
 
 
 @pytest.fixture(scope="module")

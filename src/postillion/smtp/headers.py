@@ -124,12 +124,7 @@ def received_header(helo: str, peer: str, hostname: str, msgid: int, rcpts: Sequ
         lines.append(f"\t({tls[0]}:{tls[1]})")
     if user is not None and show_auth:
         lines.append(f"\tauth=yes user={clean(user)}")
-    if len(rcpts) == 1:
-        lines.append(f"\tfor <{rcpts[0]}>;")
-    else:
-        lines[-1] += ";"
-    lines.append(f"\t{formatdate(localtime=True)}")
-    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+    return _received_tail(lines, rcpts)
 
 
 def received_local(hostname: str, msgid: int, rcpts: Sequence[str], uid: int, user: str) -> bytes:
@@ -144,6 +139,12 @@ def received_local(hostname: str, msgid: int, rcpts: Sequence[str], uid: int, us
     """
     lines = [f"Received: by {hostname} (Postillion, from userid {uid} user {clean(user)})",
              f"\tid {msgid:08x}"]
+    return _received_tail(lines, rcpts)
+
+
+def _received_tail(lines: list[str], rcpts: Sequence[str]) -> bytes:
+    """`for <rcpt>` when there is one recipient (naming more would tell each
+    who the others are), then the date; the header's lines joined."""
     if len(rcpts) == 1:
         lines.append(f"\tfor <{rcpts[0]}>;")
     else:
