@@ -196,6 +196,15 @@ class Listener:
             self.sessions.discard(task)
             self.gate.leave(ip)
 
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, and let the open sessions end by themselves, for
+        at most `timeout` s (a reload: the listening sockets live on in the
+        processes that replace this one, so closing ours refuses no one)."""
+        for server in self.servers:
+            server.close()
+        if self.sessions:
+            await asyncio.wait(set(self.sessions), timeout=timeout)
+
     async def stop(self) -> None:
         for server in self.servers:
             server.close()
