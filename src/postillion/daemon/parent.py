@@ -368,6 +368,7 @@ class Parent:
             except TimeoutError:
                 pass
             if role.retired:           # a reload replaced it meanwhile
+                self._gone(role, status)
                 return
             self._restart(role)
             try:

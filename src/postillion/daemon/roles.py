@@ -22,7 +22,9 @@ for good, asks to die with the parent, and says Hello.
   the spool.
 
 A role exits when its parent channel closes, on SIGTERM (after finishing
-what it can), and when the parent dies (SIGKILL from the kernel).
+what it can), and when the parent dies (SIGKILL from the kernel).  After a
+reload an smtp process gets Drain: it stops accepting, finishes its open
+sessions under its own configuration, and exits.
 """
 
 from __future__ import annotations
