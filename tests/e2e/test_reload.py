@@ -179,11 +179,14 @@ def test_an_unchanged_listener_keeps_its_socket_across_a_reload(daemon):
     daemon.start()
     kept = procs.listening(daemon.port)
     assert len(kept) == 1 and procs.listening(gone)
+    [queue] = procs.roles(daemon.proc.pid, "queue")
+    assert procs.roles(daemon.proc.pid, "mta") == []
     # The new listener first: the kept one changes its index, not its socket.
+    # An action that relays: an mta process starts with the new queue process.
     lines = base.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("listen on"))
     lines.insert(at, f"listen on 127.0.0.1 port {new}")
-    daemon.config.write_text("\n".join(lines) + "\n")
+    daemon.config.write_text("\n".join(lines) + '\naction "out" relay\n')
     with Knocker(daemon.host, daemon.port) as knocker:
         time.sleep(0.2)
         reload(daemon, f"reload: configuration {daemon.config} applied")
@@ -192,6 +195,8 @@ def test_an_unchanged_listener_keeps_its_socket_across_a_reload(daemon):
     assert procs.listening(daemon.port) == kept
     assert procs.listening(gone) == set()
     assert banner("127.0.0.1", new).startswith(b"220")
+    assert procs.roles(daemon.proc.pid, "queue") != [queue]
+    assert len(procs.roles(daemon.proc.pid, "mta")) == 1
     # Both listeners serve the new generation's sessions.
     for port in (daemon.port, new):
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
