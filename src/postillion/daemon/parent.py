@@ -34,13 +34,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from postillion import channel as ch
 from postillion.config.model import Config
 from postillion.daemon import Daemon, StartupError, listen_error, lock_spool
-from postillion.daemon.reload import (ConfigSource, ListenKey, ReloadRefused, fixed_options,
-                                      listen_key, located)
+from postillion.daemon.reload import (ConfigSource, ListenKey, ReloadRefused, bind_again,
+                                      fixed_options, listen_key, located)
 from postillion.daemon.roles import RoleArgs, write_start
 from postillion.errors import MailError, PermFail
 from postillion.lookup.auth import Authenticators
@@ -48,7 +48,7 @@ from postillion.lookup.forward import ForwardUnusable, read_forward
 from postillion.mda.agent import MdaAgent, MdaJob
 from postillion.queue.lock import SpoolLock
 from postillion.queue.store import QueueStore
-from postillion.smtp.server import Gate, Listener, bind
+from postillion.smtp.server import Gate, bind
 from postillion.table.values import Userinfo
 
 logger = logging.getLogger("postillion.parent")
@@ -63,7 +63,8 @@ RESTART_RESET: Final = 60.0
 #: Seconds a role has to exit after SIGTERM before SIGKILL.
 STOP_TIMEOUT: Final = 10.0
 #: A draining smtp process (after a reload) has its sessions' own bound,
-#: `smtp limit session-timeout`, plus this, before it cuts what is left.
+#: the whole-session limit (Limits.session_timeout), plus this, before it
+#: cuts what is left.
 DRAIN_SLACK: Final = 30.0
 
 
@@ -164,7 +165,7 @@ class Parent:
         self._retired_auth: list[Authenticators] = []
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reloads: set[asyncio.Task[None]] = set()
+        self._reloads: set[asyncio.Task[Any]] = set()
 
     # -- start ----------------------------------------------------------------
 
@@ -442,8 +443,10 @@ class Parent:
     async def stop(self) -> None:
         self._stopping.set()
         for task in list(self._reloads):   # a reload half done: what it started goes too
-            task.cancel()
-        await asyncio.gather(*self._reloads, return_exceptions=True)
+            if task is not asyncio.current_task():
+                task.cancel()
+        await asyncio.gather(*(t for t in self._reloads if t is not asyncio.current_task()),
+                             return_exceptions=True)
         await self._terminate([*self.smtp, *self.draining])     # no new mail first...
         await self._terminate([self.queue])  # ...then the deliveries it asked for
         if self.mta is not None:
@@ -479,8 +482,8 @@ class Parent:
         async def reload() -> None:
             await self.reload()
         task = asyncio.ensure_future(reload())
-        self._reloads.add(task)
-        task.add_done_callback(self._reloads.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- reload ---------------------------------------------------------------
 
@@ -495,25 +498,39 @@ class Parent:
         None once the new smtp processes are up -- before the queue process
         is replaced, so a request that came from the queue process can
         still be answered on its channel."""
-        error: str | None = None
-        async with self._reloading:
-            if self._stopping.is_set():
-                error = "the daemon is stopping"
-            elif self.source is None:
-                error = "no configuration file to reload from"
-            else:
-                self.announce("reloading")
+        def tell(outcome: str | None) -> None:
+            if decided is not None:
                 try:
-                    await self._reload(self.source, decided or (lambda outcome: None))
-                except ReloadRefused as e:
-                    logger.error("reload: refused: %s", e)
-                    error = str(e)
-                finally:
-                    self.announce("ready")
-                if error is None:
-                    return None
-        if decided is not None:
-            decided(error)
+                    decided(outcome)
+                except Exception:
+                    logger.exception("reload: telling the outcome failed")
+
+        error: str | None = None
+        # A stop cancels a reload half done (and what it started goes too).
+        task = asyncio.current_task()
+        if task is not None:
+            self._reloads.add(task)
+        try:
+            async with self._reloading:
+                if self._stopping.is_set():
+                    error = "the daemon is stopping"
+                elif self.source is None:
+                    error = "no configuration file to reload from"
+                else:
+                    self.announce("reloading")
+                    try:
+                        await self._reload(self.source, tell)
+                    except ReloadRefused as e:
+                        logger.error("reload: refused: %s", e)
+                        error = str(e)
+                    finally:
+                        self.announce("ready")
+                    if error is None:
+                        return None
+        finally:
+            if task is not None:
+                self._reloads.discard(task)
+        tell(error)
         return error
 
     async def _reload(self, source: ConfigSource, decided: Callable[[str | None], None]) -> None:
@@ -530,13 +547,11 @@ class Parent:
         finally:
             await probe.stop()
         keys = [listen_key(listener.decl, listener.hosts) for listener in listeners]
-        sockets, fresh = self._bind_again(listeners, keys, source.path)
+        sockets, fresh = bind_again(dict(zip(self.listen_keys, self.sockets)), listeners, keys)
         old = (self.config, self.sockets, self.listen_keys, self.gates)
         gates = dict(zip(self.listen_keys, self.gates))
         self.config, self.sockets, self.listen_keys = config, sockets, keys
         self.gates = [gates.get(key) or Gate(config.limits) for key in keys]
-        for gate in self.gates:
-            gate.limits = config.limits       # kept counts, new limits
         generation = [Role("smtp", i) for i in range(config.processes.effective_smtp_workers())]
         pairs = [socket.socketpair() for _ in generation]
         try:
@@ -563,6 +578,8 @@ class Parent:
             raise ReloadRefused(located(f"{text}", None, source.path)) from None
         # The swap: from here on the new configuration runs.
         decided(None)
+        for gate in self.gates:
+            gate.limits = config.limits       # kept counts, new limits
         old_smtp, self.smtp = self.smtp, generation
         drain = ch.Drain(int(old[0].limits.session_timeout + DRAIN_SLACK))
         for role in old_smtp:
@@ -582,29 +599,6 @@ class Parent:
             self.authenticators = Authenticators(config.limits)
         logger.info("reload: configuration %s applied: %d smtp process(es), %d draining",
                     source.path, len(self.smtp), len(self.draining))
-
-    def _bind_again(self, listeners: list[Listener], keys: list[ListenKey],
-                    path: Path) -> tuple[list[list[socket.socket]], list[list[socket.socket]]]:
-        """Each listener's sockets: the running ones it is bound to already
-        (no port gap, the backlog kept), else bound now.  Returns them and
-        those bound now; ReloadRefused (nothing left bound) when a bind fails."""
-        running = dict(zip(self.listen_keys, self.sockets))
-        sockets: list[list[socket.socket]] = []
-        fresh: list[list[socket.socket]] = []
-        for listener, key in zip(listeners, keys):
-            if key in running:
-                sockets.append(running.pop(key))
-                continue
-            try:
-                socks = bind(listener.decl, listener.hosts)
-            except OSError as e:
-                for socks in fresh:
-                    for sock in socks:
-                        sock.close()
-                raise ReloadRefused(str(listen_error(listener.decl, e))) from None
-            fresh.append(socks)
-            sockets.append(socks)
-        return sockets, fresh
 
     async def _replace_queue_and_mta(self, config: Config, smtp_ends: list[socket.socket]) -> None:
         """The queue (and mta) process again, on the new configuration: the

@@ -14,11 +14,14 @@ and mta processes restarted) is the parent's (`parent.py`).
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from postillion.config.model import Config, ListenDecl
+from postillion.daemon import listen_error
+from postillion.smtp.server import Listener, bind
 
 #: A message that already starts with `file:line:` (a Position, or a
 #: table's backend-config line) is said as it is.
@@ -68,6 +71,34 @@ ListenKey = tuple[str | None, int, tuple[str, ...] | None]
 
 def listen_key(decl: ListenDecl, hosts: list[str] | None) -> ListenKey:
     return (decl.family, decl.effective_port, tuple(sorted(hosts)) if hosts is not None else None)
+
+
+Sockets = list[socket.socket]
+
+
+def bind_again(running: dict[ListenKey, Sockets], listeners: list[Listener],
+               keys: list[ListenKey]) -> tuple[list[Sockets], list[Sockets]]:
+    """Each new listener's sockets: the running ones of the same key, as
+    they are (no port gap, the backlog kept), else bound now.  Returns them
+    and those bound now; ReloadRefused, with nothing left bound, when a bind
+    fails (a port taken, or one a removed listener still holds)."""
+    running = dict(running)
+    sockets: list[Sockets] = []
+    fresh: list[Sockets] = []
+    for listener, key in zip(listeners, keys):
+        if key in running:
+            sockets.append(running.pop(key))
+            continue
+        try:
+            socks = bind(listener.decl, listener.hosts)
+        except OSError as e:
+            for bound in fresh:
+                for sock in bound:
+                    sock.close()
+            raise ReloadRefused(str(listen_error(listener.decl, e))) from None
+        fresh.append(socks)
+        sockets.append(socks)
+    return sockets, fresh
 
 
 def fixed_options(old: Config, new: Config, path: Path) -> str | None:
