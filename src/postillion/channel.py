@@ -71,7 +71,10 @@ class Committed(Frame):
 
 @dataclass(frozen=True, slots=True)
 class QueuePeer(Frame):
-    """parent -> smtp or queue: a channel to the other role, as fds[0]."""
+    """parent -> smtp or queue: a channel to the other role, as fds[0].
+    `peer`: "smtp", "mta" or "queue"; "drain" to the queue: an smtp
+    process draining after a reload, whose commits it takes but which it
+    hands no Inject."""
     peer: str
 
 
@@ -235,11 +238,20 @@ class ControlDone(Frame):
     result: str
 
 
+@dataclass(frozen=True, slots=True)
+class Drain(Frame):
+    """parent -> smtp: a reload replaced this process (docs/configuration.md,
+    Reloading): close the listening sockets, let the open sessions finish
+    under the configuration they began with (at most `timeout` s), then exit."""
+    timeout: int
+
+
 #: Every frame type, by the name it travels under: one explicit registry.
 #: (Defined after the classes: a slotted dataclass cannot register itself.)
 TYPES: Final[dict[str, type[Frame]]] = {cls.__name__: cls for cls in (
     Hello, Committed, QueuePeer, Deliver, Delivered, AuthCheck, AuthAnswer, Admit, Admitted,
-    Left, Inject, Injected, Relay, Lmtp, Relayed, Forward, ForwardText, Control, ControlDone)}
+    Left, Inject, Injected, Relay, Lmtp, Relayed, Forward, ForwardText, Control, ControlDone,
+    Drain)}
 
 
 def encode(frame: Frame) -> bytes:

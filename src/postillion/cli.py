@@ -93,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from postillion import log
     from postillion.daemon import StartupError
     from postillion.daemon.parent import Parent
+    from postillion.daemon.reload import ConfigSource
 
     path, spool = resolve_config(args)
     config = load_config(path, args.define)
@@ -109,7 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         runner = asyncio.run
     try:
         runner(Parent(config, spool, paused=frozenset(args.pause), foreground=args.debug,
-                      verbose=args.verbose).serve())
+                      verbose=args.verbose,
+                      source=ConfigSource.of(path, parse_defines(args.define))).serve())
     except StartupError as e:
         print(f"postillion: {e}", file=sys.stderr)
         return 1

@@ -97,3 +97,26 @@ async def test_an_unanswered_inject_times_out():
     reply = await links.send("", ["a@example.test"], MESSAGE)
     assert (reply.code, reply.text) == (451, "Not queued: the smtp process did not answer")
     links.close()
+
+
+async def test_a_draining_smtp_process_gets_no_inject_but_its_commits_count():
+    """After a reload the queue takes the old smtp processes' commits but
+    hands its bounces to the new ones (their rules are the new ones)."""
+    got: list[ch.Committed] = []
+
+    async def committed(frame: ch.Committed) -> None:
+        got.append(frame)
+
+    links = SmtpLinks(committed)
+    ours, theirs = socket.socketpair()
+    links.listen(ours, inject=False)
+    old = FakeSmtp(theirs)
+    new = attach(links)
+    for _ in range(3):
+        assert await links.send("", ["alice@example.test"], MESSAGE) == Reply(250, "2.0.0", "queued")
+    assert len(new.seen) == 3 and old.seen == []
+    old.channel.send(ch.Committed(("{}",)))
+    async with asyncio.timeout(10):
+        while not got:
+            await asyncio.sleep(0.01)
+    links.close()

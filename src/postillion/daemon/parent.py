@@ -12,6 +12,10 @@ owns the per-uid delivery workers, `mda/agent.py`), read a user's
 (/etc/shadow) -- restarts a role that dies, with a
 back-off, and owns the signals.  When it dies, every role and worker dies
 with it (parent-death signal), and the kernel releases the spool lock.
+
+SIGHUP reloads the configuration without a restart (`reload`): a new
+generation of smtp processes on the kept and new listening sockets, the
+old ones draining their sessions, the queue and mta processes restarted.
 """
 
 from __future__ import annotations
@@ -28,15 +32,18 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from postillion import channel as ch
 from postillion import sdnotify
 from postillion.config.model import Config
 from postillion.control.server import bind_control
 from postillion.daemon import Daemon, StartupError, exporter, listen_error, lock_spool
+from postillion.daemon.reload import (ConfigSource, ListenKey, ReloadRefused, bind_again,
+                                      fixed_options, listen_key, located)
 from postillion.daemon.roles import RoleArgs, write_start
 from postillion.errors import MailError, PermFail
 from postillion.lookup.auth import Authenticators
@@ -59,6 +66,10 @@ RESTART_MAX: Final = 60.0
 RESTART_RESET: Final = 60.0
 #: Seconds a role has to exit after SIGTERM before SIGKILL.
 STOP_TIMEOUT: Final = 10.0
+#: A draining smtp process (after a reload) has its sessions' own bound,
+#: the whole-session limit (Limits.session_timeout), plus this, before it
+#: cuts what is left.
+DRAIN_SLACK: Final = 30.0
 
 
 @dataclass(eq=False)
@@ -74,6 +85,10 @@ class Role:
     backoff: float = RESTART_MIN
     peer: socket.socket | None = None   # smtp: the queue's end of our pair, until sent
     admitted: collections.Counter[tuple[int, str]] = field(default_factory=collections.Counter)
+    #: smtp: the session counts of its generation's listeners, by index.
+    gates: list[Gate] = field(default_factory=list)
+    #: Replaced by a reload: not restarted when it exits.
+    retired: bool = False
 
     @property
     def label(self) -> str:
@@ -122,8 +137,11 @@ def own_spool(spool: Path, uid: int, gid: int) -> None:
 
 class Parent:
     def __init__(self, config: Config, spool: Path, paused: frozenset[str] = frozenset(),
-                 foreground: bool = False, verbose: bool = False) -> None:
+                 foreground: bool = False, verbose: bool = False,
+                 source: ConfigSource | None = None) -> None:
         self.config = config
+        #: Where `reload` reads the configuration again (None: it cannot).
+        self.source = source
         self.spool = spool.resolve()
         self.paused = paused
         self.foreground, self.verbose = foreground, verbose
@@ -134,6 +152,8 @@ class Parent:
         self.sockets: list[list[socket.socket]] = []
         #: control.sock, bound here and served by the queue process.
         self.control: socket.socket | None = None
+        #: What each of `sockets` is bound to: a reload keeps those it finds again.
+        self.listen_keys: list[ListenKey] = []
         #: Session counts per listener, across every smtp process (anvil).
         self.gates = [Gate(config.limits) for _ in config.listeners]
         self.queue = Role("queue", 0)
@@ -145,6 +165,14 @@ class Parent:
         #: directory of every role's metrics files (daemon/exporter.py).
         self.metrics: socket.socket | None = None
         self.metrics_dir: Path | None = None
+        #: smtp processes of older generations, finishing their sessions.
+        self.draining: list[Role] = []
+        #: Told "reloading" when a reload starts and "ready" when it ends
+        #: (applied or refused): where sd_notify's RELOADING=1/READY=1 go.
+        self.announce: Callable[[str], None] = lambda state: None
+        #: Held by the start and by each reload: one at a time.
+        self._reloading = asyncio.Lock()
+        self._retired_auth: list[Authenticators] = []
         self._stopping = asyncio.Event()
         #: Set to stop the daemon (SIGTERM, SIGINT, `ctl stop`).
         self.shutdown = asyncio.Event()
@@ -152,13 +180,16 @@ class Parent:
         #: systemd's line (Type=notify); taking NOTIFY_SOCKET out of the
         #: environment here means no role or worker can speak on it.
         self.notifier = sdnotify.Notifier.from_environ()
+        self.announce = self._announce
+        self._reloads: set[asyncio.Task[Any]] = set()
 
     # -- start ----------------------------------------------------------------
 
     async def start(self) -> None:
         lock_spool(self.lock)       # before anything touches the queue or a port
         try:
-            await self._start()
+            async with self._reloading:
+                await self._start()
         except BaseException:
             await self.stop()
             raise
@@ -185,6 +216,7 @@ class Parent:
                 self.sockets.append(bind(decl, listener.hosts))
             except OSError as e:
                 raise listen_error(decl, e) from None
+            self.listen_keys.append(listen_key(decl, listener.hosts))
         self._prepare_metrics()
         self.smtp = [Role("smtp", i) for i in range(self.config.processes.effective_smtp_workers())]
         pairs = [socket.socketpair() for _ in self.smtp]
@@ -238,6 +270,7 @@ class Parent:
         listeners: list[tuple[int, int]] = []
         if role.name == "smtp":
             listeners = [(i, s.fileno()) for i, socks in enumerate(self.sockets) for s in socks]
+            role.gates = self.gates
         control = self.control.fileno() if role.name == "queue" and self.control is not None else -1
         args = RoleArgs(role=role.name, index=role.index, parent=os.getpid(),
                         channel=theirs.fileno(), spool=str(self.spool),
@@ -278,8 +311,8 @@ class Parent:
         elif isinstance(frame, ch.Deliver) and role.name == "queue":
             result, reason = await self._deliver(frame)
             self._answer(role, ch.Delivered(frame.id, result, reason))
-        elif isinstance(frame, ch.Admit) and role.name == "smtp" and frame.listener < len(self.gates):
-            ok = self.gates[frame.listener].take(frame.ip)
+        elif isinstance(frame, ch.Admit) and role.name == "smtp" and frame.listener < len(role.gates):
+            ok = role.gates[frame.listener].take(frame.ip)
             if ok:
                 role.admitted[(frame.listener, frame.ip)] += 1
             self._answer(role, ch.Admitted(frame.id, int(ok)))
@@ -287,6 +320,8 @@ class Parent:
             self._left(role, frame.listener, frame.ip)
         elif isinstance(frame, ch.Forward) and role.name == "smtp":
             self._answer(role, await self._forward(frame))
+        elif isinstance(frame, ch.Control) and role.name == "queue" and frame.verb == "reload":
+            self._reload_asked(role, frame.id)
         elif isinstance(frame, ch.Control) and role.name == "queue":
             self._answer(role, await self._control(frame))
         elif isinstance(frame, ch.AuthCheck) and role.name == "smtp":
@@ -313,7 +348,7 @@ class Parent:
         role.admitted[key] -= 1
         if role.admitted[key] == 0:
             del role.admitted[key]
-        self.gates[listener].leave(ip)
+        role.gates[listener].leave(ip)
 
     def _forget_sessions(self, role: Role) -> None:
         """A role that died holds no session any more."""
@@ -366,6 +401,9 @@ class Parent:
             exporter.process_gone(self.metrics_dir, role.proc.pid)
             if self._stopping.is_set():
                 return
+            if role.retired:
+                self._gone(role, status)
+                return
             lived = time.monotonic() - role.started
             if lived >= RESTART_RESET:
                 role.backoff = RESTART_MIN
@@ -377,6 +415,9 @@ class Parent:
                 return
             except TimeoutError:
                 pass
+            if role.retired:           # a reload replaced it meanwhile
+                self._gone(role, status)
+                return
             self._restart(role)
             try:
                 await self._wait_hello(role)
@@ -416,6 +457,7 @@ class Parent:
                 for_mta.close()
         # Not the first start: smtp processes are receiving into incoming/.
         self._spawn(role, [q for q, _ in pairs], first=False, mta=to_mta)
+        self._link_draining(role)
 
     async def _reap(self, role: Role) -> str:
         assert role.proc is not None
@@ -447,7 +489,12 @@ class Parent:
 
     async def stop(self) -> None:
         self._stopping.set()
-        await self._terminate(self.smtp)     # no new mail first...
+        for task in list(self._reloads):   # a reload half done: what it started goes too
+            if task is not asyncio.current_task():
+                task.cancel()
+        await asyncio.gather(*(t for t in self._reloads if t is not asyncio.current_task()),
+                             return_exceptions=True)
+        await self._terminate([*self.smtp, *self.draining])     # no new mail first...
         await self._terminate([self.queue])  # ...then the deliveries it asked for
         if self.mta is not None:
             await self._terminate([self.mta])
@@ -456,6 +503,8 @@ class Parent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.mda.stop()
         self.authenticators.close()
+        for authenticators in self._retired_auth:
+            authenticators.close()
         for socks in self.sockets:
             for sock in socks:
                 sock.close()
@@ -470,7 +519,7 @@ class Parent:
         self.lock.release()
 
     async def serve(self) -> None:
-        """Run until SIGTERM or SIGINT; SIGHUP is passed on to the roles."""
+        """Run until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.shutdown.set)
         loop.add_signal_handler(signal.SIGINT, self.shutdown.set)
@@ -488,8 +537,195 @@ class Parent:
             self.notifier.stopping()
             await self.stop()
 
-    def _hangup(self) -> None:
-        for role in self.roles():
-            if role.proc is not None and role.proc.poll() is None:
-                role.proc.send_signal(signal.SIGHUP)
+    def _hangup(self, decided: Callable[[str | None], None] | None = None) -> None:
+        async def reload() -> None:
+            await self.reload(decided)
+        task = asyncio.ensure_future(reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _reload_asked(self, queue: Role, rid: int) -> None:
+        """`postillion ctl reload`: the answer goes out as soon as the outcome
+        is known -- a good reload replaces the queue process that asked."""
+        logger.info("reload requested by postillion ctl")
+
+        def decided(outcome: str | None) -> None:
+            self._answer(queue, ch.ControlDone(rid, "", "null") if outcome is None else
+                         ch.ControlDone(rid, "refused", json.dumps(outcome)))
+        self._hangup(decided)
+
+    def _announce(self, state: str) -> None:
+        """Reload's states, told to systemd (RELOADING=1, then READY=1)."""
+        if state == "reloading":
+            self.notifier.reloading()
+        else:
+            self.notifier.ready(f"ready: {len(self.smtp)} smtp process(es)")
+
+    # -- reload ---------------------------------------------------------------
+
+    async def reload(self, decided: Callable[[str | None], None] | None = None) -> str | None:
+        """Read the configuration again and apply it without a restart, as
+        `postfix reload` (docs/configuration.md, Reloading).  None when it
+        is applied; else why it is refused (one line naming file:line), the
+        running configuration left as it was.  One reload at a time: a
+        second waits for the first (and for the start).
+
+        `decided` is told the outcome as soon as it is known: a refusal, or
+        None once the new smtp processes are up -- before the queue process
+        is replaced, so a request that came from the queue process can
+        still be answered on its channel."""
+        def tell(outcome: str | None) -> None:
+            if decided is not None:
+                try:
+                    decided(outcome)
+                except Exception:
+                    logger.exception("reload: telling the outcome failed")
+
+        error: str | None = None
+        # A stop cancels a reload half done (and what it started goes too).
+        task = asyncio.current_task()
+        if task is not None:
+            self._reloads.add(task)
+        try:
+            async with self._reloading:
+                if self._stopping.is_set():
+                    error = "the daemon is stopping"
+                elif self.source is None:
+                    error = "no configuration file to reload from"
+                else:
+                    self.announce("reloading")
+                    try:
+                        await self._reload(self.source, tell)
+                    except ReloadRefused as e:
+                        logger.error("reload: refused: %s", e)
+                        error = str(e)
+                    finally:
+                        self.announce("ready")
+                    if error is None:
+                        return None
+        finally:
+            if task is not None:
+                self._reloads.discard(task)
+        tell(error)
+        return error
+
+    async def _reload(self, source: ConfigSource, decided: Callable[[str | None], None]) -> None:
+        config = await asyncio.to_thread(source.load)
+        if (problem := fixed_options(self.config, config, source.path)) is not None:
+            raise ReloadRefused(problem)
+        # What the start checks, on the new configuration: every table
+        # opened and verified, every certificate and AUTH table loaded.
+        probe = Daemon(config, self.spool)
+        try:
+            listeners = await probe.prepare()
+        except StartupError as e:
+            raise ReloadRefused(located(str(e), config, source.path)) from None
+        finally:
+            await probe.stop()
+        keys = [listen_key(listener.decl, listener.hosts) for listener in listeners]
+        sockets, fresh = bind_again(dict(zip(self.listen_keys, self.sockets)), listeners, keys)
+        old = (self.config, self.sockets, self.listen_keys, self.gates)
+        gates = dict(zip(self.listen_keys, self.gates))
+        self.config, self.sockets, self.listen_keys = config, sockets, keys
+        self.gates = [gates.get(key) or Gate(config.limits) for key in keys]
+        generation = [Role("smtp", i) for i in range(config.processes.effective_smtp_workers())]
+        pairs = [socket.socketpair() for _ in generation]
+        try:
+            for role, (_, smtp_end) in zip(generation, pairs):
+                self._spawn(role, [smtp_end])
+            for role in generation:
+                await self._wait_hello(role)
+        except BaseException as e:
+            # Nothing of the running daemon was touched yet: put it back.
+            self.config, self.sockets, self.listen_keys, self.gates = old
+            for role in generation:
+                role.retired = True
+                self._kill(role)
+            await asyncio.gather(*(self._reap(r) for r in generation if r.proc is not None),
+                                 return_exceptions=True)
+            for queue_end, _ in pairs:
+                queue_end.close()
+            for socks in fresh:
+                for sock in socks:
+                    sock.close()
+            if not isinstance(e, (StartupError, OSError)):
+                raise               # cancelled: the daemon is stopping
+            text = e.strerror if isinstance(e, OSError) else str(e)
+            raise ReloadRefused(located(f"{text}", None, source.path)) from None
+        # The swap: from here on the new configuration runs.
+        decided(None)
+        for gate in self.gates:
+            gate.limits = config.limits       # kept counts, new limits
+        old_smtp, self.smtp = self.smtp, generation
+        drain = ch.Drain(int(old[0].limits.session_timeout + DRAIN_SLACK))
+        for role in old_smtp:
+            role.retired = True
+            self.draining.append(role)
+            self._answer(role, drain)
+        for role in generation:
+            self._watch(role)
+        kept = {id(sock) for socks in sockets for sock in socks}
+        for socks in old[1]:
+            for sock in socks:
+                if id(sock) not in kept:
+                    sock.close()        # the draining processes close their copies
+        await self._replace_queue_and_mta(config, [q for q, _ in pairs])
+        if config.limits != old[0].limits:
+            self._retired_auth.append(self.authenticators)
+            self.authenticators = Authenticators(config.limits)
+        logger.info("reload: configuration %s applied: %d smtp process(es), %d draining",
+                    source.path, len(self.smtp), len(self.draining))
+
+    async def _replace_queue_and_mta(self, config: Config, smtp_ends: list[socket.socket]) -> None:
+        """The queue (and mta) process again, on the new configuration: the
+        old one stops as at SIGTERM (deliveries in flight get their grace;
+        what was not answered stays in the spool), the new one recovers the
+        spool, takes the new generation's commits (`smtp_ends`) and the
+        draining processes'.  An envelope may be delivered twice, never lost."""
+        old_queue, old_mta = self.queue, self.mta
+        for role in (old_queue, old_mta):
+            if role is not None:
+                role.retired = True
+        await self._terminate([old_queue])
+        if old_mta is not None:
+            await self._terminate([old_mta])
+        if config.mda != self.mda.options:
+            old_mda, self.mda = self.mda, MdaAgent(config.mda)
+            await old_mda.stop()
+        self.queue = Role("queue", 0)
+        self.mta = Role("mta", 0) if needs_mta(config) else None
+        mta_pair = socket.socketpair() if self.mta is not None else None
+        self._spawn(self.queue, smtp_ends, first=False,
+                    mta=mta_pair[0] if mta_pair is not None else None)
+        self._link_draining(self.queue)
+        if self.mta is not None and mta_pair is not None:
+            self._spawn(self.mta, [], mta=mta_pair[1])
+        for role in [self.queue, *([self.mta] if self.mta is not None else [])]:
+            try:
+                await self._wait_hello(role)
+            except StartupError as e:
+                # Past the swap there is no way back: its watcher restarts it.
+                logger.error("reload: %s", e)
+                self._kill(role)
+            self._watch(role)
+
+    def _link_draining(self, queue: Role) -> None:
+        """A channel from each draining smtp process to this queue process:
+        their last commits are announced to it (they get no Inject)."""
+        for role in self.draining:
+            if role.channel is None or role.channel.closed.is_set():
+                continue
+            queue_end, smtp_end = socket.socketpair()
+            try:
+                self._answer(role, ch.QueuePeer("queue", fds=(smtp_end.fileno(),)))
+                self._answer(queue, ch.QueuePeer("drain", fds=(queue_end.fileno(),)))
+            finally:
+                queue_end.close()
+                smtp_end.close()
+
+    def _gone(self, role: Role, status: str) -> None:
+        """A process a reload replaced has exited: nothing to restart."""
+        if role in self.draining:
+            self.draining.remove(role)
+            logger.info("%s drained and exited (%s)", role.label, status)
 

@@ -22,7 +22,9 @@ for good, asks to die with the parent, and says Hello.
   the spool.
 
 A role exits when its parent channel closes, on SIGTERM (after finishing
-what it can), and when the parent dies (SIGKILL from the kernel).
+what it can), and when the parent dies (SIGKILL from the kernel).  After a
+reload an smtp process gets Drain: it stops accepting, finishes its open
+sessions under its own configuration, and exits.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ logger = logging.getLogger("postillion.role")
 REQUEST_TIMEOUT = 330.0
 #: A role stopping gives deliveries in flight this long (as the daemon does).
 STOP_GRACE = 5.0
+#: A draining smtp process waits this long for a queue channel to announce
+#: its last commits (the queue process is restarted by the same reload).
+DRAIN_ANNOUNCE = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,12 +267,16 @@ class RemoteGate:
 async def smtp_role(args: RoleArgs, config: Config) -> None:
     requests = Requests()
     stopping = asyncio.Event()
+    draining: list[int] = []        # the Drain frame's bound, once it came
 
     async def on_parent(frame: ch.Frame) -> None:
         if isinstance(frame, (ch.AuthAnswer, ch.Admitted, ch.ForwardText)):
             requests.answer(frame.id, frame)
         elif isinstance(frame, ch.QueuePeer) and frame.fds:
             queue.connect(socket.socket(fileno=os.dup(frame.fds[0])))
+        elif isinstance(frame, ch.Drain) and not draining:
+            draining.append(max(0, frame.timeout))
+            stopping.set()
 
     async def injected(frame: ch.Inject) -> ch.Injected:
         """A bounce, or a `sendmail` submission (`frame.user`), from the
@@ -308,8 +317,35 @@ async def smtp_role(args: RoleArgs, config: Config) -> None:
     closed = asyncio.ensure_future(parent.closed.wait())
     await asyncio.wait([closed, asyncio.ensure_future(stopping.wait())],
                        return_when=asyncio.FIRST_COMPLETED)
+    if draining and not parent.closed.is_set():
+        await drain(daemon, parent, queue, draining[0], args.index)
     requests.fail_all()
     await daemon.stop()
+
+
+async def drain(daemon: Daemon, parent: ch.Channel, queue: QueueLink, timeout: float,
+                index: int) -> None:
+    """After a reload: stop accepting and let the open sessions finish
+    under this process's configuration (the parent still answers their
+    requests), at most `timeout` s, or until the parent goes or says
+    SIGTERM.  The sessions left then are cut, as at a stop."""
+    logger.info("smtp process %d draining after a reload: %d open session(s)", index,
+                sum(len(listener.sessions) for listener in daemon.listeners))
+    finished = asyncio.ensure_future(asyncio.gather(
+        *(listener.drain(timeout) for listener in daemon.listeners)))
+    closed = asyncio.ensure_future(parent.closed.wait())
+    terminated = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminated.set)
+    stopped = asyncio.ensure_future(terminated.wait())
+    await asyncio.wait([finished, closed, stopped], return_when=asyncio.FIRST_COMPLETED)
+    for task in (finished, closed, stopped):
+        task.cancel()
+    # The last commits' announcements leave before we do (the queue would
+    # find them on disk, but only at its next start).
+    for _ in range(int(DRAIN_ANNOUNCE / 0.05)):
+        if not queue.pending:
+            break
+        await asyncio.sleep(0.05)
 
 
 class QueueLink:
@@ -346,6 +382,11 @@ class QueueLink:
         if channel is not None and not channel.closed.is_set():
             channel.send(answer)
 
+    @property
+    def pending(self) -> bool:
+        """Commits not handed to a queue channel yet."""
+        return bool(self._batch or self.backlog)
+
     def committed(self, envelope: Envelope) -> None:
         if not self._batch:
             asyncio.get_running_loop().call_soon(self._flush)
@@ -381,7 +422,7 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
         elif isinstance(frame, ch.QueuePeer) and frame.fds and frame.peer == "mta":
             mta.connect(socket.socket(fileno=os.dup(frame.fds[0])))
         elif isinstance(frame, ch.QueuePeer) and frame.fds:
-            smtp.listen(socket.socket(fileno=os.dup(frame.fds[0])))
+            smtp.listen(socket.socket(fileno=os.dup(frame.fds[0])), inject=frame.peer != "drain")
 
     mta = MtaLink(daemon.store.message_path)
 
@@ -496,7 +537,7 @@ def parent_verbs(parent: ch.Channel, requests: Requests) -> dict[str, Verb]:
             raise ControlError(done.status, str(result))
         return result
 
-    return {"stop": Verb(passed_on)}
+    return {"stop": Verb(passed_on), "reload": Verb(passed_on)}
 
 
 async def mta_role(args: RoleArgs, config: Config) -> None:

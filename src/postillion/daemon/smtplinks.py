@@ -55,18 +55,28 @@ class SmtpLinks:
         self.answer_timeout = answer_timeout
         self.tries = tries
         self.channels: list[ch.Channel] = []
+        self._draining: set[ch.Channel] = set()
         self._added = asyncio.Event()
         self._turn = itertools.count()
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[ch.Injected]] = {}
 
-    def listen(self, sock: socket.socket) -> None:
-        """A channel to an smtp process (at start, or a restarted one)."""
-        self.channels = [*self.live(), ch.Channel(sock, self._on_frame, "smtp channel")]
+    def listen(self, sock: socket.socket, inject: bool = True) -> None:
+        """A channel to an smtp process (at start, or a restarted one).
+        `inject` False: a process draining after a reload, whose commits
+        are taken but which is handed no Inject (its rules are the old ones)."""
+        channel = ch.Channel(sock, self._on_frame, "smtp channel")
+        self.channels = [*self.live(), channel]
+        self._draining = {c for c in self._draining if not c.closed.is_set()}
+        if not inject:
+            self._draining.add(channel)
         self._added.set()
 
     def live(self) -> list[ch.Channel]:
         return [c for c in self.channels if not c.closed.is_set()]
+
+    def injectable(self) -> list[ch.Channel]:
+        return [c for c in self.live() if c not in self._draining]
 
     async def _on_frame(self, frame: ch.Frame) -> None:
         if isinstance(frame, ch.Injected):
@@ -102,7 +112,7 @@ class SmtpLinks:
 
     async def _next(self) -> ch.Channel:
         async with asyncio.timeout(self.link_wait):
-            while not (live := self.live()):
+            while not (live := self.injectable()):
                 self._added.clear()
                 await self._added.wait()
         return live[next(self._turn) % len(live)]

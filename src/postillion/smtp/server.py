@@ -24,6 +24,9 @@ from postillion.table.table import Table
 from postillion.tls import TlsConfigError, server_context
 
 BACKLOG = 1024
+#: A draining listener waits this long after closing its sockets for the
+#: handlers of connections accepted just before (then for their sessions).
+DRAIN_SETTLE = 0.5
 REPLY_BUSY = Reply(421, "4.7.0", "Too many connections, try again later")
 
 logger = logging.getLogger("postillion.smtp")
@@ -177,24 +180,41 @@ class Listener:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else "local"
-        if not await self.gate.admit(ip):
-            writer.write(REPLY_BUSY.to_bytes())
-            try:
-                await asyncio.wait_for(writer.drain(), 5)
-            except (OSError, asyncio.TimeoutError):
-                pass
-            writer.close()
-            return
+        # Counted from the accept, the gate's round trip included: a drain
+        # waits for this client too.
         task = asyncio.current_task()
         assert task is not None
         self.sessions.add(task)
         try:
-            await Session(self.ctx, reader, writer).run()
-        except Exception:
-            logger.exception("session crashed")  # a bug must cost one session, not the daemon
+            if not await self.gate.admit(ip):
+                writer.write(REPLY_BUSY.to_bytes())
+                try:
+                    await asyncio.wait_for(writer.drain(), 5)
+                except (OSError, asyncio.TimeoutError):
+                    pass
+                writer.close()
+                return
+            try:
+                await Session(self.ctx, reader, writer).run()
+            except Exception:
+                logger.exception("session crashed")  # a bug must cost one session, not the daemon
+            finally:
+                self.gate.leave(ip)
         finally:
             self.sessions.discard(task)
-            self.gate.leave(ip)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, and let the open sessions end by themselves, for
+        at most `timeout` s (a reload: the listening sockets live on in the
+        processes that replace this one, so closing ours refuses no one)."""
+        for server in self.servers:
+            server.close()
+        # A connection accepted just before the close gets its handler a
+        # moment later: wait for it, then for every session.
+        deadline = asyncio.get_running_loop().time() + timeout
+        await asyncio.sleep(DRAIN_SETTLE)
+        while self.sessions and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(set(self.sessions), timeout=left)
 
     async def stop(self) -> None:
         for server in self.servers:
