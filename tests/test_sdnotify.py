@@ -1,6 +1,7 @@
 """systemd's readiness protocol (sd_notify): a real `postillion run` tells a
 datagram socket the test binds, as systemd's would be, READY=1 once mail can
-be taken and STOPPING=1 on SIGTERM -- and only the parent ever speaks.
+be taken, RELOADING=1 then READY=1 around a reload (SIGHUP), and
+STOPPING=1 on SIGTERM -- and only the parent ever speaks.
 
 The kernel stamps each datagram with its sender's pid (SO_PASSCRED), so
 "only the parent" is checked on the wire, not taken on trust.
@@ -113,6 +114,14 @@ def test_ready_after_the_port_greets_stopping_on_sigterm_and_only_the_parent_spe
             environ = Path(f"/proc/{role}/environ").read_bytes().split(b"\0")
             assert not any(v.startswith(b"NOTIFY_SOCKET=") for v in environ), role
 
+        # A reload is told as RELOADING=1, then READY=1 once it is done.
+        daemon.proc.send_signal(1)
+        reloading = wait_for(manager, "RELOADING", seen, timeout=30)
+        assert reloading.pid == pid and "MONOTONIC_USEC" in reloading.fields
+        again = wait_for(manager, "READY", seen, timeout=60)
+        assert again.pid == pid and again.fields["STATUS"].startswith("ready: ")
+        assert "applied" in daemon.log()
+
         daemon.proc.send_signal(15)
         stopping = wait_for(manager, "STOPPING", seen, timeout=15)
         assert stopping.pid == pid and stopping.fields["STOPPING"] == "1"
@@ -120,7 +129,8 @@ def test_ready_after_the_port_greets_stopping_on_sigterm_and_only_the_parent_spe
         while (late := receive(manager, 0.2)) is not None:
             seen.append(late)
     assert {d.pid for d in seen} == {pid}, seen
-    assert [k for d in seen for k in d.fields if k in ("READY", "STOPPING")] == ["READY", "STOPPING"]
+    assert [k for d in seen for k in d.fields if k in ("READY", "RELOADING", "STOPPING")] == \
+        ["READY", "RELOADING", "READY", "STOPPING"]
 
 
 def test_abstract_names_reload_pair_and_nothing_without_a_socket(monkeypatch):
