@@ -34,6 +34,8 @@ from typing import Final
 
 from postillion import channel as ch
 from postillion.config.model import Config
+from postillion.control.remote import answer as remote_answer
+from postillion.control.remote import logging_handlers
 from postillion.control.server import bind_control
 from postillion.daemon import Daemon, StartupError, listen_error, lock_spool
 from postillion.daemon.roles import RoleArgs, write_start
@@ -144,6 +146,7 @@ class Parent:
         #: Set to stop the daemon (SIGTERM, SIGINT, `ctl stop`).
         self.shutdown = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.started = time.monotonic()
 
     # -- start ----------------------------------------------------------------
 
@@ -283,8 +286,32 @@ class Parent:
         if frame.verb == "stop":
             logger.info("stop requested by postillion ctl")
             asyncio.get_running_loop().call_later(0.2, self.shutdown.set)   # answer first
-            return ch.ControlDone(frame.id, "", "null")
-        return ch.ControlDone(frame.id, "usage", json.dumps(f"the parent does not know {frame.verb}"))
+            return ch.ControlDone(frame.id, "", json.dumps({"stopping": True}))
+        if frame.verb == "reload":
+            logger.info("reload requested by postillion ctl")
+            error = await self.reload()
+            if error is not None:
+                return ch.ControlDone(frame.id, "dataerr", json.dumps(error))
+            return ch.ControlDone(frame.id, "", json.dumps({"reloaded": True}))
+        if frame.verb == "show status":
+            return ch.ControlDone(frame.id, "", json.dumps(self.status()))
+        return await remote_answer(frame, logging_handlers())
+
+    def status(self) -> dict[str, object]:
+        """The parent's part of `show status`: uptime and the roles' pids."""
+        def pid(role: Role | None) -> int | None:
+            return role.proc.pid if role is not None and role.proc is not None and \
+                role.proc.poll() is None else None
+        return {"pid": os.getpid(), "uptime": int(time.monotonic() - self.started),
+                "started": int(time.time() - (time.monotonic() - self.started)),
+                "processes": {"queue": pid(self.queue), "mta": pid(self.mta),
+                              "smtp": [pid(r) for r in self.smtp]}}
+
+    async def reload(self) -> str | None:
+        """`ctl reload`: for now what SIGHUP does -- every role updates its
+        tables.  None when applied, else why not."""
+        self._hangup()
+        return None
 
     def _left(self, role: Role, listener: int, ip: str) -> None:
         key = (listener, ip)

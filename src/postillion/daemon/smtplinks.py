@@ -28,6 +28,7 @@ from typing import Final
 
 from postillion import channel as ch
 from postillion import log
+from postillion.control.remote import ControlCalls
 from postillion.daemon.relaying import LINK_WAIT
 from postillion.errors import Reply
 from postillion.smtp.inject import INJECT_TIMEOUT
@@ -59,11 +60,19 @@ class SmtpLinks:
         self._turn = itertools.count()
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[ch.Injected]] = {}
+        #: `postillion ctl` verbs passed on to the smtp processes.
+        self.calls = ControlCalls()
+        #: Called with each new channel (daemon/controlverbs.py: a
+        #: restarted smtp process learns that smtp is paused).
+        self.on_listen: Callable[[ch.Channel], None] | None = None
 
     def listen(self, sock: socket.socket) -> None:
         """A channel to an smtp process (at start, or a restarted one)."""
-        self.channels = [*self.live(), ch.Channel(sock, self._on_frame, "smtp channel")]
+        channel = ch.Channel(sock, self._on_frame, "smtp channel")
+        self.channels = [*self.live(), channel]
         self._added.set()
+        if self.on_listen is not None:
+            self.on_listen(channel)
 
     def live(self) -> list[ch.Channel]:
         return [c for c in self.channels if not c.closed.is_set()]
@@ -75,6 +84,8 @@ class SmtpLinks:
                 future.set_result(frame)
         elif isinstance(frame, ch.Committed):
             await self.on_committed(frame)
+        elif isinstance(frame, ch.ControlDone):
+            self.calls.answered(frame)
         else:
             raise ch.ChannelError(f"unexpected {type(frame).__name__}")
 
