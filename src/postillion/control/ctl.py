@@ -148,11 +148,20 @@ def show_queue(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def show_message(args: argparse.Namespace, rest: list[str]) -> int:
+    """The message as queued: its octets, or with --json one object whose
+    `data` is its text (octets that are not UTF-8 as \\udcXX escapes)."""
     out = sys.stdout.buffer
+    pieces: list[str] = []
 
     def on_part(part: Any) -> None:
-        out.write(str(part.get("data", "")).encode("utf-8", "surrogateescape"))
+        data = str(part.get("data", ""))
+        if args.json:
+            pieces.append(data)
+        else:
+            out.write(data.encode("utf-8", "surrogateescape"))
     request(spool_dir(args.spool), "show message", rest, on_part=on_part)
+    if args.json:
+        print(json.dumps({"data": "".join(pieces)}))
     out.flush()
     return EXIT_OK
 

@@ -138,7 +138,7 @@ class ControlServer:
             async with asyncio.timeout(wire.TIMEOUT):
                 await writer.drain()
         except (wire.ProtocolError, TimeoutError, ConnectionError) as e:
-            logger.info("control: client dropped: %s", e)
+            logger.debug("control: client dropped: %s", e)
         except asyncio.CancelledError:
             pass
         finally:
@@ -157,6 +157,8 @@ class ControlServer:
                 not all(isinstance(a, str) for a in args) or len(args) > MAX_ARGS or \
                 not isinstance(size, int) or size < 0:
             raise wire.ProtocolError("malformed request")
+        logger.debug("control: uid %d (pid %d): %s%s", peer.uid, peer.pid, verb_name,
+                     "".join(f" {a!r}" for a in args))
         verb = self.verbs.get(verb_name)
         if verb is None:
             return {"ok": False, "status": wire.USAGE, "error": f"unknown verb: {verb_name}"}
