@@ -418,7 +418,7 @@ class Daemon:
         except TableError as e:
             logger.warning("update of table %s failed, old contents kept: %s", table.name, e)
         else:
-            logger.debug("table %s updated", name)
+            logging.getLogger("postillion.table").debug("table %s updated", name)
         return True
 
     async def stop(self) -> None:
