@@ -163,6 +163,23 @@ def test_pause_mda_holds_deliveries_and_pause_envelope_holds_one(daemon):
     until(lambda: not queue(daemon), "the queue empty")
 
 
+def test_pause_mta_holds_relays(daemon):
+    assert ok_json(daemon.spool, "pause mta") == {"subsystem": "mta", "paused": True, "changed": True}
+    assert ok_json(daemon.spool, "show status")["paused"] == ["mta"]
+    send(daemon, "erin@remote.test", "held by pause mta")
+    [env] = until(lambda: queue(daemon), "the relay queued")
+    time.sleep(1.0)
+    [env] = queue(daemon)
+    assert env["retries"] == 0 and env["runstate"] == "pending"    # not tried
+    assert "changed: no" in ok(daemon.spool, "pause", "mta")
+    assert "paused: no" in ok(daemon.spool, "resume", "mta")
+    until(lambda: [e for e in queue(daemon) if e["retries"] == 1], "tried once resumed")
+    assert ok_json(daemon.spool, "resume mta")["changed"] is False
+    assert ok_json(daemon.spool, "remove", "all")["removed"] == 1
+    for route in ok_json(daemon.spool, "show routes"):       # as the next test expects them
+        ok(daemon.spool, "resume", "route", str(route["id"]))
+
+
 def test_routes_schedule_and_remove_of_a_deferred_relay(daemon):
     bounces = ok_json(daemon.spool, "show stats").get("queue.bounce", 0)
     alice = len(daemon.delivered("alice"))
@@ -179,8 +196,8 @@ def test_routes_schedule_and_remove_of_a_deferred_relay(daemon):
     assert "127.0.0.1" in relay["relay"]
     assert ok(daemon.spool, "show", "relays").strip()
     [stat] = ok_json(daemon.spool, "show hoststats")
-    assert stat["domain"] == "remote.test" and stat["tempfail"] == 1
-    assert "remote.test|0|1|0|" in ok(daemon.spool, "show", "hoststats")
+    assert stat["domain"] == "remote.test" and stat["tempfail"] >= 1 and stat["ok"] == 0
+    assert ok(daemon.spool, "show", "hoststats").startswith(f"remote.test|0|{stat['tempfail']}|0|")
     hosts = ok_json(daemon.spool, "show hosts")
     assert [h["host"] for h in hosts] in ([], ["127.0.0.1"])
     ok(daemon.spool, "show", "hosts")

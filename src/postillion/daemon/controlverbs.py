@@ -161,7 +161,7 @@ class ControlVerbs:
         """A (restarted) smtp process: tell it smtp is paused, if it is."""
         if self.smtp_paused:
             task = asyncio.ensure_future(self.smtp.calls.ask(channel, "pause smtp"))
-            task.add_done_callback(lambda t: t.exception())
+            task.add_done_callback(_quiet)
 
     async def update(self, request: Request, answer: Answer) -> dict[str, Any]:
         if len(request.args) != 1:
@@ -216,8 +216,7 @@ class ControlVerbs:
         self._monitors += 1
         try:
             before = await self.totals()
-            while True:
-                await asyncio.sleep(MONITOR_EVERY)
+            while not await answer.gone(MONITOR_EVERY):
                 now = await self.totals()
                 opened = sum(now.get(k, 0) - before.get(k, 0) for k in
                              ("smtp.session.local", "smtp.session.inet4", "smtp.session.inet6"))
@@ -228,5 +227,13 @@ class ControlVerbs:
                     line[name] = now.get(counter, 0) - before.get(counter, 0)
                 await answer.part(line)
                 before = now
+            return None
         finally:
             self._monitors -= 1
+
+
+def _quiet(task: asyncio.Task[Any]) -> None:
+    """A pause told to a restarted smtp process that went away again: its
+    next restart is told in turn; nothing to report."""
+    if not task.cancelled():
+        task.exception()
