@@ -235,6 +235,9 @@ def test_update_table_and_the_logging_verbs(daemon):
     daemon.wait_log("control: uid 0")           # the control trace names each request
     assert ok_json(daemon.spool, "untrace", "control")["traced"] is False
     assert "traced: yes" in ok(daemon.spool, "trace", "smtp")
+    assert "smtp event MailFrom" not in daemon.log()
+    send(daemon, "bob@example.test", "traced")
+    daemon.wait_log("smtp event MailFrom")      # from the smtp process that took it
     assert "traced: no" in ok(daemon.spool, "untrace", "smtp")
     verbose = ok_json(daemon.spool, "log verbose")
     assert verbose["level"] == "verbose" and verbose["processes"] >= 4   # parent, queue, smtp, mta

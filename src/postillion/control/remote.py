@@ -30,14 +30,13 @@ ANSWER_TIMEOUT: Final = 10.0
 
 #: `trace SUBSYSTEM`: the logger each subsystem's debug lines go to.
 TRACE: Final[dict[str, str]] = {
-    "smtp": "postillion.smtp",        # paused refusals, listener events
-    "mta": "postillion.mta",          # routes, sessions to next hops
+    "smtp": "postillion.smtp",        # each SMTP event by name, paused refusals
+    "mta": "postillion.mta",          # sessions to next hops, route errors
     "queue": "postillion.queue",      # commits, retries, schedule decisions
-    "table": "postillion.table",      # table updates and backend reconnects
+    "table": "postillion.table",      # each lookup (found or not), reloads
     "control": "postillion.control",  # every control request: who, what
-    "mda": "postillion.mda",          # delivery workers
-    "lmtp": "postillion.lmtp",
-    "channel": "postillion.channel",  # frames between the processes
+    "mda": "postillion.mda",          # each delivery job: method, user
+    "channel": "postillion.channel",  # each frame between the processes
 }
 
 #: A remote verb's handler: its arguments in, a JSON-able result out
