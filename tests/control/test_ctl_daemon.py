@@ -99,6 +99,11 @@ def test_verbs_by_unique_prefix_and_the_exit_statuses(daemon):
     assert done.returncode == 1 and "no such envelope" in done.stderr
     done = ctl(daemon.root / "no-spool", "show", "queue")
     assert done.returncode == 3 and "cannot reach the daemon" in done.stderr, done.stderr
+    mailq = [sys.executable, "-m", "postillion.cli", "mailq", "-s", str(daemon.spool)]
+    done = subprocess.run(mailq, capture_output=True, text=True, timeout=40)
+    assert done.returncode == 0 and done.stdout == ""
+    done = subprocess.run([*mailq, "--json"], capture_output=True, text=True, timeout=40)
+    assert validate("show queue", json.loads(done.stdout)) == []
 
 
 def test_show_stats_and_status(daemon):

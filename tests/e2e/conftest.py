@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from postillion.paths import CONTROL_SOCKET
 from postillion.queue.lock import PID_FILE
 
 DOMAIN = "example.test"
@@ -166,8 +167,9 @@ class Daemon:
 
     def queued_files(self) -> list[Path]:
         """Every file in the queue (committed or not), for 'nothing queued' checks;
-        the spool's lock file is no mail."""
-        return sorted(p for p in files_under(self.spool) if p.name != PID_FILE)
+        the spool's lock file and control socket are no mail."""
+        return sorted(p for p in files_under(self.spool)
+                      if p.parent != self.spool or p.name not in (PID_FILE, CONTROL_SOCKET))
 
 
 def files_under(root: Path) -> list[Path]:

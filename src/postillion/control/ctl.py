@@ -1,8 +1,9 @@
 """`postillion ctl VERB` and `postillion mailq`: smtpctl's command line.
 
 Verbs are words matched by unique prefix, as smtpctl's (`sh q` is `show
-queue`); what follows the verb's words are its arguments.  Every `show`
-takes `--json` and then prints the daemon's answer as JSON.  Exit status:
+queue`); what follows the verb's words are its arguments.  Every verb
+takes `--json` and then prints the daemon's answer as JSON, in the shapes
+docs/ctl-schema.json gives (one object per line for `monitor`).  Exit status:
 0 done, 1 refused or not found, 2 usage, 3 the daemon cannot be reached.
 """
 
