@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import smtplib
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e import procs
 from tests.control.ctlrun import ctl, ok, ok_json, until, validate
 from tests.e2e.conftest import BACKEND, HOSTNAME, Daemon, delivery_ids, free_port, write_tables
 
@@ -276,6 +278,28 @@ def test_reload_and_encrypt(daemon):
     daemon.wait_log("reload requested by postillion ctl")
     assert ok(daemon.spool, "encrypt", "secret").startswith("$")
     assert ok_json(daemon.spool, "encrypt", "secret")["encrypted"].startswith("$")
+
+
+def test_a_pause_outlives_the_processes_it_was_told_to(daemon):
+    """The parent starts a restarted role with what is paused."""
+    ok(daemon.spool, "pause", "smtp")
+    ok(daemon.spool, "pause", "mda")
+    old = procs.roles(daemon.proc.pid, "smtp") + procs.roles(daemon.proc.pid, "queue")
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    until(lambda: len(procs.roles(daemon.proc.pid, "smtp")) == len(old) - 1 and
+          not set(procs.roles(daemon.proc.pid, "smtp") + procs.roles(daemon.proc.pid, "queue")) & set(old)
+          and "smtp process" in daemon.log(), "the roles restarted", timeout=30)
+    status = until(lambda: (s := ctl(daemon.spool, "show", "status", as_json=True)).returncode == 0
+                   and validate("show status", json.loads(s.stdout)), "the queue process back", timeout=30)
+    assert status["paused"] == ["mda", "smtp"]
+    until(lambda: None not in ok_json(daemon.spool, "show status")["processes"]["smtp"],
+          "every smtp process started")
+    assert banner(daemon).startswith(b"421 4.3.2 ")
+    ok(daemon.spool, "resume", "smtp")
+    ok(daemon.spool, "resume", "mda")
+    assert ok_json(daemon.spool, "show status")["paused"] == []
+    assert banner(daemon).startswith(b"220 ")
 
 
 def test_stop(daemon):

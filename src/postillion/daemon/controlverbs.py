@@ -47,15 +47,17 @@ AskParent = Callable[[str, tuple[str, ...]], Awaitable[Any]]
 class ControlVerbs:
     def __init__(self, store: QueueStore, scheduler: Callable[[], Scheduler | None],
                  smtp: SmtpLinks, mta: MtaLink | None, ask_parent: AskParent,
-                 update_table: Callable[[str], Awaitable[bool]]) -> None:
+                 update_table: Callable[[str], Awaitable[bool]],
+                 paused: frozenset[str] = frozenset()) -> None:
         self.store, self.scheduler = store, scheduler
         self.smtp, self.mta = smtp, mta
         self.ask_parent = ask_parent
         self.update_table = update_table
         self.started = time.time()
-        self.smtp_paused = False
+        #: Whether the smtp processes are paused: the parent started this
+        #: process with "smtp" among `paused` if they are.
+        self.smtp_paused = "smtp" in paused
         self._monitors = 0
-        smtp.on_listen = self._new_smtp
 
     def verbs(self) -> dict[str, Verb]:
         verbs = {
@@ -130,6 +132,7 @@ class ControlVerbs:
         subsystem = request.verb.split()[1]
         was = subsystem in scheduler.paused
         scheduler.pause(subsystem)
+        await self._remember(subsystem, True)
         return {"subsystem": subsystem, "paused": True, "changed": not was}
 
     async def resume(self, request: Request, answer: Answer) -> dict[str, Any]:
@@ -139,7 +142,13 @@ class ControlVerbs:
         subsystem = request.verb.split()[1]
         was = subsystem in scheduler.paused
         scheduler.resume(subsystem)
+        await self._remember(subsystem, False)
         return {"subsystem": subsystem, "paused": False, "changed": was}
+
+    async def _remember(self, subsystem: str, paused: bool) -> None:
+        """Tell the parent, which starts a restarted role (this one
+        included) with what is paused."""
+        await self.ask_parent("set paused", (subsystem, "yes" if paused else "no"))
 
     async def pause_smtp(self, request: Request, answer: Answer) -> dict[str, Any]:
         return await self._smtp_state(request.verb, True)
@@ -149,19 +158,14 @@ class ControlVerbs:
 
     async def _smtp_state(self, verb: str, paused: bool) -> dict[str, Any]:
         changed = self.smtp_paused != paused
-        self.smtp_paused = paused      # a restarted smtp process is told too
+        self.smtp_paused = paused
+        await self._remember("smtp", paused)       # a restarted smtp process is paused too
         results = await self._everywhere(verb, mta=False)
         failed = [r for r in results if isinstance(r, ControlError)]
         if failed:
             raise ControlError(wire.TEMPFAIL, f"{verb}: {failed[0].text}")
         return {"subsystem": "smtp", "paused": paused, "changed": changed,
                 "processes": len(results)}
-
-    def _new_smtp(self, channel: Any) -> None:
-        """A (restarted) smtp process: tell it smtp is paused, if it is."""
-        if self.smtp_paused:
-            task = asyncio.ensure_future(self.smtp.calls.ask(channel, "pause smtp"))
-            task.add_done_callback(_quiet)
 
     async def update(self, request: Request, answer: Answer) -> dict[str, Any]:
         if len(request.args) != 1:
@@ -230,10 +234,3 @@ class ControlVerbs:
             return None
         finally:
             self._monitors -= 1
-
-
-def _quiet(task: asyncio.Task[Any]) -> None:
-    """A pause told to a restarted smtp process that went away again: its
-    next restart is told in turn; nothing to report."""
-    if not task.cancelled():
-        task.exception()

@@ -126,7 +126,10 @@ class Parent:
                  foreground: bool = False, verbose: bool = False) -> None:
         self.config = config
         self.spool = spool.resolve()
-        self.paused = paused
+        #: Subsystems paused (`run -P`, `ctl pause`): a role restarted
+        #: starts with them paused, so a pause outlives the process it was
+        #: told to (not the daemon).
+        self.paused = set(paused)
         self.foreground, self.verbose = foreground, verbose
         self.lock = SpoolLock(self.spool)
         self.store = QueueStore(self.spool)      # paths only: the queue process owns it
@@ -295,6 +298,10 @@ class Parent:
             return ch.ControlDone(frame.id, "", json.dumps({"reloaded": True}))
         if frame.verb == "show status":
             return ch.ControlDone(frame.id, "", json.dumps(self.status()))
+        if frame.verb == "set paused" and len(frame.args) == 2 and \
+                frame.args[0] in ("mda", "mta", "smtp") and frame.args[1] in ("yes", "no"):
+            (self.paused.add if frame.args[1] == "yes" else self.paused.discard)(frame.args[0])
+            return ch.ControlDone(frame.id, "", json.dumps(sorted(self.paused)))
         return await remote_answer(frame, logging_handlers())
 
     def status(self) -> dict[str, object]:

@@ -453,7 +453,8 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
         verbs = QueueVerbs(daemon.store, lambda: daemon.scheduler).verbs()
         verbs.update(ControlVerbs(daemon.store, lambda: daemon.scheduler, smtp,
                                   mta if args.mta >= 0 else None,
-                                  parent_asker(parent, requests), daemon.update_table).verbs())
+                                  parent_asker(parent, requests), daemon.update_table,
+                                  frozenset(args.paused)).verbs())
         control = ControlServer(socket.socket(fileno=args.control), verbs)
         await control.start()
     parent.send(ch.Hello("queue", os.getpid()))

@@ -62,17 +62,12 @@ class SmtpLinks:
         self._waiting: dict[int, asyncio.Future[ch.Injected]] = {}
         #: `postillion ctl` verbs passed on to the smtp processes.
         self.calls = ControlCalls()
-        #: Called with each new channel (daemon/controlverbs.py: a
-        #: restarted smtp process learns that smtp is paused).
-        self.on_listen: Callable[[ch.Channel], None] | None = None
 
     def listen(self, sock: socket.socket) -> None:
         """A channel to an smtp process (at start, or a restarted one)."""
         channel = ch.Channel(sock, self._on_frame, "smtp channel")
         self.channels = [*self.live(), channel]
         self._added.set()
-        if self.on_listen is not None:
-            self.on_listen(channel)
 
     def live(self) -> list[ch.Channel]:
         return [c for c in self.channels if not c.closed.is_set()]
