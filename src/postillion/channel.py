@@ -424,6 +424,8 @@ class Channel:
             self._close(str(e))
 
     async def _dispatch(self, frame: Frame) -> None:
+        if logger.isEnabledFor(logging.DEBUG):       # `ctl trace channel`
+            logger.debug("%s: %s received", self.name, type(frame).__name__)
         try:
             await self.handler(frame)
         except ChannelError as e:

@@ -179,9 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="verbose logging")
     run.add_argument("-D", "--define", action="append", default=[], metavar="NAME=VALUE",
                      help="set a macro, overriding the file")
-    run.add_argument("-P", "--pause", action="append", default=[], choices=["mda"],
-                     help="start with this subsystem paused (as smtpd -P): mail is "
-                          "accepted and queued but not delivered")
+    run.add_argument("-P", "--pause", action="append", default=[], choices=["mda", "mta", "smtp"],
+                     help="start with this subsystem paused (as smtpd -P): mda and mta "
+                          "queue mail without delivering or relaying it, smtp refuses new "
+                          "clients with 421; `postillion ctl resume ...` ends it")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a configuration file",

@@ -169,7 +169,7 @@ class Daemon:
         """Every file in the queue (committed or not), for 'nothing queued' checks;
         the spool's lock file and control socket are no mail."""
         return sorted(p for p in files_under(self.spool)
-                      if p.name not in (PID_FILE, CONTROL_SOCKET) or p.parent != self.spool)
+                      if p.parent != self.spool or p.name not in (PID_FILE, CONTROL_SOCKET))
 
 
 def files_under(root: Path) -> list[Path]:

@@ -1,8 +1,9 @@
 """`postillion ctl VERB` and `postillion mailq`: smtpctl's command line.
 
 Verbs are words matched by unique prefix, as smtpctl's (`sh q` is `show
-queue`); what follows the verb's words are its arguments.  Every `show`
-takes `--json` and then prints the daemon's answer as JSON.  Exit status:
+queue`); what follows the verb's words are its arguments.  Every verb
+takes `--json` and then prints the daemon's answer as JSON, in the shapes
+docs/ctl-schema.json gives (one object per line for `monitor`).  Exit status:
 0 done, 1 refused or not found, 2 usage, 3 the daemon cannot be reached.
 """
 
@@ -84,18 +85,33 @@ def queue_line(env: dict[str, Any]) -> str:
         str(env["lasttry"]), str(env["retries"]), runstate, env["error"]])
 
 
+def _text(item: Any) -> str:
+    if isinstance(item, (list, tuple)):
+        return ",".join(_text(i) for i in item)
+    if isinstance(item, dict):
+        return ",".join(f"{k}={_text(v)}" for k, v in item.items())
+    if isinstance(item, bool):
+        return "yes" if item else "no"
+    return "" if item is None else str(item)
+
+
 def print_value(value: Any) -> None:
-    """`key: value` lines for an object, one line per item for a list."""
+    """`key: value` lines for an object; for a list, one line per item, an
+    object's values joined with `|` as smtpctl's listings."""
     if isinstance(value, dict):
         for key, item in value.items():
-            if isinstance(item, (list, tuple)):
-                item = ",".join(str(i) for i in item)
-            print(f"{key}: {item}")
+            print(f"{key}: {_text(item)}")
     elif isinstance(value, list):
         for item in value:
-            print(item if not isinstance(item, (dict, list)) else json.dumps(item))
+            print("|".join(_text(v) for v in item.values()) if isinstance(item, dict) else _text(item))
     elif value is not None:
         print(value)
+
+
+def print_stats(value: Any) -> None:
+    """`show stats`: `name=value` lines, as smtpctl's."""
+    for key, item in value.items():
+        print(f"{key}={item}")
 
 
 def _progress(label: str) -> tuple[Callable[[Any], None], Callable[[], None]]:
@@ -133,11 +149,20 @@ def show_queue(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def show_message(args: argparse.Namespace, rest: list[str]) -> int:
+    """The message as queued: its octets, or with --json one object whose
+    `data` is its text (octets that are not UTF-8 as \\udcXX escapes)."""
     out = sys.stdout.buffer
+    pieces: list[str] = []
 
     def on_part(part: Any) -> None:
-        out.write(str(part.get("data", "")).encode("utf-8", "surrogateescape"))
+        data = str(part.get("data", ""))
+        if args.json:
+            pieces.append(data)
+        else:
+            out.write(data.encode("utf-8", "surrogateescape"))
     request(spool_dir(args.spool), "show message", rest, on_part=on_part)
+    if args.json:
+        print(json.dumps({"data": "".join(pieces)}))
     out.flush()
     return EXIT_OK
 
@@ -166,7 +191,16 @@ def encrypt_local(args: argparse.Namespace, rest: list[str]) -> int:
     from postillion.tools import cmd_encrypt
     if len(rest) > 1:
         raise UsageError("usage: encrypt [password]")
-    return cmd_encrypt(argparse.Namespace(password=rest[0] if rest else None))
+    if not args.json:
+        return cmd_encrypt(argparse.Namespace(password=rest[0] if rest else None))
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = cmd_encrypt(argparse.Namespace(password=rest[0] if rest else None))
+    if status == 0:
+        print(json.dumps({"encrypted": out.getvalue().strip()}))
+    return status
 
 
 #: Verbs printed their own way; every other verb prints its result.
@@ -179,14 +213,14 @@ SPECIAL: Final[dict[str, Callable[[argparse.Namespace, list[str]], int]]] = {
 def cmd_ctl(args: argparse.Namespace) -> int:
     try:
         verb, rest = match_verb(args.words)
-        if args.json and not verb.startswith("show") and verb != "monitor":
-            raise UsageError("--json applies to the show verbs and monitor")
         special = SPECIAL.get(verb)
         if special is not None:
             return special(args, rest)
         result = request(spool_dir(args.spool), verb, rest)
         if args.json:
             print(json.dumps(result, indent=1))
+        elif verb == "show stats":
+            print_stats(result)
         else:
             print_value(result)
         return EXIT_OK
@@ -222,7 +256,8 @@ def register(sub: Any) -> None:
                     "3 daemon unreachable")
     ctl.add_argument("-s", "--spool", help=f"the daemon's spool (default: ${SPOOL_ENV} "
                                            f"or {DEFAULT_SPOOL})")
-    ctl.add_argument("--json", action="store_true", help="print a show verb's answer as JSON")
+    ctl.add_argument("--json", action="store_true",
+                     help="print the daemon's answer as JSON (docs/ctl-schema.json)")
     ctl.add_argument("words", nargs="+", metavar="VERB", help="verb words, then its arguments")
     ctl.set_defaults(func=cmd_ctl)
 

@@ -1,4 +1,6 @@
-"""The queue process's own control verbs: what is queued, and why.
+"""The queue process's own control verbs: what is queued, and why; and
+what an administrator does to envelopes (`schedule`, `remove`, `pause|resume
+envelope`: root only).
 
 Envelopes are described as the queue stores them (the JSON field names of
 the envelope file), plus their run state from the scheduler; `ctl` turns
@@ -17,6 +19,7 @@ from typing import Any, Final
 
 from postillion.control import protocol as wire
 from postillion.control.server import Answer, ControlError, Peer, Request, Verb
+from postillion.errors import MailError
 from postillion.queue.envelope import Envelope, EnvelopeCorrupt, format_evpid, format_msgid
 from postillion.queue.scheduler import Scheduler
 from postillion.queue.store import QueueStore
@@ -69,6 +72,10 @@ class QueueVerbs:
             "show queue": Verb(self.show_queue, anyone=True),
             "show envelope": Verb(self.show_envelope, anyone=True),
             "show message": Verb(self.show_message, anyone=True),
+            "schedule": Verb(self.schedule),
+            "remove": Verb(self.remove),
+            "pause envelope": Verb(self.pause_envelope),
+            "resume envelope": Verb(self.resume_envelope),
         }
 
     # -- helpers --------------------------------------------------------------
@@ -155,3 +162,64 @@ class QueueVerbs:
         except OSError as e:
             raise ControlError(wire.TEMPFAIL, f"message {format_msgid(env.msgid)}: {e.strerror or e}") from None
         return {"data": ""}
+
+    # -- acting on envelopes (root only) -------------------------------------
+
+    def _targets(self, verb: str, args: tuple[str, ...]) -> list[int]:
+        """The evpids `msgid|evpid|all` names; not-found when none is queued."""
+        if len(args) != 1:
+            raise ControlError(wire.USAGE, f"usage: {verb} msgid|evpid|all")
+        if args[0] == "all":
+            return [e for m in self.store.msgids() for e in self.store.evpids(m)]
+        msgid, evpid = parse_id(args[0])
+        found = self.store.evpids(msgid) if msgid is not None else \
+            [evpid] if evpid is not None and evpid in self.store.evpids(evpid >> 32) else []
+        if not found:
+            raise ControlError(wire.NOT_FOUND, f"{args[0]}: no such envelope or message in the queue")
+        return found
+
+    def _scheduler(self) -> Scheduler:
+        scheduler = self.scheduler()
+        if scheduler is None:
+            raise ControlError(wire.TEMPFAIL, "the queue is starting; try again")
+        return scheduler
+
+    async def schedule(self, request: Request, answer: Answer) -> dict[str, Any]:
+        """Due now: the backoff wait ends, the retry count stays."""
+        scheduler = self._scheduler()
+        evpids = self._targets("schedule", request.args)
+        done = [format_evpid(e) for e in evpids if scheduler.make_due(e)]
+        return {"scheduled": len(done), "evpids": done}
+
+    async def remove(self, request: Request, answer: Answer) -> dict[str, Any]:
+        """Gone without a bounce; one in flight goes once its attempt ends
+        (unless that attempt delivered it)."""
+        scheduler = self._scheduler()
+        removed, later = [], []
+        for evpid in self._targets("remove", request.args):
+            env = await self.envelope(evpid)
+            if env is None:
+                continue
+            try:
+                outcome = await scheduler.remove(env)
+            except MailError as e:
+                raise ControlError(wire.TEMPFAIL, f"remove {format_evpid(evpid)}: {e.reason}") from None
+            (removed if outcome == "removed" else later).append(format_evpid(evpid))
+        return {"removed": len(removed), "inflight": len(later), "evpids": removed + later}
+
+    async def pause_envelope(self, request: Request, answer: Answer) -> dict[str, Any]:
+        """Held: not tried until resumed (in memory: a restart of the queue
+        process schedules it again)."""
+        scheduler = self._scheduler()
+        held = [format_evpid(e) for e in self._targets("pause envelope", request.args)
+                if scheduler.hold(e) is not None]
+        return {"paused": len(held), "evpids": held}
+
+    async def resume_envelope(self, request: Request, answer: Answer) -> dict[str, Any]:
+        scheduler = self._scheduler()
+        if request.args == ("all",):
+            evpids = scheduler.held_ids()
+        else:
+            evpids = self._targets("resume envelope", request.args)
+        resumed = [format_evpid(e) for e in evpids if scheduler.release(e)]
+        return {"resumed": len(resumed), "evpids": resumed}

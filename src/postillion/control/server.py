@@ -79,13 +79,29 @@ class ControlError(Exception):
 class Answer:
     """What a handler uses to send partial results before its final one."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter,
+                 reader: asyncio.StreamReader | None = None) -> None:
         self._writer = writer
+        self._reader = reader
 
     async def part(self, result: Any) -> None:
         self._writer.write(wire.encode({"ok": True, "more": True, "result": result}))
         async with asyncio.timeout(wire.TIMEOUT):
             await self._writer.drain()
+
+    async def gone(self, seconds: float) -> bool:
+        """Wait `seconds`; True as soon as the client has closed its end
+        (or sent more, which it may not): a streaming verb (`monitor`)
+        ends then, not at its next write."""
+        if self._reader is None:
+            await asyncio.sleep(seconds)
+            return False
+        try:
+            async with asyncio.timeout(seconds):
+                await self._reader.read(1)
+        except TimeoutError:
+            return False
+        return True
 
 
 #: A verb's handler: returns the final result, or raises ControlError.
@@ -138,7 +154,7 @@ class ControlServer:
             async with asyncio.timeout(wire.TIMEOUT):
                 await writer.drain()
         except (wire.ProtocolError, TimeoutError, ConnectionError) as e:
-            logger.info("control: client dropped: %s", e)
+            logger.debug("control: client dropped: %s", e)
         except asyncio.CancelledError:
             pass
         finally:
@@ -157,6 +173,8 @@ class ControlServer:
                 not all(isinstance(a, str) for a in args) or len(args) > MAX_ARGS or \
                 not isinstance(size, int) or size < 0:
             raise wire.ProtocolError("malformed request")
+        logger.debug("control: uid %d (pid %d): %s%s", peer.uid, peer.pid, verb_name,
+                     "".join(f" {a!r}" for a in args))
         verb = self.verbs.get(verb_name)
         if verb is None:
             return {"ok": False, "status": wire.USAGE, "error": f"unknown verb: {verb_name}"}
@@ -175,7 +193,7 @@ class ControlServer:
             except asyncio.IncompleteReadError:
                 raise wire.ProtocolError("truncated body") from None
         try:
-            result = await verb.handler(Request(peer, verb_name, tuple(args), body), Answer(writer))
+            result = await verb.handler(Request(peer, verb_name, tuple(args), body), Answer(writer, reader))
         except ControlError as e:
             return {"ok": False, "status": e.status, "error": e.text}
         except (ConnectionError, TimeoutError):

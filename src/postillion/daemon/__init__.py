@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from postillion import log
+from postillion import log, stats
 from postillion.config import support as config_support
 from postillion.config.model import ActionDecl, Config, ListenDecl, TableDecl
 from postillion.errors import MailError, PermFail, Reply, TempFail
@@ -296,8 +296,8 @@ class Daemon:
             self.listeners.append(listener)
         # Deliveries start only once every listener is bound: a daemon that
         # fails to start has delivered nothing.
-        if "mda" not in self.paused:
-            self._scheduler_task = asyncio.create_task(self.scheduler.run())
+        self.scheduler.paused.update(self.paused & {"mda", "mta"})
+        self._scheduler_task = asyncio.create_task(self.scheduler.run())
         logger.info("postillion ready: %d envelope(s) in queue", len(envelopes))
 
     async def inject(self, sender: str, rcpts: Sequence[str], message: bytes) -> Reply:
@@ -339,6 +339,7 @@ class Daemon:
             if method is None:
                 raise PermFail(Reply(550, "5.3.5", f"action {action.name} cannot deliver locally"))
             if await asyncio.to_thread(self._loops, env):
+                stats.incr("scheduler.delivery.loop")
                 raise PermFail(Reply(550, "5.4.6", "Loop detected"),
                                f"Loop detected: Delivered-To: {env.dest} already in the message")
             user = await method(env, action)
@@ -412,11 +413,23 @@ class Daemon:
         return info
 
     async def update_tables(self) -> None:
-        for table in self.tables.values():
-            try:
-                await table.update()
-            except TableError as e:
-                logger.warning("update of table %s failed, old contents kept: %s", table.name, e)
+        for name in list(self.tables):
+            await self.update_table(name)
+
+    async def update_table(self, name: str) -> bool:
+        """Reload one table (`ctl update table NAME`); False when this
+        process holds no table of that name.  A failed reload keeps the old
+        contents (logged), and still counts as held."""
+        table = self.tables.get(name)
+        if table is None:
+            return False
+        try:
+            await table.update()
+        except TableError as e:
+            logger.warning("update of table %s failed, old contents kept: %s", table.name, e)
+        else:
+            logging.getLogger("postillion.table").debug("table %s updated", name)
+        return True
 
     async def stop(self) -> None:
         for listener in self.listeners:

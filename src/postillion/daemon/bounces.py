@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from postillion import log
+from postillion import log, stats
 from postillion.errors import Reply, TempFail
 from postillion.queue.bounce import Kind, build_dsn, due_warning, wants_dsn, warned
 from postillion.queue.envelope import Envelope, format_msgid
@@ -152,7 +152,10 @@ class Bouncer:
                 return build_dsn(kind, envelopes, original, hostname=self.hostname, now=now)
 
         data = await asyncio.to_thread(build)
-        return await self.send("", (envelopes[0].sender,), data)
+        reply = await self.send("", (envelopes[0].sender,), data)
+        if reply.code == 250:
+            stats.incr("queue.bounce")
+        return reply
 
 
 def _why_none(envelope: Envelope) -> str:

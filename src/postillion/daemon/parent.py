@@ -40,6 +40,8 @@ from typing import Any, Final
 from postillion import channel as ch
 from postillion import sdnotify
 from postillion.config.model import Config
+from postillion.control.remote import answer as remote_answer
+from postillion.control.remote import logging_handlers
 from postillion.control.server import bind_control
 from postillion.daemon import Daemon, StartupError, exporter, listen_error, lock_spool
 from postillion.daemon.reload import (ConfigSource, ListenKey, ReloadRefused, bind_again,
@@ -143,7 +145,10 @@ class Parent:
         #: Where `reload` reads the configuration again (None: it cannot).
         self.source = source
         self.spool = spool.resolve()
-        self.paused = paused
+        #: Subsystems paused (`run -P`, `ctl pause`): a role restarted
+        #: starts with them paused, so a pause outlives the process it was
+        #: told to (not the daemon).
+        self.paused = set(paused)
         self.foreground, self.verbose = foreground, verbose
         self.lock = SpoolLock(self.spool)
         self.store = QueueStore(self.spool)      # paths only: the queue process owns it
@@ -182,6 +187,7 @@ class Parent:
         self.notifier = sdnotify.Notifier.from_environ()
         self.announce = self._announce
         self._reloads: set[asyncio.Task[Any]] = set()
+        self.started = time.monotonic()
 
     # -- start ----------------------------------------------------------------
 
@@ -338,8 +344,24 @@ class Parent:
         if frame.verb == "stop":
             logger.info("stop requested by postillion ctl")
             asyncio.get_running_loop().call_later(0.2, self.shutdown.set)   # answer first
-            return ch.ControlDone(frame.id, "", "null")
-        return ch.ControlDone(frame.id, "usage", json.dumps(f"the parent does not know {frame.verb}"))
+            return ch.ControlDone(frame.id, "", json.dumps({"stopping": True}))
+        if frame.verb == "show status":
+            return ch.ControlDone(frame.id, "", json.dumps(self.status()))
+        if frame.verb == "set paused" and len(frame.args) == 2 and \
+                frame.args[0] in ("mda", "mta", "smtp") and frame.args[1] in ("yes", "no"):
+            (self.paused.add if frame.args[1] == "yes" else self.paused.discard)(frame.args[0])
+            return ch.ControlDone(frame.id, "", json.dumps(sorted(self.paused)))
+        return await remote_answer(frame, logging_handlers())
+
+    def status(self) -> dict[str, object]:
+        """The parent's part of `show status`: uptime and the roles' pids."""
+        def pid(role: Role | None) -> int | None:
+            return role.proc.pid if role is not None and role.proc is not None and \
+                role.proc.poll() is None else None
+        return {"pid": os.getpid(), "uptime": int(time.monotonic() - self.started),
+                "started": int(time.time() - (time.monotonic() - self.started)),
+                "processes": {"queue": pid(self.queue), "mta": pid(self.mta),
+                              "smtp": [pid(r) for r in self.smtp]}}
 
     def _left(self, role: Role, listener: int, ip: str) -> None:
         key = (listener, ip)
@@ -550,8 +572,8 @@ class Parent:
         logger.info("reload requested by postillion ctl")
 
         def decided(outcome: str | None) -> None:
-            self._answer(queue, ch.ControlDone(rid, "", "null") if outcome is None else
-                         ch.ControlDone(rid, "refused", json.dumps(outcome)))
+            self._answer(queue, ch.ControlDone(rid, "", json.dumps({"reloaded": True}))
+                         if outcome is None else ch.ControlDone(rid, "dataerr", json.dumps(outcome)))
         self._hangup(decided)
 
     def _announce(self, state: str) -> None:

@@ -34,6 +34,7 @@ from typing import BinaryIO, Final
 
 from postillion import channel as ch
 from postillion import log
+from postillion.control.remote import ControlCalls
 from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.mta.lmtp import LmtpJob
 from postillion.queue.envelope import Envelope
@@ -78,6 +79,8 @@ class MtaLink:
         #: Relays awaiting their answer: id -> (the channel it went on, the answer).
         self._waiting: dict[int, tuple[ch.Channel, asyncio.Future[ch.Relayed]]] = {}
         self._watchers: set[asyncio.Task[None]] = set()
+        #: `postillion ctl` verbs passed on to the mta process.
+        self.calls = ControlCalls()
 
     def connect(self, sock: socket.socket) -> None:
         """A channel to a (new) mta process: the old one's relays are lost."""
@@ -99,6 +102,9 @@ class MtaLink:
                 future.set_exception(_Lost(channel.error or "the mta process went away"))
 
     async def _on_frame(self, frame: ch.Frame) -> None:
+        if isinstance(frame, ch.ControlDone):
+            self.calls.answered(frame)
+            return
         if not isinstance(frame, ch.Relayed):
             raise ch.ChannelError(f"unexpected {type(frame).__name__}")
         entry = self._waiting.get(frame.id)

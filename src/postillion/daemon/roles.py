@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import pickle
@@ -50,10 +49,13 @@ from postillion.config.model import Config
 from postillion.control import protocol as wire
 from postillion.control.enqueue import Enqueue
 from postillion.control.queueverbs import QueueVerbs
-from postillion.control.server import Answer, ControlError, ControlServer, Request, Verb
+from postillion.control.remote import RemoteHandler, answer, result_of
+from postillion.control.server import ControlError, ControlServer
+from postillion.control.smtpverbs import smtp_handlers
 from postillion.daemon import Daemon, StartupError, close_tables, delivery_tables, open_tables
 from postillion.daemon import exporter
 from postillion.daemon.bounces import Bouncer
+from postillion.daemon.controlverbs import ControlVerbs
 from postillion.daemon.relaying import MtaLink, run_one
 from postillion.daemon.smtplinks import SmtpLinks
 from postillion.errors import PermFail, Reply, TempFail
@@ -294,6 +296,7 @@ async def smtp_role(args: RoleArgs, config: Config) -> None:
     queue = QueueLink(injected)
     parent = ch.Channel(socket.socket(fileno=args.channel), on_parent, "parent channel")
     daemon = Daemon(config, Path("."))
+    queue.handlers = smtp_handlers(daemon.listeners, daemon.update_table)
     daemon.authenticators = Authenticators(config.limits,
                                            system=RemoteSystemAuth(parent, requests))  # type: ignore[arg-type]
     daemon.read_forward = RemoteForward(parent, requests).read
@@ -308,6 +311,7 @@ async def smtp_role(args: RoleArgs, config: Config) -> None:
         socks.setdefault(index, []).append(socket.socket(fileno=fd))
     for index, listener in enumerate(listeners):
         listener.gate = RemoteGate(parent, requests, index)  # type: ignore[assignment]
+        listener.paused = "smtp" in args.paused
         await listener.start(socks.get(index, []))
         daemon.listeners.append(listener)
     parent.send(ch.Hello("smtp", os.getpid()))
@@ -364,6 +368,8 @@ class QueueLink:
         self.backlog: list[str] = []
         self._batch: list[str] = []
         self._injected = injected
+        #: The ctl verbs this process answers (control/smtpverbs.py).
+        self.handlers: dict[str, RemoteHandler] = {}
 
     def connect(self, sock: socket.socket) -> None:
         if self.channel is not None:
@@ -374,13 +380,17 @@ class QueueLink:
             self._send(pending)
 
     async def _on_frame(self, frame: ch.Frame) -> None:
-        if not isinstance(frame, ch.Inject) or len(frame.fds) != 1:
+        channel = self.channel
+        done: ch.Frame
+        if isinstance(frame, ch.Control):
+            done = await answer(frame, self.handlers)
+        elif not isinstance(frame, ch.Inject) or len(frame.fds) != 1:
             logger.warning("queue channel: unexpected %s", type(frame).__name__)
             return
-        channel = self.channel
-        answer = await self._injected(frame)
+        else:
+            done = await self._injected(frame)
         if channel is not None and not channel.closed.is_set():
-            channel.send(answer)
+            channel.send(done)
 
     @property
     def pending(self) -> bool:
@@ -485,13 +495,15 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
                                  delivered=bouncer.succeeded)
     for env in envelopes:
         daemon.scheduler.schedule(env)
-    task = None
-    if "mda" not in args.paused:
-        task = asyncio.create_task(daemon.scheduler.run())
+    daemon.scheduler.paused.update(set(args.paused) & {"mda", "mta"})
+    task = asyncio.create_task(daemon.scheduler.run())
     control = None
     if args.control >= 0:
         verbs = QueueVerbs(daemon.store, lambda: daemon.scheduler).verbs()
-        verbs.update(parent_verbs(parent, requests))
+        verbs.update(ControlVerbs(daemon.store, lambda: daemon.scheduler, smtp,
+                                  mta if args.mta >= 0 else None,
+                                  parent_asker(parent, requests), daemon.update_table,
+                                  frozenset(args.paused)).verbs())
         verbs.update(Enqueue(smtp.send, config.hostname, config.limits.max_message_size).verbs())
         control = ControlServer(socket.socket(fileno=args.control), verbs)
         await control.start()
@@ -509,9 +521,8 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
         await control.stop()
     await scrape.close()
     await daemon.scheduler.stop(timeout=STOP_GRACE)
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
     requests.fail_all()
     mta.close()
     smtp.close()
@@ -519,25 +530,20 @@ async def queue_role(args: RoleArgs, config: Config) -> None:
     await daemon.stop()
 
 
-def parent_verbs(parent: ch.Channel, requests: Requests) -> dict[str, Verb]:
-    """The ctl verbs only the parent carries out; the control server checked
-    that root asked before they get here."""
+def parent_asker(parent: ch.Channel, requests: Requests) -> Callable[[str, tuple[str, ...]], Awaitable[Any]]:
+    """Passes a ctl verb only the parent carries out (`stop`, `reload`, the
+    logging verbs, its part of `show status`); the control server checked
+    that root asked before it gets here."""
 
-    async def passed_on(request: Request, answer: Answer) -> object:
+    async def passed_on(verb: str, args: tuple[str, ...]) -> Any:
         try:
-            done = await ask(parent, requests, lambda rid: ch.Control(rid, request.verb, request.args))
+            done = await ask(parent, requests, lambda rid: ch.Control(rid, verb, args))
         except (ConnectionError, TimeoutError):
-            raise ControlError(wire.TEMPFAIL, f"{request.verb}: the parent did not answer") from None
+            raise ControlError(wire.TEMPFAIL, f"{verb}: the parent did not answer") from None
         assert isinstance(done, ch.ControlDone)
-        try:
-            result = json.loads(done.result)
-        except ValueError:
-            result = done.result
-        if done.status:
-            raise ControlError(done.status, str(result))
-        return result
+        return result_of(done)
 
-    return {"stop": Verb(passed_on), "reload": Verb(passed_on)}
+    return passed_on
 
 
 async def mta_role(args: RoleArgs, config: Config) -> None:
@@ -552,16 +558,20 @@ async def mta_role(args: RoleArgs, config: Config) -> None:
             connect(socket.socket(fileno=os.dup(frame.fds[0])))
 
     async def on_queue(frame: ch.Frame) -> None:
-        if not isinstance(frame, (ch.Relay, ch.Lmtp)) or len(frame.fds) != 1:
-            raise ch.ChannelError(f"unexpected {type(frame).__name__}")
         channel = queue[-1] if queue else None
-        if isinstance(frame, ch.Lmtp):
-            answer = await run_one(frame, lambda env, message: lmtp.deliver(
+        done: ch.Frame
+        if isinstance(frame, ch.Control):
+            done = await answer(frame, handlers)
+        elif not isinstance(frame, (ch.Relay, ch.Lmtp)) or len(frame.fds) != 1:
+            raise ch.ChannelError(f"unexpected {type(frame).__name__}")
+        elif isinstance(frame, ch.Lmtp):
+            done = await run_one(frame, lambda env, message: lmtp.deliver(
                 LmtpJob(env, frame.destination, frame.rcpt_to), message))
         else:
-            answer = await run_one(frame, agent.relay)
+            done = await run_one(frame, agent.relay)
+            hoststats.note(_dest_domain(frame.envelope), done.result)
         if channel is not None and not channel.closed.is_set():
-            channel.send(answer)
+            channel.send(done)
 
     def connect(sock: socket.socket) -> None:
         for old in queue:
@@ -574,6 +584,9 @@ async def mta_role(args: RoleArgs, config: Config) -> None:
     daemon.tables = await open_tables(config, relay_tables(config))     # as root
     agent = MtaAgent(config, daemon.tables)
     lmtp = LmtpAgent(config.hostname)
+    from postillion.control.mtaverbs import HostStats, mta_handlers
+    hoststats = HostStats()
+    handlers = mta_handlers(agent, hoststats, daemon.update_table)
     become(args)
     os.chdir("/")                    # nothing of the spool is ours to touch
     if args.mta >= 0:
@@ -588,6 +601,14 @@ async def mta_role(args: RoleArgs, config: Config) -> None:
     await agent.stop()
     await lmtp.stop()
     await close_tables(daemon.tables)
+
+
+def _dest_domain(text: str) -> str:
+    """The recipient domain of a Relay frame's envelope (for hoststats)."""
+    try:
+        return Envelope.from_bytes(text.encode("utf-8", "surrogateescape")).dest.rpartition("@")[2].lower()
+    except ValueError:
+        return "?"
 
 
 def main(argv: list[str]) -> int:

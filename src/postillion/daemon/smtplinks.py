@@ -28,6 +28,7 @@ from typing import Final
 
 from postillion import channel as ch
 from postillion import log
+from postillion.control.remote import ControlCalls
 from postillion.daemon.relaying import LINK_WAIT
 from postillion.errors import Reply
 from postillion.smtp.inject import INJECT_TIMEOUT
@@ -60,6 +61,8 @@ class SmtpLinks:
         self._turn = itertools.count()
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[ch.Injected]] = {}
+        #: `postillion ctl` verbs passed on to the smtp processes.
+        self.calls = ControlCalls()
 
     def listen(self, sock: socket.socket, inject: bool = True) -> None:
         """A channel to an smtp process (at start, or a restarted one).
@@ -85,6 +88,8 @@ class SmtpLinks:
                 future.set_result(frame)
         elif isinstance(frame, ch.Committed):
             await self.on_committed(frame)
+        elif isinstance(frame, ch.ControlDone):
+            self.calls.answered(frame)
         else:
             raise ch.ChannelError(f"unexpected {type(frame).__name__}")
 

@@ -248,6 +248,7 @@ class MdaAgent:
 
     async def deliver(self, job: MdaJob) -> None:
         """Deliver one job as its user, by its method; TempFail or PermFail."""
+        logger.debug("mda job method=%s user=%s uid=%d", job.method, job.user.username, job.user.uid)
         handler = self._methods.get(job.method)
         if handler is None:
             raise perm(f"unknown local delivery method {job.method!r}")

@@ -266,6 +266,7 @@ class Connector:
             if not group:
                 break
             self.routes.session_opened(choice)
+            logger.debug("mta session relay=%s route=%s envelopes=%d", self.relay, choice, len(group))
             task = asyncio.get_running_loop().create_task(self._session(choice, group))
             self.sessions.add(task)
             task.add_done_callback(self.sessions.discard)
@@ -356,7 +357,9 @@ class Connector:
                     self._fail_group(sid, group, route, e)
                     self._fail_all(e)
                     return
-                self.routes.route_error(route, e.reason, kind)
+                disabled = self.routes.route_error(route, e.reason, kind)
+                logger.debug("mta route-error route=%s reason=%s disabled=%s", route, e.reason,
+                             f"{disabled:.0f}s" if disabled is not None else "no")
                 self.pending.extendleft(reversed(group))      # another route may do
                 return
             self.routes.route_ok(route)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Final, Protocol
 
+from postillion import stats
 from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.queue.envelope import Envelope
 
@@ -55,6 +56,9 @@ STOP_TIMEOUT: Final = 30.0
 ERRORLINE_MAX: Final = 1000
 INTERNAL_ERROR: Final = Reply(451, "4.3.0", "Internal error")
 EXPIRED: Final = Reply(421, "4.4.7", "Envelope expired")
+#: The subsystem an envelope type's deliveries belong to, for `pause mda|mta`
+#: (a bounce envelope is delivered locally).
+SUBSYSTEM: Final = {"mda": "mda", "bounce": "mda", "mta": "mta"}
 
 
 class EnvelopeStore(Protocol):
@@ -176,6 +180,16 @@ class Scheduler:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._since: dict[int, float] = {}      # evpid -> when its attempt began
         self._attempting: dict[int, Envelope] = {}   # the envelopes of _inflight
+        #: Subsystems not dispatched (`pause mda|mta`, `run -P`); their due
+        #: envelopes wait in _parked (evpid -> (due, envelope)).
+        self.paused: set[str] = set()
+        self._parked: dict[int, tuple[float, Envelope]] = {}
+        #: Envelopes held by `pause envelope`: never due until resumed.
+        #: In memory only: a restarted queue process schedules them again.
+        self._held: dict[int, Envelope] = {}
+        #: What to do with an envelope in flight once its attempt ends:
+        #: "hold" or "remove" (`pause envelope`, `remove` of one in flight).
+        self._after: dict[int, str] = {}
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._run_task: asyncio.Task[None] | None = None
@@ -190,30 +204,120 @@ class Scheduler:
         """Envelopes being delivered now."""
         return len(self._inflight)
 
+    @property
+    def size(self) -> int:
+        """Every envelope the scheduler holds: waiting, parked, held, in flight."""
+        return len(self._due) + len(self._parked) + len(self._held) + len(self._inflight)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
     def runstate(self, evpid: int) -> tuple[str, float]:
         """What `show queue` prints: ("inflight", seconds since the attempt
         began), ("pending", seconds until due) or ("offline", 0) for an
-        envelope the scheduler does not hold (paused, or not yet announced)."""
+        envelope not scheduled (held by `pause envelope`, or not yet
+        announced)."""
         now = self._clock()
         if evpid in self._inflight:
             return "inflight", max(0.0, now - self._since.get(evpid, now))
-        waiting = self._due.get(evpid)
+        waiting = self._due.get(evpid) or self._parked.get(evpid)
         if waiting is not None:
             return "pending", max(0.0, waiting[0] - now)
         return "offline", 0.0
     def census(self) -> tuple[int, float | None]:
-        """The envelopes held (waiting or being delivered) and the oldest
-        one's ctime, None when there is none: for the metrics endpoint,
-        which asks when scraped (one pass over the queue, never per event)."""
+        """The envelopes held (waiting, being delivered, parked by a paused
+        subsystem or held by `pause envelope`) and the oldest one's ctime,
+        None when there is none: for the metrics endpoint, which asks when
+        scraped (one pass over the queue, never per event)."""
         # One being retried is briefly in both: counted once.
-        held = itertools.chain(self._due.envelopes(), (
-            e for e in self._attempting.values() if e.id not in self._due))
+        held = itertools.chain(
+            self._due.envelopes(), (env for _, env in self._parked.values()), self._held.values(),
+            (e for e in self._attempting.values() if e.id not in self._due))
         count, oldest = 0, None
         for envelope in held:
             count += 1
             if oldest is None or envelope.ctime < oldest:
                 oldest = envelope.ctime
         return count, oldest
+
+    # -- what `postillion ctl` changes -----------------------------------------
+
+    def pause(self, subsystem: str) -> None:
+        """Stop dispatching `subsystem`'s envelopes (mda or mta); the ones
+        in flight finish."""
+        self.paused.add(subsystem)
+        self._wakeup.set()
+
+    def resume(self, subsystem: str) -> None:
+        self.paused.discard(subsystem)
+        for evpid, (due, envelope) in list(self._parked.items()):
+            if SUBSYSTEM.get(envelope.type, "mda") == subsystem:
+                del self._parked[evpid]
+                self._due.push(envelope, due)
+        self._wakeup.set()
+
+    def make_due(self, evpid: int) -> bool:
+        """`schedule`: due now, whatever its backoff said (the retry count
+        stays, so the next failure's wait is the one it would have had).
+        False for an envelope in flight, held or not scheduled."""
+        waiting = self._due.get(evpid)
+        if waiting is not None:
+            self._due.push(waiting[1], self._clock())
+            self._wakeup.set()
+            return True
+        parked = self._parked.get(evpid)
+        if parked is not None:
+            self._parked[evpid] = (self._clock(), parked[1])
+            return True
+        return False
+
+    def hold(self, evpid: int) -> str | None:
+        """`pause envelope`: "held", "after" (in flight: held when its
+        attempt ends, if it stays queued) or None (not scheduled here)."""
+        if evpid in self._held:
+            return "held"
+        if evpid in self._inflight:
+            self._after[evpid] = "hold"
+            return "after"
+        entry = self._due.get(evpid) or self._parked.get(evpid)
+        if entry is None:
+            return None
+        self._due.discard(evpid)
+        self._parked.pop(evpid, None)
+        self._held[evpid] = entry[1]
+        return "held"
+
+    def release(self, evpid: int) -> bool:
+        """`resume envelope`: scheduled again at the time its retries say."""
+        if self._after.get(evpid) == "hold":
+            del self._after[evpid]
+            return True
+        envelope = self._held.pop(evpid, None)
+        if envelope is None:
+            return False
+        self.schedule(envelope)
+        return True
+
+    def held_ids(self) -> list[int]:
+        return sorted(self._held) + sorted(e for e, what in self._after.items() if what == "hold")
+
+    async def remove(self, envelope: Envelope) -> str:
+        """`remove`: gone without a bounce, "removed" now, or "after" its
+        attempt in flight ends (unless that attempt delivered it first)."""
+        evpid = envelope.id
+        if evpid in self._inflight:
+            self._after[evpid] = "remove"
+            return "after"
+        self._due.discard(evpid)
+        self._parked.pop(evpid, None)
+        self._held.pop(evpid, None)
+        await self._store.remove(envelope)
+        stats.incr("scheduler.envelope.removed")
+        stats.incr("queue.envelope.dequeued")
+        log.info("queue remove evpid=%016x from=<%s> to=<%s> result=Removed",
+                 evpid, envelope.sender, envelope.dest)
+        return "removed"
 
     def schedule(self, envelope: Envelope) -> None:
         """Queue an envelope: due now if never tried (retry == 0), else at its
@@ -222,6 +326,12 @@ class Scheduler:
         outcome decides what happens next."""
         if envelope.id in self._inflight:
             log.debug("queue schedule-skipped evpid=%016x reason=inflight", envelope.id)
+            return
+        if envelope.id in self._held:
+            self._held[envelope.id] = envelope
+            return
+        if envelope.id in self._parked:
+            self._parked[envelope.id] = (self._parked[envelope.id][0], envelope)
             return
         if envelope.retry == 0:
             due = self._clock()
@@ -245,6 +355,9 @@ class Scheduler:
                 room = self._max_inflight - len(self._inflight)
                 ready, delay = self._due.batch(self._clock(), room)
                 for envelope in ready:
+                    if SUBSYSTEM.get(envelope.type, "mda") in self.paused:
+                        self._parked[envelope.id] = (self._clock(), envelope)
+                        continue
                     self._since[envelope.id] = self._clock()
                     self._attempting[envelope.id] = envelope
                     self._inflight[envelope.id] = loop.create_task(self._attempt(envelope))
@@ -295,7 +408,23 @@ class Scheduler:
             self._inflight.pop(envelope.id, None)
             self._since.pop(envelope.id, None)
             self._attempting.pop(envelope.id, None)
+            await self._after_attempt(envelope)
             self._wakeup.set()
+
+    async def _after_attempt(self, envelope: Envelope) -> None:
+        """Apply a `pause envelope` or `remove` that came while in flight."""
+        what = self._after.pop(envelope.id, None)
+        entry = self._due.get(envelope.id)
+        if what is None or entry is None:
+            return          # nothing asked, or the attempt ended its queue life
+        if what == "hold":
+            self._due.discard(envelope.id)
+            self._held[envelope.id] = entry[1]
+        elif what == "remove":
+            try:
+                await self.remove(entry[1])
+            except TempFail:
+                pass        # logged by the store; it may come back at restart
 
     async def _try(self, envelope: Envelope) -> None:
         try:
@@ -303,6 +432,7 @@ class Scheduler:
         except TempFail as e:
             await self._tempfail(envelope, e.reply)
         except PermFail as e:
+            stats.incr("scheduler.delivery.permfail")
             failed = envelope.replace(
                 last_try=self._clock(), esc_class=5, esc_code=e.reply.enhanced, errorline=_errorline(e.reply)
             )
@@ -313,6 +443,7 @@ class Scheduler:
             log.exception("queue agent-error evpid=%016x result=TempFail", envelope.id)
             await self._tempfail(envelope, INTERNAL_ERROR)
         else:
+            stats.incr("scheduler.delivery.ok")
             if self._delivered is not None:
                 try:
                     await self._delivered(envelope)
@@ -321,6 +452,7 @@ class Scheduler:
             await self._forget(envelope)
 
     async def _tempfail(self, envelope: Envelope, reply: Reply) -> None:
+        stats.incr("scheduler.delivery.tempfail")
         now = self._clock()
         envelope = envelope.replace(
             retry=envelope.retry + 1, last_try=now, esc_class=4, esc_code=reply.enhanced, errorline=_errorline(reply)
@@ -339,6 +471,7 @@ class Scheduler:
             log.debug("queue retry evpid=%016x retry=%d next=%.0fs", envelope.id, envelope.retry, due - now)
 
     async def _expire(self, envelope: Envelope) -> None:
+        stats.incr("scheduler.envelope.expired")
         log.info(
             "queue expire evpid=%016x from=<%s> to=<%s> ttl=%.0fs result=Expire",
             envelope.id, envelope.sender, envelope.dest, envelope.ttl,
@@ -379,6 +512,7 @@ class Scheduler:
         return True
 
     async def _forget(self, envelope: Envelope) -> None:
+        stats.incr("queue.envelope.dequeued")
         try:
             await self._store.remove(envelope)
         except TempFail:

@@ -15,6 +15,7 @@ import logging
 import socket
 from typing import Any, Mapping
 
+from postillion import stats
 from postillion.config.model import Config, Limits, ListenDecl
 from postillion.errors import Reply
 from postillion.lookup.auth import Authenticators
@@ -28,6 +29,8 @@ BACKLOG = 1024
 #: handlers of connections accepted just before (then for their sessions).
 DRAIN_SETTLE = 0.5
 REPLY_BUSY = Reply(421, "4.7.0", "Too many connections, try again later")
+#: The banner while `postillion ctl pause smtp` holds the listeners.
+REPLY_PAUSED = Reply(421, "4.3.2", "Not accepting mail now, try again later")
 
 logger = logging.getLogger("postillion.smtp")
 
@@ -154,6 +157,8 @@ class Listener:
         self.sessions: set[asyncio.Task[None]] = set()
         self.gate = Gate(ctx.limits)
         self.servers: list[asyncio.base_events.Server] = []
+        #: `ctl pause smtp`: new clients get REPLY_PAUSED; open sessions go on.
+        self.paused = False
 
     async def start(self, socks: list[socket.socket] | None = None) -> None:
         """Bind and serve; or serve `socks`, bound by the parent process
@@ -180,11 +185,18 @@ class Listener:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else "local"
+        if self.paused:
+            stats.incr("smtp.session.paused")
+            logger.debug("smtp paused: %s refused", ip)
+            await _refuse(writer, REPLY_PAUSED)
+            return
         # Counted from the accept, the gate's round trip included: a drain
         # waits for this client too.
         task = asyncio.current_task()
         assert task is not None
         self.sessions.add(task)
+        stats.incr("smtp.session")
+        stats.incr("smtp.session." + ("local" if ip == "local" else "inet6" if ":" in ip else "inet4"))
         try:
             if not await self.gate.admit(ip):
                 writer.write(REPLY_BUSY.to_bytes())
@@ -201,6 +213,8 @@ class Listener:
             finally:
                 self.gate.leave(ip)
         finally:
+            stats.decr("smtp.session")
+            stats.incr("smtp.session.closed")
             self.sessions.discard(task)
 
     async def drain(self, timeout: float) -> None:
@@ -225,3 +239,13 @@ class Listener:
             task.cancel()
         if self.sessions:
             await asyncio.wait(self.sessions, timeout=5)
+
+
+async def _refuse(writer: asyncio.StreamWriter, reply: Reply) -> None:
+    """Say `reply` in place of the banner and close."""
+    writer.write(reply.to_bytes())
+    try:
+        await asyncio.wait_for(writer.drain(), 5)
+    except (OSError, asyncio.TimeoutError):
+        pass
+    writer.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 import re
 import socket
@@ -49,6 +50,8 @@ from postillion.table.table import Table
 from postillion.tls import describe
 
 READ_SIZE = 64 * 1024
+
+logger = logging.getLogger("postillion.smtp")
 
 REPLY_RCPT_OK = Reply(250, "2.1.5", "Destination address valid: Recipient ok")
 REPLY_TIMEOUT = Reply(421, "4.4.2", "Timeout")
@@ -421,6 +424,7 @@ class Session:
 
     async def _handle(self, event: object) -> bool:
         """Answer one event; False ends the session (after a 421)."""
+        logger.debug("%s smtp event %s", self.sid, type(event).__name__)   # `ctl trace smtp`
         proto = self.proto
         if isinstance(event, p.Helo):
             await self._abort_transaction()

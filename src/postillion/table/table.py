@@ -243,7 +243,9 @@ class Table:
             raw = await self._call("lookup", service, key,
                                    lambda: self.backend.lookup(service, folded))
             if raw is None:
+                log.debug("table %s lookup %s %r: not found", self.name, service.value, folded)
                 return None
+        log.debug("table %s lookup %s %r: found", self.name, service.value, folded)
         return self._parse("lookup", service, folded, raw)
 
     async def check(self, service: Service, key: str) -> bool:
