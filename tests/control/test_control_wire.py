@@ -193,3 +193,42 @@ def test_unique_prefixes(words: list[str], verb: str, rest: list[str]) -> None:
 def test_bad_verbs(words: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         match_verb(words)
+
+
+async def test_a_long_listing_draws_a_progress_bar_on_a_terminal_only(spool: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`ctl show queue` of a big queue: the pieces move a bar on a terminal's
+    stderr; on a pipe nothing but the lines."""
+    import argparse
+    import pty
+
+    from postillion.control import ctl
+
+    async def listing(request, answer):  # type: ignore[no-untyped-def]
+        env = {"evpid": "1a2b3c4d00000001", "family": "local", "type": "mda", "flags": [],
+               "sender": "a@example.test", "rcpt": "b@example.test", "dest": "b@example.test",
+               "ctime": 1, "expire": 2, "lasttry": 0, "retries": 0, "runstate": "pending",
+               "runstate-secs": 5, "error": ""}
+        for done in (200, 400):
+            await answer.part({"total": 600, "done": done, "envelopes": [env]})
+        return {"total": 600, "done": 600, "envelopes": [env]}
+
+    server = ControlServer(bind_control(spool, os.getuid(), os.getgid()),
+                           {"show queue": Verb(listing)})
+    await server.start()
+    master, slave = pty.openpty()
+    try:
+        with open(slave, "w", closefd=False) as terminal:
+            monkeypatch.setattr("sys.stderr", terminal)
+            args = argparse.Namespace(spool=str(spool), json=False)
+            assert await in_thread(ctl.show_queue, args, []) == ctl.EXIT_OK
+        drawn = os.read(master, 65536).decode()
+        assert "scanning the queue [" in drawn and "100%" in drawn, drawn
+        import io
+        piped = io.StringIO()
+        monkeypatch.setattr("sys.stderr", piped)
+        assert await in_thread(ctl.show_queue, args, []) == ctl.EXIT_OK
+        assert piped.getvalue() == ""
+    finally:
+        os.close(master)
+        os.close(slave)
+        await server.stop()
