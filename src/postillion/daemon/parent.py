@@ -13,27 +13,24 @@ owns the per-uid delivery workers, `mda/agent.py`), read a user's
 back-off, and owns the signals.  When it dies, every role and worker dies
 with it (parent-death signal), and the kernel releases the spool lock.
 
-SIGHUP reloads the configuration without a restart (`reload`): a new
-generation of smtp processes on the kept and new listening sockets, the
-old ones draining their sessions, the queue and mta processes restarted.
+SIGHUP reloads the configuration without a restart (`reload`, in
+generations.py): a new generation of smtp processes on the kept and new
+listening sockets, the old ones draining their sessions, the queue and mta
+processes restarted.  What it knows of each role is in family.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import os
-import pwd
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,8 +41,10 @@ from postillion.control.remote import answer as remote_answer
 from postillion.control.remote import logging_handlers
 from postillion.control.server import bind_control
 from postillion.daemon import Daemon, StartupError, exporter, listen_error, lock_spool
-from postillion.daemon.reload import (ConfigSource, ListenKey, ReloadRefused, bind_again,
-                                      fixed_options, listen_key, located)
+from postillion.daemon.family import (RESTART_MAX, RESTART_MIN, RESTART_RESET, Role,
+                                      needs_mta, own_spool, role_user)
+from postillion.daemon.generations import Reloading
+from postillion.daemon.reload import ConfigSource, ListenKey, listen_key
 from postillion.daemon.roles import RoleArgs, write_start
 from postillion.errors import MailError, PermFail
 from postillion.lookup.auth import Authenticators
@@ -61,83 +60,11 @@ logger = logging.getLogger("postillion.parent")
 
 #: Seconds a role has to say Hello after it is started.
 START_TIMEOUT: Final = 60.0
-#: Restart back-off: the first restart waits this long, each quick death
-#: doubles it up to RESTART_MAX; a role that ran RESTART_RESET s starts over.
-RESTART_MIN: Final = 1.0
-RESTART_MAX: Final = 60.0
-RESTART_RESET: Final = 60.0
 #: Seconds a role has to exit after SIGTERM before SIGKILL.
 STOP_TIMEOUT: Final = 10.0
-#: A draining smtp process (after a reload) has its sessions' own bound,
-#: the whole-session limit (Limits.session_timeout), plus this, before it
-#: cuts what is left.
-DRAIN_SLACK: Final = 30.0
 
 
-@dataclass(eq=False)
-class Role:
-    """One role process the parent watches."""
-
-    name: str                       # "queue", "smtp" or "mta"
-    index: int
-    proc: subprocess.Popen[bytes] | None = None
-    channel: ch.Channel | None = None
-    hello: asyncio.Event = field(default_factory=asyncio.Event)
-    started: float = 0.0
-    backoff: float = RESTART_MIN
-    peer: socket.socket | None = None   # smtp: the queue's end of our pair, until sent
-    admitted: collections.Counter[tuple[int, str]] = field(default_factory=collections.Counter)
-    #: smtp: the session counts of its generation's listeners, by index.
-    gates: list[Gate] = field(default_factory=list)
-    #: Replaced by a reload: not restarted when it exits.
-    retired: bool = False
-
-    @property
-    def label(self) -> str:
-        pid = self.proc.pid if self.proc is not None else "-"
-        return f"{self.name} process {self.index} (pid {pid})" if self.name == "smtp" \
-            else f"{self.name} process (pid {pid})"
-
-
-def role_user(config: Config) -> tuple[int, int]:
-    """The uid/gid the roles run as: the queue user when root, else ourselves."""
-    if os.geteuid() != 0:
-        return os.getuid(), os.getgid()
-    name = config.processes.queue_user
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise StartupError(f"the queue user {name} does not exist; create it with "
-                           f"`useradd --system --no-create-home --shell /usr/sbin/nologin "
-                           f"{name}` (make run and make test do)") from None
-    if entry.pw_uid == 0 or entry.pw_gid == 0:
-        raise StartupError(f"the queue user {name} is root; it must be an unprivileged user")
-    return entry.pw_uid, entry.pw_gid
-
-
-def needs_mta(config: Config) -> bool:
-    """Whether any action relays or delivers over LMTP (the mta process runs
-    the client for both): only then is there an mta process."""
-    return any(action.method in ("relay", "lmtp") for action in config.actions.values())
-
-
-def own_spool(spool: Path, uid: int, gid: int) -> None:
-    """The spool belongs to the queue user: 0711 at the top (where the
-    control socket lives), its own subdirectories 0700 (made by the
-    queue process).  A spool another user owns (made by an older version
-    as root) is handed over whole, once."""
-    spool.mkdir(mode=0o711, parents=True, exist_ok=True)
-    st = spool.stat()
-    if (st.st_uid, st.st_gid) != (uid, gid):
-        for path in [spool, *spool.rglob("*")]:
-            if path.name == "postillion.pid" and path.parent == spool:
-                continue
-            os.lchown(path, uid, gid)
-    if stat.S_IMODE(st.st_mode) != 0o711:
-        spool.chmod(0o711)
-
-
-class Parent:
+class Parent(Reloading):
     def __init__(self, config: Config, spool: Path, paused: frozenset[str] = frozenset(),
                  foreground: bool = False, verbose: bool = False,
                  source: ConfigSource | None = None) -> None:
@@ -326,6 +253,8 @@ class Parent:
             self._left(role, frame.listener, frame.ip)
         elif isinstance(frame, ch.Forward) and role.name == "smtp":
             self._answer(role, await self._forward(frame))
+        elif isinstance(frame, ch.ControlDone) and role.name == "smtp" and frame.id == 0:
+            pass                 # an smtp process took `pause|resume smtp` (above)
         elif isinstance(frame, ch.Control) and role.name == "queue" and frame.verb == "reload":
             self._reload_asked(role, frame.id)
         elif isinstance(frame, ch.Control) and role.name == "queue":
@@ -350,6 +279,12 @@ class Parent:
         if frame.verb == "set paused" and len(frame.args) == 2 and \
                 frame.args[0] in ("mda", "mta", "smtp") and frame.args[1] in ("yes", "no"):
             (self.paused.add if frame.args[1] == "yes" else self.paused.discard)(frame.args[0])
+            if frame.args[0] == "smtp":
+                # Every smtp process hears it from here too: one restarted
+                # with the queue process may have no queue channel yet.
+                verb = "pause smtp" if frame.args[1] == "yes" else "resume smtp"
+                for role in self.smtp:
+                    self._answer(role, ch.Control(0, verb, ()))
             return ch.ControlDone(frame.id, "", json.dumps(sorted(self.paused)))
         return await remote_answer(frame, logging_handlers())
 
@@ -558,196 +493,3 @@ class Parent:
             logger.info("postillion stopping")
             self.notifier.stopping()
             await self.stop()
-
-    def _hangup(self, decided: Callable[[str | None], None] | None = None) -> None:
-        async def reload() -> None:
-            await self.reload(decided)
-        task = asyncio.ensure_future(reload())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _reload_asked(self, queue: Role, rid: int) -> None:
-        """`postillion ctl reload`: the answer goes out as soon as the outcome
-        is known -- a good reload replaces the queue process that asked."""
-        logger.info("reload requested by postillion ctl")
-
-        def decided(outcome: str | None) -> None:
-            self._answer(queue, ch.ControlDone(rid, "", json.dumps({"reloaded": True}))
-                         if outcome is None else ch.ControlDone(rid, "dataerr", json.dumps(outcome)))
-        self._hangup(decided)
-
-    def _announce(self, state: str) -> None:
-        """Reload's states, told to systemd (RELOADING=1, then READY=1)."""
-        if state == "reloading":
-            self.notifier.reloading()
-        else:
-            self.notifier.ready(f"ready: {len(self.smtp)} smtp process(es)")
-
-    # -- reload ---------------------------------------------------------------
-
-    async def reload(self, decided: Callable[[str | None], None] | None = None) -> str | None:
-        """Read the configuration again and apply it without a restart, as
-        `postfix reload` (docs/configuration.md, Reloading).  None when it
-        is applied; else why it is refused (one line naming file:line), the
-        running configuration left as it was.  One reload at a time: a
-        second waits for the first (and for the start).
-
-        `decided` is told the outcome as soon as it is known: a refusal, or
-        None once the new smtp processes are up -- before the queue process
-        is replaced, so a request that came from the queue process can
-        still be answered on its channel."""
-        def tell(outcome: str | None) -> None:
-            if decided is not None:
-                try:
-                    decided(outcome)
-                except Exception:
-                    logger.exception("reload: telling the outcome failed")
-
-        error: str | None = None
-        # A stop cancels a reload half done (and what it started goes too).
-        task = asyncio.current_task()
-        if task is not None:
-            self._reloads.add(task)
-        try:
-            async with self._reloading:
-                if self._stopping.is_set():
-                    error = "the daemon is stopping"
-                elif self.source is None:
-                    error = "no configuration file to reload from"
-                else:
-                    self.announce("reloading")
-                    try:
-                        await self._reload(self.source, tell)
-                    except ReloadRefused as e:
-                        logger.error("reload: refused: %s", e)
-                        error = str(e)
-                    finally:
-                        self.announce("ready")
-                    if error is None:
-                        return None
-        finally:
-            if task is not None:
-                self._reloads.discard(task)
-        tell(error)
-        return error
-
-    async def _reload(self, source: ConfigSource, decided: Callable[[str | None], None]) -> None:
-        config = await asyncio.to_thread(source.load)
-        if (problem := fixed_options(self.config, config, source.path)) is not None:
-            raise ReloadRefused(problem)
-        # What the start checks, on the new configuration: every table
-        # opened and verified, every certificate and AUTH table loaded.
-        probe = Daemon(config, self.spool)
-        try:
-            listeners = await probe.prepare()
-        except StartupError as e:
-            raise ReloadRefused(located(str(e), config, source.path)) from None
-        finally:
-            await probe.stop()
-        keys = [listen_key(listener.decl, listener.hosts) for listener in listeners]
-        sockets, fresh = bind_again(dict(zip(self.listen_keys, self.sockets)), listeners, keys)
-        old = (self.config, self.sockets, self.listen_keys, self.gates)
-        gates = dict(zip(self.listen_keys, self.gates))
-        self.config, self.sockets, self.listen_keys = config, sockets, keys
-        self.gates = [gates.get(key) or Gate(config.limits) for key in keys]
-        generation = [Role("smtp", i) for i in range(config.processes.effective_smtp_workers())]
-        pairs = [socket.socketpair() for _ in generation]
-        try:
-            for role, (_, smtp_end) in zip(generation, pairs):
-                self._spawn(role, [smtp_end])
-            for role in generation:
-                await self._wait_hello(role)
-        except BaseException as e:
-            # Nothing of the running daemon was touched yet: put it back.
-            self.config, self.sockets, self.listen_keys, self.gates = old
-            for role in generation:
-                role.retired = True
-                self._kill(role)
-            await asyncio.gather(*(self._reap(r) for r in generation if r.proc is not None),
-                                 return_exceptions=True)
-            for queue_end, _ in pairs:
-                queue_end.close()
-            for socks in fresh:
-                for sock in socks:
-                    sock.close()
-            if not isinstance(e, (StartupError, OSError)):
-                raise               # cancelled: the daemon is stopping
-            text = e.strerror if isinstance(e, OSError) else str(e)
-            raise ReloadRefused(located(f"{text}", None, source.path)) from None
-        # The swap: from here on the new configuration runs.
-        decided(None)
-        for gate in self.gates:
-            gate.limits = config.limits       # kept counts, new limits
-        old_smtp, self.smtp = self.smtp, generation
-        drain = ch.Drain(int(old[0].limits.session_timeout + DRAIN_SLACK))
-        for role in old_smtp:
-            role.retired = True
-            self.draining.append(role)
-            self._answer(role, drain)
-        for role in generation:
-            self._watch(role)
-        kept = {id(sock) for socks in sockets for sock in socks}
-        for socks in old[1]:
-            for sock in socks:
-                if id(sock) not in kept:
-                    sock.close()        # the draining processes close their copies
-        await self._replace_queue_and_mta(config, [q for q, _ in pairs])
-        if config.limits != old[0].limits:
-            self._retired_auth.append(self.authenticators)
-            self.authenticators = Authenticators(config.limits)
-        logger.info("reload: configuration %s applied: %d smtp process(es), %d draining",
-                    source.path, len(self.smtp), len(self.draining))
-
-    async def _replace_queue_and_mta(self, config: Config, smtp_ends: list[socket.socket]) -> None:
-        """The queue (and mta) process again, on the new configuration: the
-        old one stops as at SIGTERM (deliveries in flight get their grace;
-        what was not answered stays in the spool), the new one recovers the
-        spool, takes the new generation's commits (`smtp_ends`) and the
-        draining processes'.  An envelope may be delivered twice, never lost."""
-        old_queue, old_mta = self.queue, self.mta
-        for role in (old_queue, old_mta):
-            if role is not None:
-                role.retired = True
-        await self._terminate([old_queue])
-        if old_mta is not None:
-            await self._terminate([old_mta])
-        if config.mda != self.mda.options:
-            old_mda, self.mda = self.mda, MdaAgent(config.mda)
-            await old_mda.stop()
-        self.queue = Role("queue", 0)
-        self.mta = Role("mta", 0) if needs_mta(config) else None
-        mta_pair = socket.socketpair() if self.mta is not None else None
-        self._spawn(self.queue, smtp_ends, first=False,
-                    mta=mta_pair[0] if mta_pair is not None else None)
-        self._link_draining(self.queue)
-        if self.mta is not None and mta_pair is not None:
-            self._spawn(self.mta, [], mta=mta_pair[1])
-        for role in [self.queue, *([self.mta] if self.mta is not None else [])]:
-            try:
-                await self._wait_hello(role)
-            except StartupError as e:
-                # Past the swap there is no way back: its watcher restarts it.
-                logger.error("reload: %s", e)
-                self._kill(role)
-            self._watch(role)
-
-    def _link_draining(self, queue: Role) -> None:
-        """A channel from each draining smtp process to this queue process:
-        their last commits are announced to it (they get no Inject)."""
-        for role in self.draining:
-            if role.channel is None or role.channel.closed.is_set():
-                continue
-            queue_end, smtp_end = socket.socketpair()
-            try:
-                self._answer(role, ch.QueuePeer("queue", fds=(smtp_end.fileno(),)))
-                self._answer(queue, ch.QueuePeer("drain", fds=(queue_end.fileno(),)))
-            finally:
-                queue_end.close()
-                smtp_end.close()
-
-    def _gone(self, role: Role, status: str) -> None:
-        """A process a reload replaced has exited: nothing to restart."""
-        if role in self.draining:
-            self.draining.remove(role)
-            logger.info("%s drained and exited (%s)", role.label, status)
-

@@ -279,6 +279,12 @@ async def smtp_role(args: RoleArgs, config: Config) -> None:
         elif isinstance(frame, ch.Drain) and not draining:
             draining.append(max(0, frame.timeout))
             stopping.set()
+        elif isinstance(frame, ch.Control) and frame.verb in ("pause smtp", "resume smtp"):
+            # The parent's word on `pause smtp`, which reaches a process
+            # whose channel to the queue is not up yet (both restarting).
+            done = await answer(frame, queue.handlers)
+            if not parent.closed.is_set():
+                parent.send(done)
 
     async def injected(frame: ch.Inject) -> ch.Injected:
         """A bounce, or a `sendmail` submission (`frame.user`), from the
