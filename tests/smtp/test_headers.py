@@ -56,7 +56,7 @@ def test_masquerade_from():
 
 
 async def test_reverse_dns_names_loopback_and_refuses_odd_names():
-    from postillion.smtp.session import reverse_dns
+    from postillion.smtp.recipients import reverse_dns
     assert await reverse_dns("127.0.0.1", 5) == "localhost"   # /etc/hosts
     assert await reverse_dns("local", 5) == "localhost"
     assert await reverse_dns("not an address", 5) == "<unknown>"

@@ -44,7 +44,7 @@ from postillion.smtp import interfaces
 from postillion.smtp.inject import inject
 from postillion.smtp.interfaces import ListenAddressError
 from postillion.smtp.server import Listener, ListenerError, listen_family, listener_context
-from postillion.smtp.session import SessionContext
+from postillion.smtp.context import SessionContext
 from postillion.table.services import Service
 from postillion.table.table import Table, TableError, open_table
 from postillion.table.values import Userinfo

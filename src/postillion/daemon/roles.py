@@ -67,7 +67,7 @@ from postillion.privileges import die_with_parent, drop_privileges
 from postillion.queue.envelope import Envelope
 from postillion.queue.scheduler import Scheduler
 from postillion.smtp.inject import inject
-from postillion.smtp.session import Submitter
+from postillion.smtp.context import Submitter
 from postillion.table.values import Userinfo
 
 logger = logging.getLogger("postillion.role")

@@ -3,7 +3,7 @@
 Postillion's `exim -bt` (OpenSMTPD has none).  It answers with the
 daemon's own code, never a copy of it: the SMTP machine parses the
 addresses (`smtp/protocol.py`, so a malformed one gets the session's
-`501`), `smtp.session.rcpt_decision` runs the rules and the expansion as
+`501`), `smtp.recipients.rcpt_decision` runs the rules and the expansion as
 RCPT does (its reply is the one a client would get), the expansion records
 each step it takes (`lookup.expand.Step`), and each final delivery is
 resolved as the queue process resolves it: `Daemon.delivery_user`,
@@ -37,7 +37,7 @@ from postillion.mda.jobs import build_job, job_method
 from postillion.queue.envelope import Envelope, new_msgid
 from postillion.rules import SessionFacts, is_local_address
 from postillion.smtp import protocol as p
-from postillion.smtp.session import rcpt_decision, session_address
+from postillion.smtp.recipients import rcpt_decision, session_address
 from postillion.table.services import Service
 from postillion.table.values import Userinfo
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from postillion.errors import Reply
-from postillion.smtp.session import Session, SessionContext, Submitter
+from postillion.smtp.context import SessionContext, Submitter
+from postillion.smtp.session import Session
 
 #: The whole exchange, from the banner to the reply after the dot, must end
 #: within this many seconds (a commit waits for a disk flush, nothing else).

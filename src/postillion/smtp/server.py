@@ -19,7 +19,8 @@ from postillion import stats
 from postillion.config.model import Config, Limits, ListenDecl
 from postillion.errors import Reply
 from postillion.lookup.auth import Authenticators
-from postillion.smtp.session import Session, SessionContext
+from postillion.smtp.context import SessionContext
+from postillion.smtp.session import Session
 from postillion.table.services import Service
 from postillion.table.table import Table
 from postillion.tls import TlsConfigError, server_context

@@ -24,36 +24,29 @@ import asyncio
 import dataclasses
 import logging
 import random
-import re
-import socket
 import ssl
 import time
-import unicodedata
-from dataclasses import dataclass, field
-from typing import Mapping
 
 from postillion import log, metrics
-from postillion.config.model import Limits, ListenDecl, MatchDecl
 from postillion.errors import LookupUnavailable, MailError, Reply
-from postillion.lookup.auth import Authenticator, AuthResult
-from postillion.lookup.expand import Delivery, Expander, Step
-from postillion.queue.envelope import DEFAULT_TTL, Envelope
-from postillion.queue.store import NO_SPACE, Incoming, QueueStore, storage_reply
-from postillion.rules import Ruleset, SessionFacts, is_local_address
+from postillion.lookup.auth import AuthResult
+from postillion.queue.envelope import Envelope
+from postillion.queue.store import NO_SPACE, Incoming, storage_reply
+from postillion.rules import SessionFacts, is_local_address
 from postillion.smtp import protocol as p
 from postillion.smtp.headers import (HeaderScan, clean, masquerade_from, missing_headers,
                                      received_header, received_local)
-from postillion.smtp.tuning import DEFAULT_TUNING, Tuning
+from postillion.smtp.context import SessionContext, Submitter, Transaction, features, protocol_limits
+from postillion.smtp.recipients import (UNKNOWN_HOST, rcpt_decision,
+                                        reverse_dns, session_address)
 from postillion.table.match import mailaddr_match
 from postillion.table.services import Service
-from postillion.table.table import Table
 from postillion.tls import describe
 
 READ_SIZE = 64 * 1024
 
 logger = logging.getLogger("postillion.smtp")
 
-REPLY_RCPT_OK = Reply(250, "2.1.5", "Destination address valid: Recipient ok")
 REPLY_TIMEOUT = Reply(421, "4.4.2", "Timeout")
 REPLY_AUTH_FAILED = Reply(535, "5.7.8", "Authentication failed")
 REPLY_AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
@@ -63,159 +56,10 @@ REPLY_NOT_RFC5322 = Reply(554, "5.6.0", "Message is not RFC 5322 compliant")
 REPLY_EARLY_TALKER = Reply(554, "5.5.0", "Protocol error: talking before the greeting")
 
 
-@dataclass(frozen=True, slots=True)
-class SessionContext:
-    """What every session of one listener shares.
-
-    `listen` None is a plain listener with every default (tests, the demo);
-    `tls_context` is the listener's server context (STARTTLS or SMTPS);
-    `authenticator` checks AUTH; `senders` is the `senders <t>` table.
-    """
-
-    hostname: str
-    limits: Limits
-    ruleset: Ruleset
-    expander: Expander
-    store: QueueStore   # hands committed envelopes to the scheduler itself (on_commit)
-    listen: ListenDecl | None = None
-    tls_context: ssl.SSLContext | None = None
-    authenticator: Authenticator | None = None
-    senders: Table | None = None
-    hostnames: Table | None = None
-    tuning: Tuning = DEFAULT_TUNING
-    queue_ttl: float = DEFAULT_TTL      # `queue ttl`: an envelope's lifetime unless its action says
-
-
-def features(decl: ListenDecl | None) -> p.Features:
-    """The EHLO offer of a listener (docs/smtp.md)."""
-    if decl is None:
-        return p.ALL_EXTENSIONS
-    return p.Features(
-        starttls=(decl.tls or decl.tls_require) and not decl.smtps,
-        tls_required=decl.tls_require and not decl.smtps,
-        auth=bool(decl.auth), auth_required=decl.auth == "required",
-        insecure_auth=decl.insecure_auth, dsn=not decl.no_dsn, smtputf8=True, chunking=True)
-
-
-@dataclass(frozen=True, slots=True)
-class Submitter:
-    """The local user a `sendmail` submission comes from, as the kernel told
-    the control socket (SO_PEERCRED): never anything the user wrote.  Its
-    session writes a `Received: ... from userid UID` header, records `name`
-    as the envelopes' `username` and logs both (smtp/inject.py)."""
-
-    uid: int
-    name: str
-
-
-@dataclass(slots=True)
-class Transaction:
-    """The MAIL ... DATA/BDAT transaction in progress."""
-
-    sender: str
-    params: Mapping[str, str] = field(default_factory=dict)
-    recipients: list[tuple[str, list[Delivery], Mapping[str, str]]] = field(default_factory=list)
-    incoming: Incoming | None = None
-    failed: Reply | None = None        # the queue file could not be created or written:
-                                       # owed at the end of the data
-    headers: HeaderScan | None = None
-    held: bytearray | None = None      # header held back for `masquerade`
-
-
-def protocol_limits(limits: Limits) -> p.ProtocolLimits:
-    return p.ProtocolLimits(
-        max_line=limits.max_line, max_data_line=limits.max_data_line,
-        max_message_size=limits.max_message_size, max_rcpt=limits.max_rcpt,
-        max_mails=limits.max_mails, max_failed_commands=limits.max_failed_commands,
-        max_auth_line=limits.max_auth_line, max_failed_auth=limits.max_failed_auth,
-        max_rejected_rcpt=limits.max_rejected_rcpt)
-
-
 def _queue_reply(error: OSError | MailError) -> Reply:
     """What the client sees when the queue failed: a TempFail says; a bare
     OSError goes through the queue's one mapping (452 4.3.1 when full)."""
     return error.reply if isinstance(error, MailError) else storage_reply(error)
-
-
-UNKNOWN_HOST = "<unknown>"
-_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\Z")
-
-
-async def reverse_dns(address: str, timeout: float) -> str:
-    """The client's PTR name, for the log and `Received:` (docs/logs.md, docs/smtp.md).
-
-    Through the system resolver (so /etc/hosts answers for loopback), bounded
-    by `timeout`; no name, a failure, a timeout, or a name that is not a
-    plain host name (a PTR record is the client's to write) all give
-    `<unknown>`.  Not forward-confirmed: this name is only shown, never
-    trusted (`from rdns` comes later, with its own check).
-    """
-    if address == "local":
-        return "localhost"
-    loop = asyncio.get_running_loop()
-    try:
-        name, _ = await asyncio.wait_for(
-            loop.getnameinfo((address, 0), socket.NI_NAMEREQD), timeout)
-    except (OSError, asyncio.TimeoutError, UnicodeError):
-        return UNKNOWN_HOST
-    name = name.rstrip(".")
-    if len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
-        return UNKNOWN_HOST
-    return name.lower()
-
-
-def session_address(path: p.Path, hostname: str) -> str:
-    """A path as the session looks it up: without a domain it gets our
-    hostname (`<postmaster>`, docs/smtp.md).
-
-    SMTPUTF8 (RFC 6531): a UTF-8 address is NFC-normalised, and its
-    domain written as A-labels, so lookups see one spelling of it.
-    """
-    local, domain = path.local, path.domain or hostname
-    if not (local.isascii() and domain.isascii()):
-        local = unicodedata.normalize("NFC", local)
-        domain = unicodedata.normalize("NFC", domain)
-        if not domain.isascii() and not domain.startswith("["):
-            try:
-                domain = domain.encode("idna").decode("ascii")
-            except UnicodeError:
-                pass  # not a valid IDN: kept as sent, matches no table
-    return f"{local}@{domain}"
-
-
-@dataclass(frozen=True, slots=True)
-class RcptDecision:
-    """What RCPT gets for one recipient: the reply, the rule that decided
-    (None: no rule matched), the final deliveries when accepted, and the
-    administrator's why when refused (`lookup_error`: a table could not
-    answer).  One function makes it, for the session and `postillion route`."""
-
-    reply: Reply
-    rule: MatchDecl | None = None
-    deliveries: list[Delivery] = field(default_factory=list)
-    reason: str = ""
-    lookup_error: bool = False
-
-
-async def rcpt_decision(ruleset: Ruleset, expander: Expander, facts: SessionFacts,
-                        sender: str, rcpt: str, trace: Step | None = None) -> RcptDecision:
-    """The rules, then expansion (docs/architecture.md, The flow of one
-    message): `550 5.7.1` when no rule accepts, the expansion's own reply
-    when it fails, `451 4.3.0` when a table cannot answer.  `trace` records
-    the expansion (lookup/expand.py)."""
-    rule = None
-    try:
-        rule = await ruleset.first_rule(facts, sender, rcpt)
-        action = ruleset.action_of(rule)
-        if action is None:
-            return RcptDecision(Reply(550, "5.7.1", f"Invalid recipient: <{rcpt}>"), rule)
-        deliveries = await expander.expand(rcpt, action, trace)
-        return RcptDecision(REPLY_RCPT_OK, rule, deliveries)
-    except LookupUnavailable as e:
-        return RcptDecision(Reply(451, "4.3.0", f"Temporary failure: <{rcpt}>"), rule,
-                            reason=e.reason, lookup_error=True)
-    except MailError as e:
-        return RcptDecision(e.reply, rule, reason=e.reason if e.reason != e.reply.text else "")
 
 
 class Session:
