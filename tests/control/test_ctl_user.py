@@ -7,10 +7,8 @@ is refused every administrator's verb; `encrypt` needs no daemon.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
-import secrets
 import shutil
 import smtplib
 import tempfile
@@ -19,29 +17,21 @@ from pathlib import Path
 
 import pytest
 
-from tests import sysuser, sysvenv
+from tests import sysuser
 from tests.control.ctlrun import ctl, ok, ok_json, until
 from tests.e2e.conftest import BACKEND, CONFIG, HOSTNAME, Daemon, delivery_ids, free_port, write_tables
 
 
 @pytest.fixture(scope="module")
-def venv() -> Iterator[Path]:
-    built = sysvenv.build()
-    try:
-        yield built
-    finally:
-        sysvenv.remove(built)
+def venv(system_venv: Path) -> Path:
+    return system_venv
 
 
 @pytest.fixture(scope="module")
 def user() -> Iterator[pwd.struct_passwd]:
     assert os.geteuid() == 0, "the test makes a user and switches to it: run the suite as root"
-    name = "pctl" + secrets.token_hex(5)
-    sysuser.run("useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        sysuser.run("userdel", name)
+    with sysuser.shell_user("pctl") as entry:
+        yield entry
 
 
 @pytest.fixture(scope="module")
