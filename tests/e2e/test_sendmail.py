@@ -138,6 +138,13 @@ def test_usage_and_refusals_exit_with_sysexits(mta, venv, user):
     assert done.returncode == 67, done.stderr
     assert done.stderr.decode().startswith("sendmail: 550 5.1.1 ") and \
         "<nobody@example.test>" in done.stderr.decode() and done.stderr.count(b"\n") == 1
+    # More refused recipients than a remote client may have (max-rejected-rcpt,
+    # 50): still a refusal naming them, never the 421 that cuts off a prober.
+    unknown = [f"nobody{i}@example.test" for i in range(60)]
+    done = run_as(user, venv, mta.spool, "sendmail", "alice@example.test", *unknown,
+                  stdin=b"Subject: x\n\nx\n")
+    assert done.returncode == 67, done.stderr
+    assert b"<nobody0@example.test>" in done.stderr and b"and 40 more" in done.stderr
     # A domain no rule accepts: refused, not unknown.
     done = run_as(user, venv, mta.spool, "sendmail", "someone@elsewhere.invalid",
                   stdin=b"Subject: x\n\nx\n")

@@ -83,10 +83,17 @@ class Transaction:
     held: bytearray | None = None      # header held back for `masquerade`
 
 
-def protocol_limits(limits: Limits) -> p.ProtocolLimits:
+def protocol_limits(limits: Limits, submitter: Submitter | None = None) -> p.ProtocolLimits:
+    """The machine's limits for one session.  A local submitter (`sendmail`)
+    is not cut off after `max_rejected_rcpt` refusals: that limit stops a
+    remote client probing for addresses, while a local user is known by its
+    uid, and cutting its one submission short would turn its refused
+    recipients into a temporary failure that cron retries forever."""
+    rejected = limits.max_rejected_rcpt if submitter is None else \
+        max(limits.max_rejected_rcpt, limits.max_rcpt + 1)
     return p.ProtocolLimits(
         max_line=limits.max_line, max_data_line=limits.max_data_line,
         max_message_size=limits.max_message_size, max_rcpt=limits.max_rcpt,
         max_mails=limits.max_mails, max_failed_commands=limits.max_failed_commands,
         max_auth_line=limits.max_auth_line, max_failed_auth=limits.max_failed_auth,
-        max_rejected_rcpt=limits.max_rejected_rcpt)
+        max_rejected_rcpt=rejected)

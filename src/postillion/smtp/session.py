@@ -81,7 +81,7 @@ class Session:
         self.facts = SessionFacts(address=self.peer,
                                   is_local=is_local_address(self.peer, local_ip))
         self.smtps = ctx.listen is not None and ctx.listen.smtps
-        self.proto = p.ServerProtocol(ctx.hostname, self.peer, protocol_limits(ctx.limits),
+        self.proto = p.ServerProtocol(ctx.hostname, self.peer, protocol_limits(ctx.limits, submitter),
                                       features(ctx.listen), tls=self.smtps)
         self.helo = ""
         self.extended = False
