@@ -13,18 +13,9 @@ from pathlib import Path
 
 from postillion import __version__
 from postillion.paths import DEFAULT_CONFIG, DEFAULT_SPOOL
+from postillion.tools import parse_defines
 
 DEMO_ROOT = "var"
-
-
-def parse_defines(values: list[str]) -> dict[str, str]:
-    defines = {}
-    for item in values:
-        name, eq, value = item.partition("=")
-        if not eq or not name:
-            raise SystemExit(f"postillion: -D expects name=value, got {item!r}")
-        defines[name] = value
-    return defines
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[Path, Path]:

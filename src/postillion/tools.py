@@ -98,8 +98,18 @@ class Progress:
 # ------------------------------------------------------------------ tables
 
 
+def parse_defines(values: list[str]) -> dict[str, str]:
+    """`-D NAME=VALUE` options (repeatable) as the macros they define."""
+    defines = {}
+    for item in values:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise SystemExit(f"postillion: -D expects name=value, got {item!r}")
+        defines[name] = value
+    return defines
+
+
 def _load_config(path_arg: str | None, defines: list[str]) -> Any:
-    from postillion.cli import parse_defines
     from postillion.config import ConfigError, load
     path = Path(path_arg) if path_arg else Path(_default_config())
     try:

@@ -184,3 +184,5 @@ def test_mailq_shows_a_user_its_own_queued_mail(mta, venv, user):
     assert env["sender"] == f"{user.pw_name}@{default_hostname()}"
     done = run_as(user, venv, mta.spool, "mailq")
     assert done.returncode == 0 and f"|bob@{DOMAIN}|".encode() in done.stdout, done
+    done = run_as(user, venv, mta.spool, "sendmail", "-bp")       # Sendmail's mailq
+    assert done.returncode == 0 and f"|bob@{DOMAIN}|".encode() in done.stdout, done

@@ -68,13 +68,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Callable, Mapping
 
 from postillion.config import files, values
 from postillion.config.errors import ConfigError, did_you_mean
 from postillion.config.grammar.action import ActionGrammar
 from postillion.config.grammar.base import _at, _hint, _quote
+from postillion.config.grammar.state import _State
 from postillion.config.grammar.listen import ListenGrammar
 from postillion.config.grammar.match import MatchGrammar
 from postillion.config.grammar.mta import MTA_FAMILIES, MTA_LIMITS, MtaGrammar  # noqa: F401
@@ -82,24 +83,16 @@ from postillion.config.grammar.options import OptionsGrammar
 from postillion.config.grammar.tables import ANON_PREFIX, BUILTIN_TABLES, MAP_USES, USE_SERVICES
 from postillion.config.lexer import MACRO_NAME, Kind, Lexer, Token
 from postillion.config.model import (
-    ActionDecl,
     BounceOptions,
-    CaDecl,
     Config,
-    Feature,
     Limits,
-    ListenDecl,
-    MatchDecl,
     MdaOptions,
     MetricsDecl,
-    MtaLimit,
     MtaOptions,
-    PkiDecl,
     Position,
     ProcessOptions,
     QueueOptions,
     SchedulerOptions,
-    TableDecl,
     TableUse,
 )
 from postillion.config.stream import Skip, Stream, Syntax
@@ -109,47 +102,6 @@ MAX_INCLUDE_DEPTH = 16
 # Not supported yet (docs/configuration.md): refused at parse time, whatever the runtime does.
 OUT_OF_SCOPE_STATEMENTS = frozenset({"filter", "proc", "srs", "admd", "dkim"})
 GRAMMAR_2012 = frozenset({"accept", "reject"})
-
-
-@dataclass
-class _State:
-    """Everything one parse gathers across a file and its includes."""
-
-    errors: list[tuple[Position, str]] = field(default_factory=list)
-    macros: dict[str, str] = field(default_factory=dict)
-    fixed_macros: frozenset[str] = frozenset()
-    # Reading order of each file: the include positions that lead to it,
-    # so errors sort as a reader meets them (an include's errors in place).
-    order: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
-    including: list[tuple[str, str]] = field(default_factory=list)  # (realpath, as written)
-    tables: dict[str, TableDecl] = field(default_factory=dict)
-    listeners: list[ListenDecl] = field(default_factory=list)
-    actions: dict[str, ActionDecl] = field(default_factory=dict)
-    matches: list[MatchDecl] = field(default_factory=list)
-    pkis: dict[str, PkiDecl] = field(default_factory=dict)
-    pki_fields: dict[tuple[str, str], Position] = field(default_factory=dict)
-    cas: dict[str, CaDecl] = field(default_factory=dict)
-    implied_pkis: dict[str, PkiDecl] = field(default_factory=dict)  # 2012 `certificate N`
-    hostname: tuple[str, Position] | None = None
-    limits: dict[str, tuple[object, Position]] = field(default_factory=dict)
-    # `queue`, `bounce`, `mta`, `mda`, `scheduler`, `processes`: (section, field) -> value
-    options: dict[tuple[str, str], tuple[object, Position]] = field(default_factory=dict)
-    mta_limits: list[MtaLimit] = field(default_factory=list)
-    mta_nameservers: list[tuple[str, int]] = field(default_factory=list)
-    mda_wrappers: dict[str, tuple[str, Position]] = field(default_factory=dict)
-    features: list[Feature] = field(default_factory=list)
-    # The first rule of each grammar: "match" / "2012".
-    rule_grammar: dict[str, Position] = field(default_factory=dict)
-    # Names whose declaration was attempted but broken: no "no such" noise.
-    tried_tables: set[str] = field(default_factory=set)
-    tried_actions: set[str] = field(default_factory=set)
-    tried_pkis: set[str] = field(default_factory=set)
-    table_refs: list[tuple[str, Position, str]] = field(default_factory=list)  # name, at, use
-    action_refs: list[tuple[str, Position]] = field(default_factory=list)
-    pki_refs: list[tuple[str, Position]] = field(default_factory=list)
-    ca_refs: list[tuple[str, Position]] = field(default_factory=list)
-    wrapper_refs: list[tuple[str, Position]] = field(default_factory=list)
-    metrics: MetricsDecl | None = None      # `metrics listen on`, at most one
 
 
 class Parser(ListenGrammar, ActionGrammar, MatchGrammar, OptionsGrammar, MtaGrammar):

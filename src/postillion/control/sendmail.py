@@ -15,6 +15,7 @@ Exit status from sysexits.h, one line on stderr for any error
 
 from __future__ import annotations
 
+import argparse
 import os
 import pwd
 import re
@@ -311,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(USAGE.format(env=SPOOL_ENV, spool=DEFAULT_SPOOL))
         return EX_OK
     if opts.mode == "p":
-        from postillion.cli import main as postillion
-        return postillion(["mailq"])
+        from postillion.control.ctl import cmd_mailq
+        return cmd_mailq(argparse.Namespace(spool=None, json=False))
     rcpts = addresses(opts.recipients)
     if not rcpts and not opts.extract:
         return _fail(EX_USAGE, "no recipients: give them as arguments, or -t to take them "

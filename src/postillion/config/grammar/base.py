@@ -18,7 +18,7 @@ from postillion.config.model import Feature, Position
 from postillion.config.stream import Stream, Syntax
 
 if TYPE_CHECKING:
-    from postillion.config.parser import _State
+    from postillion.config.grammar.state import _State
 
 
 # The match options, and the words that end a value in a match rule: here,
