@@ -18,6 +18,10 @@ the parent or `postillion check` to files in some directory nor fail
 them.  Without ours (no `metrics` statement, the in-process tests,
 `check`) the objects below count in the process and nobody reads them.
 
+They are the daemon's only counters: `ctl show stats` and `monitor` read
+this process's values of these same objects (postillion/stats.py names
+them as smtpctl does), so an event is counted once, by one call here.
+
 Counting is meant to be cheap: one `inc` or `observe` per event (a
 session, a RCPT, a lookup, a group commit), a few microseconds, never per
 octet.  Label values come from small fixed sets (a backend name, an
@@ -55,13 +59,23 @@ COMMIT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 
 # -- smtp processes ------------------------------------------------------------
 
+#: The `family` label of postillion_smtp_sessions_total: the client's
+#: address family, `local` for an injection (sendmail, a bounce) over a
+#: socketpair.  smtpctl's `smtp.session.local|inet4|inet6`.
+FAMILIES: Final = ("local", "inet4", "inet6")
+
 SMTP_SESSIONS: Final = Counter(
     "postillion_smtp_sessions",
-    "SMTP sessions started (admitted by the session limits), local injections included")
+    "SMTP sessions started (admitted by the session limits), local injections included,"
+    " by the client's address family",
+    ["family"])
 SMTP_SESSIONS_ACTIVE: Final = Gauge(
     "postillion_smtp_sessions_active",
     "SMTP sessions open now, across every smtp process",
     multiprocess_mode="livesum")
+SMTP_SESSIONS_PAUSED: Final = Counter(
+    "postillion_smtp_sessions_paused",
+    "Clients refused with 421 because smtp was paused (ctl pause smtp)")
 MESSAGES_ACCEPTED: Final = Counter(
     "postillion_smtp_messages_accepted",
     "Messages queued durably and acknowledged with 250 at the end of DATA")
@@ -73,6 +87,9 @@ RECIPIENTS_REFUSED: Final = Counter(
     "postillion_smtp_recipients_refused",
     "Recipients refused at RCPT TO, by enhanced status code",
     ["code"])
+ENVELOPES_ENQUEUED: Final = Counter(
+    "postillion_queue_envelopes_enqueued",
+    "Envelopes made durable in the queue (one per recipient of a committed message)")
 COMMIT_SECONDS: Final = Histogram(
     "postillion_queue_commit_seconds",
     "Seconds one group commit took: writing, flushing (fsync) and moving its messages",
@@ -92,6 +109,21 @@ DELIVERIES: Final = Counter(
     "postillion_deliveries",
     "Delivery attempts by agent (envelope type: mda, mta, bounce) and result",
     ["agent", "result"])
+#: The `reason` label of postillion_queue_envelopes_dequeued_total: what
+#: ended the envelope's life in the queue.  `failed`: given up for good
+#: (bounced, or no DSN wanted); `expired`: given up for age; `removed`:
+#: `ctl remove`.
+DEQUEUE_REASONS: Final = ("delivered", "failed", "expired", "removed")
+ENVELOPES_DEQUEUED: Final = Counter(
+    "postillion_queue_envelopes_dequeued",
+    "Envelopes that left the queue, by reason: delivered, failed, expired, removed",
+    ["reason"])
+BOUNCES_QUEUED: Final = Counter(
+    "postillion_queue_bounces",
+    "Delivery status notifications (bounces, delay warnings) queued")
+DELIVERY_LOOPS: Final = Counter(
+    "postillion_delivery_loops",
+    "Local deliveries refused because the message already held Delivered-To: the recipient")
 
 # -- the mta process ---------------------------------------------------------------
 
@@ -113,3 +145,10 @@ def status_label(code: int, enhanced: str) -> str:
     or the basic one ("554") for a reply that carries none.  Both come from
     our own fixed replies, so the set of values stays small."""
     return enhanced or str(code)
+
+
+def address_family(peer: str) -> str:
+    """The `family` label of a session's client address: "local" (what a
+    session over a socketpair or a Unix socket calls its peer), "inet6"
+    (an IPv4-mapped address included, as smtpd counts it) or "inet4"."""
+    return "local" if peer == "local" else "inet6" if ":" in peer else "inet4"

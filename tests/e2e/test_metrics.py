@@ -17,6 +17,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.control.ctlrun import ok_json
 from tests.e2e import procs
 from tests.e2e.conftest import free_port
 
@@ -89,7 +90,10 @@ def test_the_counters_move_as_mail_comes_and_goes(daemon):
         return value(after, name, **labels) - value(before, name, **labels)
 
     # The probe of wait_listening was a session too: at least ours.
-    assert moved("postillion_smtp_sessions_total") >= 1
+    # (By the client's address family since the sessions counter has one.)
+    assert moved("postillion_smtp_sessions_total", family="inet4") >= 1
+    assert moved("postillion_queue_envelopes_enqueued_total") == 1
+    assert moved("postillion_queue_envelopes_dequeued_total", reason="delivered") == 1
     assert moved("postillion_smtp_messages_accepted_total") == 1
     assert moved("postillion_deliveries_total", agent="mda", result="ok") == 1
     assert moved("postillion_smtp_recipients_refused_total", code="5.1.1") == 1
@@ -101,6 +105,16 @@ def test_the_counters_move_as_mail_comes_and_goes(daemon):
     assert value(after, "postillion_queue_envelopes") == 0
     assert value(after, "postillion_queue_oldest_envelope_age_seconds") == 0
     assert value(after, "postillion_smtp_sessions_active") == 0
+    # `show stats` reads the same counts: each process's own values, summed.
+    shown = ok_json(daemon.spool, "show stats")
+    assert shown["scheduler.delivery.ok"] == sum(
+        value(after, "postillion_deliveries_total", agent=agent, result="ok")
+        for agent in ("mda", "mta", "bounce"))
+    assert shown["queue.envelope.enqueued"] == value(after, "postillion_queue_envelopes_enqueued_total")
+    assert shown["smtp.session.inet4"] == value(after, "postillion_smtp_sessions_total", family="inet4")
+    assert shown["smtp.session.closed"] == sum(
+        value(after, "postillion_smtp_sessions_total", family=family)
+        for family in ("local", "inet4", "inet6"))
 
 
 def test_queued_mail_shows_in_the_queue_gauges_and_counts_survive_a_queue_restart(daemon):

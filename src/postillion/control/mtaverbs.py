@@ -35,7 +35,6 @@ class HostStats:
         self.domains: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
 
     def note(self, domain: str, result: str) -> None:
-        stats.incr(f"mta.relay.{result}")
         entry = self.domains.pop(domain, None) or {"ok": 0, "tempfail": 0, "permfail": 0}
         entry[result] = entry.get(result, 0) + 1
         entry["last"] = int(time.time())

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from postillion import log, stats
+from postillion import log, metrics
 from postillion.config import support as config_support
 from postillion.config.model import ActionDecl, Config, ListenDecl, TableDecl
 from postillion.errors import MailError, PermFail, Reply, TempFail
@@ -339,7 +339,7 @@ class Daemon:
             if method is None:
                 raise PermFail(Reply(550, "5.3.5", f"action {action.name} cannot deliver locally"))
             if await asyncio.to_thread(self._loops, env):
-                stats.incr("scheduler.delivery.loop")
+                metrics.DELIVERY_LOOPS.inc()
                 raise PermFail(Reply(550, "5.4.6", "Loop detected"),
                                f"Loop detected: Delivered-To: {env.dest} already in the message")
             user = await method(env, action)

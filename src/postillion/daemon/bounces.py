@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from postillion import log, stats
+from postillion import log, metrics
 from postillion.errors import Reply, TempFail
 from postillion.queue.bounce import Kind, build_dsn, due_warning, wants_dsn, warned
 from postillion.queue.envelope import Envelope, format_msgid
@@ -154,7 +154,7 @@ class Bouncer:
         data = await asyncio.to_thread(build)
         reply = await self.send("", (envelopes[0].sender,), data)
         if reply.code == 250:
-            stats.incr("queue.bounce")
+            metrics.BOUNCES_QUEUED.inc()
         return reply
 
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Final, Protocol
 
-from postillion import stats
+from postillion import metrics
 from postillion.errors import MailError, PermFail, Reply, TempFail
 from postillion.queue.envelope import Envelope
 
@@ -313,8 +313,7 @@ class Scheduler:
         self._parked.pop(evpid, None)
         self._held.pop(evpid, None)
         await self._store.remove(envelope)
-        stats.incr("scheduler.envelope.removed")
-        stats.incr("queue.envelope.dequeued")
+        metrics.ENVELOPES_DEQUEUED.labels("removed").inc()
         log.info("queue remove evpid=%016x from=<%s> to=<%s> result=Removed",
                  evpid, envelope.sender, envelope.dest)
         return "removed"
@@ -432,7 +431,6 @@ class Scheduler:
         except TempFail as e:
             await self._tempfail(envelope, e.reply)
         except PermFail as e:
-            stats.incr("scheduler.delivery.permfail")
             failed = envelope.replace(
                 last_try=self._clock(), esc_class=5, esc_code=e.reply.enhanced, errorline=_errorline(e.reply)
             )
@@ -443,16 +441,14 @@ class Scheduler:
             log.exception("queue agent-error evpid=%016x result=TempFail", envelope.id)
             await self._tempfail(envelope, INTERNAL_ERROR)
         else:
-            stats.incr("scheduler.delivery.ok")
             if self._delivered is not None:
                 try:
                     await self._delivered(envelope)
                 except Exception:
                     log.exception("queue delivered-hook-failed evpid=%016x", envelope.id)
-            await self._forget(envelope)
+            await self._forget(envelope, "delivered")
 
     async def _tempfail(self, envelope: Envelope, reply: Reply) -> None:
-        stats.incr("scheduler.delivery.tempfail")
         now = self._clock()
         envelope = envelope.replace(
             retry=envelope.retry + 1, last_try=now, esc_class=4, esc_code=reply.enhanced, errorline=_errorline(reply)
@@ -471,7 +467,6 @@ class Scheduler:
             log.debug("queue retry evpid=%016x retry=%d next=%.0fs", envelope.id, envelope.retry, due - now)
 
     async def _expire(self, envelope: Envelope) -> None:
-        stats.incr("scheduler.envelope.expired")
         log.info(
             "queue expire evpid=%016x from=<%s> to=<%s> ttl=%.0fs result=Expire",
             envelope.id, envelope.sender, envelope.dest, envelope.ttl,
@@ -498,7 +493,7 @@ class Scheduler:
             if await self._save(envelope):
                 self._due.push(envelope, next_attempt(envelope.ctime, envelope.retry, self._base(envelope), now))
             return
-        await self._forget(envelope)
+        await self._forget(envelope, "expired" if why == "expire" else "failed")
 
     async def _save(self, envelope: Envelope) -> bool:
         """Persist the new retry state; False if the envelope is gone."""
@@ -511,8 +506,10 @@ class Scheduler:
             pass  # logged by the store; the old state on disk is intact, keep going in memory
         return True
 
-    async def _forget(self, envelope: Envelope) -> None:
-        stats.incr("queue.envelope.dequeued")
+    async def _forget(self, envelope: Envelope, reason: str) -> None:
+        """Out of the queue, counted by `reason` (metrics.DEQUEUE_REASONS):
+        the delivery attempts themselves are counted by the agents."""
+        metrics.ENVELOPES_DEQUEUED.labels(reason).inc()
         try:
             await self._store.remove(envelope)
         except TempFail:

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Literal, TypeVar
 
-from postillion import metrics, stats
+from postillion import metrics
 from postillion.fsutil import fsync_dir, fsync_together
 from postillion.errors import Reply, TempFail
 from postillion.queue import layout
@@ -389,7 +389,7 @@ class QueueStore:
             return
         txn.incoming._state = "committed"
         self._index[msgid] = {e.id for e in txn.envelopes}
-        stats.incr("queue.envelope.enqueued", len(txn.envelopes))
+        metrics.ENVELOPES_ENQUEUED.inc(len(txn.envelopes))
         log.debug("queue commit msgid=%08x envelopes=%d size=%d", msgid, len(txn.envelopes), txn.incoming.size)
         if self.on_commit is not None:
             for envelope in txn.envelopes:

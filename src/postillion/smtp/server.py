@@ -15,7 +15,7 @@ import logging
 import socket
 from typing import Any, Mapping
 
-from postillion import stats
+from postillion import metrics
 from postillion.config.model import Config, Limits, ListenDecl
 from postillion.errors import Reply
 from postillion.lookup.auth import Authenticators
@@ -187,17 +187,15 @@ class Listener:
         peer = writer.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else "local"
         if self.paused:
-            stats.incr("smtp.session.paused")
+            metrics.SMTP_SESSIONS_PAUSED.inc()
             logger.debug("smtp paused: %s refused", ip)
             await _refuse(writer, REPLY_PAUSED)
             return
-        # Counted from the accept, the gate's round trip included: a drain
-        # waits for this client too.
+        # Held from the accept, the gate's round trip included: a drain
+        # waits for this client too.  (Counted by the Session, once admitted.)
         task = asyncio.current_task()
         assert task is not None
         self.sessions.add(task)
-        stats.incr("smtp.session")
-        stats.incr("smtp.session." + ("local" if ip == "local" else "inet6" if ":" in ip else "inet4"))
         try:
             if not await self.gate.admit(ip):
                 writer.write(REPLY_BUSY.to_bytes())
@@ -214,8 +212,6 @@ class Listener:
             finally:
                 self.gate.leave(ip)
         finally:
-            stats.decr("smtp.session")
-            stats.incr("smtp.session.closed")
             self.sessions.discard(task)
 
     async def drain(self, timeout: float) -> None:

@@ -95,7 +95,9 @@ class Session:
         self.rdns = UNKNOWN_HOST
 
     async def run(self) -> None:
-        metrics.SMTP_SESSIONS.inc()
+        # The one count of a session (`show stats` derives smtp.session,
+        # .closed and .local|inet4|inet6 from these two: postillion/stats.py).
+        metrics.SMTP_SESSIONS.labels(metrics.address_family(self.peer)).inc()
         metrics.SMTP_SESSIONS_ACTIVE.inc()
         try:
             await self._run()
