@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import smtplib
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.e2e import procs
 from tests.control.ctlrun import ctl, ok, ok_json, until, validate
-from tests.e2e.conftest import BACKEND, HOSTNAME, Daemon, delivery_ids, free_port, write_tables
+from tests.e2e.conftest import Daemon, free_port, virtual_world
 
 CONFIG = """\
 mta limit conn-delay-route 0 reconn-delay-route 0 conn-delay-relay 0
@@ -43,28 +40,9 @@ match from any for domain remote.test action "out"
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
-    root = Path(tempfile.mkdtemp(prefix="postillion-ctl-", dir="/tmp"))
-    os.chmod(root, 0o755)
-    mail = root / "mail"
-    mail.mkdir(mode=0o755)
-    uid, gid = delivery_ids()
-    for user in ("alice", "bob"):
-        (mail / user).mkdir(mode=0o700)
-        os.chown(mail / user, uid, gid)
-    write_tables(root / "tables.sqlite", mail, ("alice", "bob"))
-    (root / "sqlite.conf").write_text(BACKEND)
-    port = free_port()
-    config = root / "postillion.conf"
-    config.write_text(CONFIG.format(backend=root / "sqlite.conf", host="127.0.0.1", port=port,
-                                    hostname=HOSTNAME, dead=free_port()))
-    d = Daemon(root=root, mail=mail, config=config, spool=root / "spool", host="127.0.0.1",
-               port=port)
-    try:
+    with virtual_world("postillion-ctl-", CONFIG, dead=free_port()) as d:
         d.start()
         yield d
-    finally:
-        d.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def send(d: Daemon, rcpt: str, subject: str) -> None:
@@ -151,7 +129,7 @@ def test_pause_mda_holds_deliveries_and_pause_envelope_holds_one(daemon):
     # show envelope and show message, text and JSON
     shown = ok_json(daemon.spool, "show envelope", evpid)
     assert shown["id"] == evpid and shown["dest"] == "alice@example.test"
-    assert f"dest: alice@example.test" in ok(daemon.spool, "show", "envelope", evpid)
+    assert "dest: alice@example.test" in ok(daemon.spool, "show", "envelope", evpid)
     assert "held by pause mda" in ok_json(daemon.spool, "show message", env["msgid"])["data"]
     assert "Subject: held by pause mda" in ok(daemon.spool, "show", "message", evpid)
     line = ok(daemon.spool, "show", "queue").strip()

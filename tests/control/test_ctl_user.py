@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import smtplib
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 
 from tests import sysuser
 from tests.control.ctlrun import ctl, ok, ok_json, until
-from tests.e2e.conftest import BACKEND, CONFIG, HOSTNAME, Daemon, delivery_ids, free_port, write_tables
+from tests.e2e.conftest import Daemon, virtual_world
 
 
 @pytest.fixture(scope="module")
@@ -37,30 +35,12 @@ def user() -> Iterator[pwd.struct_passwd]:
 @pytest.fixture(scope="module")
 def held() -> Iterator[Daemon]:
     """A daemon started with `-P mda`: what is sent stays queued."""
-    root = Path(tempfile.mkdtemp(prefix="postillion-ctluser-", dir="/tmp"))
-    os.chmod(root, 0o755)
-    mail = root / "mail"
-    mail.mkdir(mode=0o755)
-    uid, gid = delivery_ids()
-    for name in ("alice", "bob"):
-        (mail / name).mkdir(mode=0o700)
-        os.chown(mail / name, uid, gid)
-    write_tables(root / "tables.sqlite", mail, ("alice", "bob"))
-    (root / "sqlite.conf").write_text(BACKEND)
-    port = free_port()
-    config = root / "postillion.conf"
-    config.write_text(CONFIG.format(backend=root / "sqlite.conf", host="127.0.0.1", port=port,
-                                    hostname=HOSTNAME))
-    d = Daemon(root=root, mail=mail, config=config, spool=root / "spool", host="127.0.0.1", port=port)
-    try:
+    with virtual_world("postillion-ctluser-") as d:
         d.start("-P", "mda")
         for rcpt in ("alice@example.test", "bob@example.test"):
             with smtplib.SMTP(d.host, d.port, timeout=10) as client:
                 client.sendmail("bob@example.test", [rcpt], b"Subject: theirs\r\n\r\nx\r\n")
         yield d
-    finally:
-        d.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def as_user(venv: Path, user: pwd.struct_passwd) -> dict:

@@ -8,6 +8,7 @@ mail root is made traversable for them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,12 +214,16 @@ def write_tables(db_path: Path, mail: Path, users: tuple[str, ...]) -> None:
     db.close()
 
 
-@pytest.fixture
-def daemon():
-    """A configured (not yet started) daemon on 127.0.0.1 with alice and bob."""
+@contextlib.contextmanager
+def virtual_world(prefix: str = "postillion-e2e-", config: str = CONFIG, extra: str = "",
+                  **fields: object) -> Iterator[Daemon]:
+    """A configured (not yet started) daemon on 127.0.0.1 with the virtual
+    users alice and bob in SQLite; `config` is formatted with backend, host,
+    port, hostname and `fields`, then `extra` appended.  Stopped and removed
+    at the end."""
     # Not under pytest's tmp_path: that is 0700 root's when tests run as root,
     # and deliveries run as the (unprivileged) virtual user.
-    root = Path(tempfile.mkdtemp(prefix="postillion-e2e-", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     os.chmod(root, 0o755)
     mail = root / "mail"
     mail.mkdir(mode=0o755)
@@ -228,15 +234,22 @@ def daemon():
     write_tables(root / "tables.sqlite", mail, ("alice", "bob"))
     (root / "sqlite.conf").write_text(BACKEND)
     host, port = "127.0.0.1", free_port()
-    config = root / "postillion.conf"
-    config.write_text(CONFIG.format(backend=root / "sqlite.conf", host=host, port=port,
-                                    hostname=HOSTNAME))
-    d = Daemon(root=root, mail=mail, config=config, spool=root / "spool", host=host, port=port)
+    path = root / "postillion.conf"
+    path.write_text(config.format(backend=root / "sqlite.conf", host=host, port=port,
+                                  hostname=HOSTNAME, **fields) + extra)
+    d = Daemon(root=root, mail=mail, config=path, spool=root / "spool", host=host, port=port)
     try:
         yield d
     finally:
         d.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon():
+    """A configured (not yet started) daemon on 127.0.0.1 with alice and bob."""
+    with virtual_world() as d:
+        yield d
 
 
 @pytest.fixture

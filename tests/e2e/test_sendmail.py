@@ -21,8 +21,7 @@ import pytest
 
 from postillion.config.files import default_hostname
 from tests import sysuser
-from tests.e2e.conftest import BACKEND, CONFIG, DOMAIN, HOSTNAME, Daemon, delivery_ids, \
-    free_port, write_tables
+from tests.e2e.conftest import DOMAIN, Daemon, virtual_world
 
 #: Small, so that a message over it is cheap to send.
 MAX_SIZE = 100_000
@@ -42,27 +41,9 @@ def user() -> Iterator[pwd.struct_passwd]:
 
 @pytest.fixture(scope="module")
 def mta() -> Iterator[Daemon]:
-    root = Path(tempfile.mkdtemp(prefix="postillion-sendmail-", dir="/tmp"))
-    os.chmod(root, 0o755)
-    mail = root / "mail"
-    mail.mkdir(mode=0o755)
-    uid, gid = delivery_ids()
-    for name in ("alice", "bob"):
-        (mail / name).mkdir(mode=0o700)
-        os.chown(mail / name, uid, gid)
-    write_tables(root / "tables.sqlite", mail, ("alice", "bob"))
-    (root / "sqlite.conf").write_text(BACKEND)
-    host, port = "127.0.0.1", free_port()
-    config = root / "postillion.conf"
-    config.write_text(CONFIG.format(backend=root / "sqlite.conf", host=host, port=port,
-                                    hostname=HOSTNAME) + f"smtp max-message-size {MAX_SIZE}\n")
-    d = Daemon(root=root, mail=mail, config=config, spool=root / "spool", host=host, port=port)
-    try:
+    with virtual_world("postillion-sendmail-", extra=f"smtp max-message-size {MAX_SIZE}\n") as d:
         d.start()
         yield d
-    finally:
-        d.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def run_as(user: pwd.struct_passwd, venv: Path, spool: Path, program: str, *args: str,
