@@ -63,9 +63,10 @@ def socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def established(port: int) -> set[int]:
-    """Inodes of ESTABLISHED TCP sockets whose local port is `port` (server side)."""
-    out = set()
+def tcp_sockets() -> list[tuple[int, str, int]]:
+    """(local port, state, inode) of every TCP socket in /proc/net/tcp{,6}:
+    state "0A" is LISTEN, "01" ESTABLISHED."""
+    out = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -73,27 +74,20 @@ def established(port: int) -> set[int]:
             continue
         for line in lines:
             fields = line.split()
-            local, state, inode = fields[1], fields[3], int(fields[9])
-            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port and inode:
-                out.add(inode)
+            out.append((int(fields[1].rsplit(":", 1)[1], 16), fields[3], int(fields[9])))
     return out
+
+
+def established(port: int) -> set[int]:
+    """Inodes of ESTABLISHED TCP sockets whose local port is `port` (server side)."""
+    return {inode for local, state, inode in tcp_sockets()
+            if state == "01" and local == port and inode}
 
 
 def listening_ports(pid: int) -> set[int]:
     """The TCP ports `pid` holds a listening socket on."""
     mine = socket_inodes(pid)
-    out = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], int(fields[9])
-            if state == "0A" and inode in mine:
-                out.add(int(local.rsplit(":", 1)[1], 16))
-    return out
+    return {local for local, state, inode in tcp_sockets() if state == "0A" and inode in mine}
 
 
 def holders(daemon_pid: int, port: int) -> dict[int, int]:
@@ -133,15 +127,5 @@ def kill(pid: int) -> None:
 def listening(port: int) -> set[int]:
     """Inodes of the LISTEN sockets on local port `port` (a reload that
     keeps a listener keeps its inode)."""
-    out = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], int(fields[9])
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port and inode:
-                out.add(inode)
-    return out
+    return {inode for local, state, inode in tcp_sockets()
+            if state == "0A" and local == port and inode}

@@ -125,24 +125,20 @@ class ControlVerbs:
                 "queue-started": int(self.started)}
 
     async def pause(self, request: Request, answer: Answer) -> dict[str, Any]:
-        scheduler = self.scheduler()
-        if scheduler is None:
-            raise ControlError(wire.TEMPFAIL, "the queue is starting; try again")
-        subsystem = request.verb.split()[1]
-        was = subsystem in scheduler.paused
-        scheduler.pause(subsystem)
-        await self._remember(subsystem, True)
-        return {"subsystem": subsystem, "paused": True, "changed": not was}
+        return await self._subsystem(request.verb.split()[1], True)
 
     async def resume(self, request: Request, answer: Answer) -> dict[str, Any]:
+        return await self._subsystem(request.verb.split()[1], False)
+
+    async def _subsystem(self, subsystem: str, paused: bool) -> dict[str, Any]:
+        """`pause|resume mda|mta`: the scheduler stops or starts dispatching it."""
         scheduler = self.scheduler()
         if scheduler is None:
             raise ControlError(wire.TEMPFAIL, "the queue is starting; try again")
-        subsystem = request.verb.split()[1]
         was = subsystem in scheduler.paused
-        scheduler.resume(subsystem)
-        await self._remember(subsystem, False)
-        return {"subsystem": subsystem, "paused": False, "changed": was}
+        (scheduler.pause if paused else scheduler.resume)(subsystem)
+        await self._remember(subsystem, paused)
+        return {"subsystem": subsystem, "paused": paused, "changed": was != paused}
 
     async def _remember(self, subsystem: str, paused: bool) -> None:
         """Tell the parent, which starts a restarted role (this one
