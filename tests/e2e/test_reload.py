@@ -15,7 +15,7 @@ import threading
 import time
 
 from tests.e2e import procs
-from tests.e2e.conftest import DOMAIN, delivery_ids, free_port
+from tests.e2e.conftest import DOMAIN, HOSTNAME, delivery_ids, free_port
 
 
 def reload(daemon, expect: str, count: int = 1, timeout: float = 60.0) -> str:
@@ -228,3 +228,42 @@ def test_ctl_reload_answers_with_the_outcome(daemon):
     with smtplib.SMTP(daemon.host, daemon.port, timeout=30) as client:
         client.sendmail("bob@example.test", [f"alice@{DOMAIN}"], b"Subject: x\r\n\r\nafter\r\n")
     daemon.wait_delivered("alice")
+
+
+def test_a_renewed_certificate_is_served_after_a_reload(daemon):
+    """What certbot's deploy hook does: new files under the same `pki`
+    paths, then `systemctl reload`.  The listener keeps its socket; new
+    sessions get the new certificate."""
+    import ssl
+
+    import trustme
+    ca = trustme.CA()
+    cert, key = daemon.root / "mx.crt", daemon.root / "mx.key"
+
+    def issue() -> None:
+        leaf = ca.issue_cert(HOSTNAME, "127.0.0.1")
+        leaf.private_key_pem.write_to_path(str(key))
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+    issue()
+    port = free_port()
+    daemon.config.write_text(daemon.config.read_text() + (
+        f"pki {HOSTNAME} cert {cert}\npki {HOSTNAME} key {key}\n"
+        f"listen on 127.0.0.1 port {port} tls pki {HOSTNAME} hostname {HOSTNAME}\n"))
+    daemon.start()
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+
+    def served() -> bytes:
+        with smtplib.SMTP(daemon.host, port, timeout=10) as c:
+            c.starttls(context=client)
+            der = c.sock.getpeercert(binary_form=True)
+            assert der is not None
+            return der
+    first = served()
+    inodes = procs.listening(port)
+    issue()
+    log = reload(daemon, "applied")
+    assert "refused" not in log
+    second = served()
+    assert second != first
+    assert procs.listening(port) == inodes
