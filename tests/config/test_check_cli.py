@@ -10,7 +10,7 @@ from pathlib import Path
 from postillion.config import load, parse
 from postillion.config.normal import normalise
 from postillion.config.support import unsupported
-from postillion.table.registry import BACKEND_NAMES
+from postillion.table.registry import BACKEND_NAMES, helper_dirs
 
 EXAMPLES = Path(__file__).parent / "examples"
 KNOWN = ", ".join(BACKEND_NAMES)
@@ -69,7 +69,8 @@ def test_check_refuses_a_backend_that_cannot_serve_the_use(tmp_path: Path) -> No
     result = postillion("check", "-f", str(conf))
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f'{conf}:2:1: table x: unknown backend "foo" (known: {KNOWN})',
+        f'{conf}:2:1: table x: unknown backend "foo" (known: {KNOWN}; no helper table-foo in '
+        f'{", ".join(str(d) for d in helper_dirs())})',
         f"{conf}:3:26: table pw (backend getpwnam) cannot serve the alias service this "
         "statement needs",
         f"{conf}:4:18: table pw (backend getpwnam) cannot serve the domain service this "

@@ -54,6 +54,7 @@ from postillion.paths import CONTROL_SOCKET
 from postillion.queue.lock import SpoolLock
 from postillion.queue.store import QueueStore
 from postillion.smtp.server import Gate, bind
+from postillion.table.backends import proc as proc_backend
 from postillion.table.values import Userinfo
 
 logger = logging.getLogger("postillion.parent")
@@ -128,13 +129,15 @@ class Parent(Reloading):
             raise
 
     async def _start(self) -> None:
+        self.uid, self.gid = role_user(self.config)
+        # A table helper this probe starts runs as the queue user, as the roles' do.
+        proc_backend.run_helpers_as(self.uid, self.gid)
         # What check checks, here too: the roles open the same tables.
         probe = Daemon(self.config, self.spool)
         try:
             listeners = await probe.prepare()
         finally:
             await probe.stop()
-        self.uid, self.gid = role_user(self.config)
         try:
             own_spool(self.spool, self.uid, self.gid)
         except OSError as e:

@@ -68,6 +68,7 @@ from postillion.queue.envelope import Envelope
 from postillion.queue.scheduler import Scheduler
 from postillion.smtp.inject import inject
 from postillion.smtp.context import Submitter
+from postillion.table.backends import proc as proc_backend
 from postillion.table.values import Userinfo
 
 logger = logging.getLogger("postillion.role")
@@ -622,6 +623,8 @@ def main(argv: list[str]) -> int:
     args, config = read_start(int(argv[1]))
     log.setup(foreground=args.foreground, verbose=args.verbose, announce=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # ^C is the parent's to handle
+    # Tables open before the drop to the queue user; their helpers never run as root.
+    proc_backend.run_helpers_as(args.uid, args.gid)
     run = {"smtp": smtp_role, "queue": queue_role, "mta": mta_role}[args.role]
     try:
         import uvloop

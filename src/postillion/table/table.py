@@ -31,7 +31,7 @@ from postillion.errors import LookupUnavailable
 from postillion.table.backend import Backend, EntryCheck, Shape
 from postillion.table.errors import BackendError, MalformedValue, TableError, printable
 from postillion.table.match import CompiledList, InvalidElement, compile_element
-from postillion.table.registry import backend_class
+from postillion.table.registry import resolve
 from postillion.table.services import Service
 from postillion.table.textformat import entry_problem
 from postillion.table.values import (
@@ -345,7 +345,7 @@ def open_table(name: str, backend: str, config: str | None, *,
     do not suit it (two inline keys equal after lowercasing, a file table
     without a path).
     """
-    cls = backend_class(name, backend, config)
+    cls, config = resolve(name, backend, config)
     try:
         instance = cls(config, items=items, pairs=pairs, is_map=is_map)
     except BackendError as e:

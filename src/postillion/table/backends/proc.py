@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import shlex
 import time
@@ -58,6 +59,20 @@ QUERY_TIMEOUT: Final = 8.0          # seconds for one reply; below the table tim
 STOP_TIMEOUT: Final = 2.0           # seconds for a closed helper to exit before SIGKILL
 FIRST_BACKOFF: Final = 0.1          # seconds before restarting a helper that died
 MAX_BACKOFF: Final = 30.0
+
+#: The (uid, gid) a helper runs as when the process starting it is root.
+#: The daemon's processes open their tables as root, before they drop to
+#: the queue user, and a helper must never keep root for their lifetime:
+#: the daemon sets this to the queue user first (run_helpers_as).  None:
+#: a helper runs as whoever starts it (`postillion table lookup` as root).
+_helper_user: tuple[int, int] | None = None
+
+
+def run_helpers_as(uid: int, gid: int) -> None:
+    """Every helper started from now on by a root process runs as uid:gid
+    (no supplementary groups)."""
+    global _helper_user
+    _helper_user = (uid, gid)
 
 _SERVICES_BY_NAME: Final = {s.value: s for s in Service}
 
@@ -194,10 +209,20 @@ class ProcBackend:
         raise BackendError(f"proc: malformed update-result {printable(result, limit=80)}")
 
     async def _start(self) -> _Helper:
+        drop = None
+        if _helper_user is not None and os.geteuid() == 0:
+            # preexec_fn, not user=/group=: uvloop's subprocess_exec takes
+            # only the former.  Three system calls, in the child before exec.
+            uid, gid = _helper_user
+
+            def drop() -> None:
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                limit=MAX_LINE, start_new_session=True)
+                limit=MAX_LINE, start_new_session=True, preexec_fn=drop)
         except OSError as e:
             self._note_death()
             raise BackendError(f"proc: {self.argv[0]}: {e.strerror or e}") from None
