@@ -69,34 +69,37 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ConvertError as e:
             print(e, file=sys.stderr)
             return 1
-    _helpers_as_the_daemon_runs_them(config)
-    problems = sorted({*table_problems(config), *unsupported(config)}, key=lambda p: p[0])
-    if problems:
-        print("\n".join(f"{pos}: {message}" for pos, message in problems), file=sys.stderr)
-        return 1
-    if (refusal := preflight(config)) is not None:
-        print(refusal, file=sys.stderr)
-        return 1
+    from postillion.table.backends import proc as proc_backend
+    previous = proc_backend.run_helpers_as(_daemon_helper_user(config))
+    try:
+        problems = sorted({*table_problems(config), *unsupported(config)}, key=lambda p: p[0])
+        if problems:
+            print("\n".join(f"{pos}: {message}" for pos, message in problems), file=sys.stderr)
+            return 1
+        if (refusal := preflight(config)) is not None:
+            print(refusal, file=sys.stderr)
+            return 1
+    finally:
+        proc_backend.run_helpers_as(previous)      # `check` may run inside another program
     print("configuration OK", file=sys.stderr)
     return 0
 
 
-def _helpers_as_the_daemon_runs_them(config) -> None:  # type: ignore[no-untyped-def]
+def _daemon_helper_user(config) -> tuple[int, int] | None:  # type: ignore[no-untyped-def]
     """As root, `check` starts a table's helper (`proc:`, `table-X`) as the
     daemon would: as the queue user, so that a helper only root could run
-    fails here as it would there.  A queue user that does not exist is
-    `run`'s to report."""
+    fails here as it would there.  None when not root, or when the queue
+    user does not exist (`run`'s to report)."""
     import os
 
     from postillion.daemon import StartupError
     from postillion.daemon.family import role_user
-    from postillion.table.backends import proc as proc_backend
     if os.geteuid() != 0:
-        return
+        return None
     try:
-        proc_backend.run_helpers_as(*role_user(config))
+        return role_user(config)
     except StartupError:
-        pass
+        return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:

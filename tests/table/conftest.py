@@ -13,12 +13,15 @@ builder lowercases keys when it inserts them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+import shutil
 import sqlite3
 import sys
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import ldap3
@@ -216,6 +219,28 @@ class SqliteBuilder(Builder):
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 PROC_HELPER = Path(__file__).with_name("proc_helper.py")
+
+
+@contextlib.contextmanager
+def shared_helper(data: dict) -> Iterator[Path]:  # type: ignore[type-arg]
+    """A directory every user may read, holding our proc helper as
+    `table-json` (under the system's Python: the suite's may be root's own)
+    and its data as `data.json`: what a daemon, or `check` as root, runs as
+    the queue user.  Removed at the end."""
+    from tests import sysvenv
+    top = Path(tempfile.mkdtemp(prefix="postillion-helper-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        shutil.copy(PROC_HELPER, top / "proc_helper.py")
+        (top / "proc_helper.py").chmod(0o644)
+        program = top / "table-json"
+        program.write_text(f"#!/bin/sh\nexec {sysvenv.system_python()} {top / 'proc_helper.py'} \"$@\"\n")
+        program.chmod(0o755)
+        (top / "data.json").write_text(json.dumps(data))
+        (top / "data.json").chmod(0o644)
+        yield top
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def redis_client() -> redis.Redis:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.table.conftest import (
-    PROC_HELPER,
+    shared_helper,
     REDIS_HOST,
     REDIS_PORT,
     drop_prefix,
@@ -40,11 +40,12 @@ async def site(tmp_path: Path):
     client.set(f"{prefix}alias:root", "alice, bob")
     (tmp_path / "redis.conf").write_text(f"master {REDIS_HOST}\nmaster_port {REDIS_PORT}\n"
                                          f"query_alias GET {prefix}alias:%s\n")
-    (tmp_path / "data.json").write_text(json.dumps(
-        {"services": ["alias"], "map": {"root": "carol"}, "sources": []}))
+    # `check` as root runs the helper as the queue user, as the daemon does.
+    shared = shared_helper({"services": ["alias"], "map": {"root": "carol"}, "sources": []})
+    top = shared.__enter__()
     server = SocketmapServer({"alias": {"root": "dave"}})
     port = await server.start_tcp()
-    helper = shlex.join([sys.executable, str(PROC_HELPER), str(tmp_path / "data.json")])
+    helper = shlex.join([str(top / "table-json"), str(top / "data.json")])
     (tmp_path / "smtpd.conf").write_text(
         "table r redis:redis.conf\n"
         f"table s socketmap:inet:127.0.0.1:{port}\n"
@@ -58,6 +59,7 @@ async def site(tmp_path: Path):
         'match for domain "c.test" action "third"\n')
     yield tmp_path, server
     await server.close()
+    shared.__exit__(None, None, None)
     drop_prefix(client, prefix)
     client.close()
 

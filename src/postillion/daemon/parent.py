@@ -131,7 +131,7 @@ class Parent(Reloading):
     async def _start(self) -> None:
         self.uid, self.gid = role_user(self.config)
         # A table helper this probe starts runs as the queue user, as the roles' do.
-        proc_backend.run_helpers_as(self.uid, self.gid)
+        proc_backend.run_helpers_as((self.uid, self.gid))
         # What check checks, here too: the roles open the same tables.
         probe = Daemon(self.config, self.spool)
         try:

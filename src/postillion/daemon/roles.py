@@ -624,7 +624,7 @@ def main(argv: list[str]) -> int:
     log.setup(foreground=args.foreground, verbose=args.verbose, announce=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # ^C is the parent's to handle
     # Tables open before the drop to the queue user; their helpers never run as root.
-    proc_backend.run_helpers_as(args.uid, args.gid)
+    proc_backend.run_helpers_as((args.uid, args.gid))
     run = {"smtp": smtp_role, "queue": queue_role, "mta": mta_role}[args.role]
     try:
         import uvloop

@@ -68,11 +68,13 @@ MAX_BACKOFF: Final = 30.0
 _helper_user: tuple[int, int] | None = None
 
 
-def run_helpers_as(uid: int, gid: int) -> None:
-    """Every helper started from now on by a root process runs as uid:gid
-    (no supplementary groups)."""
+def run_helpers_as(user: tuple[int, int] | None) -> tuple[int, int] | None:
+    """Every helper started from now on by a root process runs as
+    `user` (uid, gid; no supplementary groups), or as root again with None.
+    Returns the previous setting, for a caller that puts it back."""
     global _helper_user
-    _helper_user = (uid, gid)
+    previous, _helper_user = _helper_user, user
+    return previous
 
 _SERVICES_BY_NAME: Final = {s.value: s for s in Service}
 
