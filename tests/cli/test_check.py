@@ -46,3 +46,17 @@ def test_run_with_an_unusable_spool_says_so_in_one_line(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith(f"postillion: queue {blocker / 'spool'}: ")
+
+
+def test_check_refuses_a_relay_pki_that_does_not_load(tmp_path):
+    (tmp_path / "c").write_text("not a certificate\n")
+    (tmp_path / "k").write_text("not a key\n")
+    conf = tmp_path / "p.conf"
+    conf.write_text(f"pki mx.example.test cert {tmp_path / 'c'}\npki mx.example.test key {tmp_path / 'k'}\n"
+                    "listen on 127.0.0.1 port 2598\n"
+                    'action "out" relay host smtp://relay.example.test pki mx.example.test\n'
+                    'match from local for any action "out"\n')
+    result = subprocess.run([sys.executable, "-m", "postillion.cli", "check", "-f", str(conf)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{conf}:1:1: pki mx.example.test: cannot load ")

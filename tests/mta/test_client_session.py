@@ -584,3 +584,60 @@ async def test_message_file_unreadable_never_sends_the_dot():
         assert result.recipients[0].outcome is Outcome.TEMPFAIL
         assert "Cannot read the message" in result.error
         assert peer.conns[0].messages == []
+
+
+@pytest.mark.parametrize("scheme", ["smtp+tls", "smtp"])
+async def test_a_relay_pki_presents_its_client_certificate(tmp_path, scheme: str):
+    """`relay ... pki NAME`: the next hop, which demands a client
+    certificate, gets the pki's, verified (smtp+tls, with `ca`) or
+    opportunistic (smtp); a pki that does not load is refused at start."""
+    from postillion.config import parse
+    from postillion.mta.agent import ClientCertError, client_contexts
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("relay.example.test").configure_cert(server_ctx)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(server_ctx)
+    client = ca.issue_cert("mx.example.test")
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "client.crt"))
+    client.private_key_pem.write_to_path(str(tmp_path / "client.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    conf = (f"pki mx.example.test cert {tmp_path / 'client.crt'}\n"
+            f"pki mx.example.test key {tmp_path / 'client.key'}\n"
+            f"ca relays cert {tmp_path / 'ca.pem'}\n"
+            'action "out" relay host smtp+tls://relay.example.test pki mx.example.test ca relays\n'
+            'match from local for any action "out"\n')
+    config = parse(conf, str(tmp_path / "smtpd.conf"))
+    verified, opportunistic = client_contexts(config)[("relays", "mx.example.test")]
+    seen: list[dict] = []
+
+    async def handler(conn: Conn) -> None:
+        await conn.send("220 ready\r\n")
+        await conn.line()
+        await conn.send(ehlo_reply(("STARTTLS",)))
+        assert await conn.line() == "STARTTLS"
+        await conn.send("220 go ahead\r\n")
+        await conn.start_tls(server_ctx)
+        seen.append(conn.writer.get_extra_info("peercert"))
+        assert (await conn.line()).startswith("EHLO ")
+        await conn.send(ehlo_reply(("PIPELINING",)))
+        assert await conn.line() == "QUIT"
+        await conn.send("221 bye\r\n")
+
+    async with Peer(handler) as peer:
+        async with await open_session(config_for_pki(peer.port, scheme, verified, opportunistic)) as session:
+            assert session.tls is not None
+    [cert] = seen
+    assert ("commonName", "mx.example.test") in [pair for rdn in cert["subject"] for pair in rdn] or \
+        any("mx.example.test" in value for _, value in cert.get("subjectAltName", ()))
+    # A pki whose key does not load: refused, naming the pki line.
+    (tmp_path / "client.key").write_text("not a key\n")
+    with pytest.raises(ClientCertError, match=r"smtpd.conf:1:1: pki mx.example.test: cannot load"):
+        client_contexts(parse(conf, str(tmp_path / "smtpd.conf")))
+
+
+def config_for_pki(port: int, scheme: str, verified: ssl.SSLContext,
+                   opportunistic: ssl.SSLContext) -> ClientConfig:
+    return config(port, scheme=scheme, server_name="relay.example.test", tls_context=verified,
+                  opportunistic_context=opportunistic)

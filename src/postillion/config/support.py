@@ -38,11 +38,11 @@ IMPLEMENTED: frozenset[str] = frozenset({
     "queue min-free", "queue ttl", "action ttl",
     # bounces (daemon/bounces.py, queue/bounce.py)
     "bounce warn-interval",
-    # relaying (mta/): relay actions and their options but `pki` (a client
-    # certificate), the mta limits and our resolver option
+    # relaying (mta/): relay actions and their options, `pki` (a client
+    # certificate) included, the mta limits and our resolver option
     "action relay", "action host", "action domain", "action backup", "action tls",
     "action auth", "action helo", "action helo-src", "action src", "action mail-from",
-    "action ca", "mta limit", "mta nameserver",
+    "action ca", "action pki", "mta limit", "mta nameserver",
     # processes (the supervisor: how many smtp processes, which user they run as)
     "smtp workers", "queue user",
     # the Prometheus endpoint (daemon/parent.py binds it, daemon/exporter.py answers)

@@ -228,6 +228,13 @@ class Daemon:
             except ListenAddressError as e:
                 raise StartupError(f"{decl.pos}: cannot listen on {decl.address}: {e}") from None
             listeners.append(Listener(decl, listener_ctx, hosts))
+        if any(a.method == "relay" and a.pki is not None for a in self.config.actions.values()):
+            # A relay's client certificate, loaded as the mta process will.
+            from postillion.mta.agent import ClientCertError, client_contexts
+            try:
+                await asyncio.to_thread(client_contexts, self.config)
+            except ClientCertError as e:
+                raise StartupError(str(e)) from None
         return listeners
 
     async def prepare_routing(self) -> SessionContext:

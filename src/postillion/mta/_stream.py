@@ -29,11 +29,28 @@ def system_context(ca_file: str | None) -> ssl.SSLContext:
 @functools.lru_cache(maxsize=1)
 def opportunistic_context() -> ssl.SSLContext:
     """Opportunistic STARTTLS: encryption without checking who signed."""
+    return _unverified()
+
+
+def _unverified() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = MINIMUM_VERSION
     return ctx
+
+
+def client_cert_contexts(ca_file: str | None, cert: str, key: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """The verifying and the opportunistic context of a relay that presents
+    a client certificate (`relay ... pki NAME`): new ones, not the shared
+    cached contexts, which must never carry a certificate.  ssl.SSLError or
+    OSError when the pair does not load."""
+    verified = ssl.create_default_context(cafile=ca_file)
+    verified.minimum_version = MINIMUM_VERSION
+    unverified = _unverified()
+    for ctx in (verified, unverified):
+        ctx.load_cert_chain(cert, key)
+    return verified, unverified
 
 
 def is_address(name: str) -> bool:

@@ -41,7 +41,7 @@ from postillion.mta.dns import MxResolver, address_literal
 from postillion.mta.limits import MtaLimits, limits_for
 from postillion.mta.relay import Relay, relay_for
 from postillion.mta.routes import ErrorKind, MtaState, Route, RouteTable, Wait, helo_name
-from postillion.mta._stream import system_context
+from postillion.mta._stream import client_cert_contexts, system_context
 from postillion.mta.session import ClientConfig, Phase, RouteError, open_session
 from postillion.queue.envelope import Envelope
 from postillion.table.services import Service
@@ -85,6 +85,31 @@ def relay_tables(config: Config) -> set[str]:
     return names
 
 
+class ClientCertError(Exception):
+    """A relay's `pki` does not load; the message names the pki and files."""
+
+
+def client_contexts(config: Config) -> dict[tuple[str | None, str], tuple[ssl.SSLContext, ssl.SSLContext]]:
+    """The TLS client contexts of every relay action with a `pki` (a client
+    certificate, as OpenSMTPD's `relay ... pki NAME`), by (ca, pki).
+    ClientCertError when a pair does not load: `run` and `check` refuse."""
+    out: dict[tuple[str | None, str], tuple[ssl.SSLContext, ssl.SSLContext]] = {}
+    for action in config.actions.values():
+        if action.method != "relay" or action.pki is None or (action.ca, action.pki) in out:
+            continue
+        pki = config.pkis[action.pki]
+        if not pki.cert or not pki.key:
+            raise ClientCertError(f"{pki.pos}: pki {pki.name}: needs both cert and key "
+                                  f"(relay action {action.name})")
+        ca_file = config.cas[action.ca].cert if action.ca is not None else None
+        try:
+            out[(action.ca, action.pki)] = client_cert_contexts(ca_file, pki.cert, pki.key)
+        except (ssl.SSLError, OSError) as e:
+            raise ClientCertError(f"{pki.pos}: pki {pki.name}: cannot load {pki.cert} / {pki.key} as a "
+                                  f"client certificate: {getattr(e, 'strerror', None) or e}") from None
+    return out
+
+
 class MtaAgent:
     """`relay(envelope, message)`: returns once relayed, raises TempFail or
     PermFail otherwise.  `message` is the queue's message file, open for
@@ -108,6 +133,10 @@ class MtaAgent:
             name: system_context(config.cas[name].cert)
             for name in sorted({a.ca for a in config.actions.values()
                                 if a.method == "relay" and a.ca is not None})}
+        #: Relays with a client certificate (`pki`), by (ca, pki): their
+        #: verifying and opportunistic contexts, loaded now for the same
+        #: reason (a key is readable by root only).
+        self.cert_contexts = client_contexts(config)
 
     async def relay(self, envelope: Envelope, message: BinaryIO) -> None:
         action = self.config.actions.get(envelope.dispatcher)
@@ -449,8 +478,10 @@ class Connector:
             if found is not None:
                 helo_src = {route.source.address: found.name}
         helo = helo_name(route.source, relay, self.agent.config.hostname, helo_src)
-        tls_context = None
-        if relay.ca is not None:
+        tls_context = opportunistic = None
+        if relay.pki is not None:
+            tls_context, opportunistic = self.agent.cert_contexts[(relay.ca, relay.pki)]
+        elif relay.ca is not None:
             tls_context = self.agent.ca_contexts[relay.ca]
         scheme = relay.scheme
         if scheme == "smtp" and relay.verify:
@@ -468,7 +499,8 @@ class Connector:
         return ClientConfig(host=route.host.address, scheme=scheme, port=relay.port,
                             server_name=server_name,
                             helo=helo, source=route.source.address, credentials=credentials,
-                            tls_context=tls_context, **fields)  # type: ignore[arg-type]
+                            tls_context=tls_context, opportunistic_context=opportunistic,
+                            **fields)  # type: ignore[arg-type]
 
     def _log_delivery(self, sid: str, job: _Job, route: Route | None, result: str,
                       stat: str) -> None:

@@ -141,7 +141,8 @@ class ClientConfig:
     the local address to bind (`src`); `helo` the name we announce.
     `credentials` (user, cleartext secret) come from the relay label's
     lookup.  `tls_context` or `ca_file` replace the system's CA bundle for
-    verification.  `socket_path` (LMTP only) connects to a Unix socket
+    verification; `opportunistic_context` replaces the unverified one (both
+    carry the relay's client certificate, `pki`, when it has one).  `socket_path` (LMTP only) connects to a Unix socket
     instead of `host` and `port`: an LMTP server on the same machine, as
     Dovecot's `lmtp` socket.
     """
@@ -155,6 +156,7 @@ class ClientConfig:
     credentials: Credentials | None = None
     tls_context: ssl.SSLContext | None = None
     ca_file: str | None = None
+    opportunistic_context: ssl.SSLContext | None = None
     limits: ClientLimits = DEFAULT_LIMITS
     socket_path: str = ""
 
@@ -344,7 +346,7 @@ class ClientSession:
             ctx = config.tls_context or system_context(config.ca_file)
             server_hostname: str | None = name
         else:
-            ctx = opportunistic_context()
+            ctx = config.opportunistic_context or opportunistic_context()
             server_hostname = None if is_address(name) else name
         loop = asyncio.get_running_loop()
         stream = self._stream
