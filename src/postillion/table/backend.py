@@ -23,6 +23,7 @@ import enum
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Final, Protocol
 
+from postillion.table.errors import BackendError
 from postillion.table.services import Service
 
 
@@ -135,3 +136,25 @@ class Backend(Protocol):
         seen one lookup at a time (db, SQL, getpwnam) do nothing here: there
         a malformed value is an ERROR of that lookup.
         """
+
+
+class OneKeyAtATime:
+    """What a backend that answers one key at a time (SQL, LDAP, Redis,
+    socketmap, proc, getpwnam) says to the rest: it is no list, cannot list
+    its contents, and has nothing to check at load -- its values are seen
+    one lookup at a time.  `fetch` too, unless it overrides it (proc, SQL
+    and Redis fetch a source).  One copy for all of them."""
+
+    name: ClassVar[str]
+
+    async def fetch(self, service: Service) -> str | None:
+        raise BackendError(f"a {self.name} table cannot fetch")
+
+    async def elements(self) -> Sequence[str]:
+        raise BackendError(f"a {self.name} table is not a list")
+
+    async def entries(self) -> Sequence[tuple[str, str]]:
+        raise BackendError(f"a {self.name} table cannot list its contents")
+
+    async def validate_on_load(self, service: Service, check: EntryCheck) -> None:
+        return None     # values are checked one lookup at a time

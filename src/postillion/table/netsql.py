@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
-from postillion.table.backend import EntryCheck, Shape
+from postillion.table.backend import OneKeyAtATime, Shape
 from postillion.table.backend_config import BackendConfig, read_backend_config
 from postillion.table.cycle import FETCH_EXPIRE, FETCH_REFRESH, SourceCycle
 from postillion.table.errors import BackendError
@@ -229,7 +229,7 @@ class _Generation(Generic[C]):
         return await self.cycle.next(read)
 
 
-class NetSqlBackend(abc.ABC):
+class NetSqlBackend(OneKeyAtATime, abc.ABC):
     """The Backend of a networked SQL table; subclasses name their driver."""
 
     name: ClassVar[str] = ""
@@ -341,11 +341,4 @@ class NetSqlBackend(abc.ABC):
             raise BackendError(f"no fetch_{service.value} in {self.config_path}")
         return await gen.fetch_source()
 
-    async def elements(self) -> Sequence[str]:
-        raise BackendError(f"a {self.name} table is not a list")
 
-    async def entries(self) -> Sequence[tuple[str, str]]:
-        raise BackendError(f"a {self.name} table cannot list its contents")
-
-    async def validate_on_load(self, service: Service, check: EntryCheck) -> None:
-        return None     # values are checked one lookup at a time

@@ -14,7 +14,7 @@ import pwd
 from collections.abc import Sequence
 from typing import ClassVar
 
-from postillion.table.backend import EntryCheck, Shape
+from postillion.table.backend import OneKeyAtATime, Shape
 from postillion.table.errors import BackendError
 from postillion.table.services import Service
 
@@ -29,7 +29,7 @@ def _getpwnam(key: str) -> str | None:
     return f"{pw.pw_uid}:{pw.pw_gid}:{pw.pw_dir}"
 
 
-class GetpwnamBackend:
+class GetpwnamBackend(OneKeyAtATime):
     name: ClassVar[str] = "getpwnam"
     services: ClassVar[frozenset[Service]] = frozenset({Service.USERINFO})
 
@@ -62,14 +62,4 @@ class GetpwnamBackend:
     async def check(self, service: Service, key: str) -> bool:
         return await self.lookup(service, key) is not None
 
-    async def fetch(self, service: Service) -> str | None:
-        raise BackendError("getpwnam cannot fetch")
 
-    async def elements(self) -> Sequence[str]:
-        raise BackendError("getpwnam is not a list")
-
-    async def entries(self) -> Sequence[tuple[str, str]]:
-        raise BackendError("getpwnam cannot list its contents")
-
-    async def validate_on_load(self, service: Service, check: EntryCheck) -> None:
-        return None     # values are checked one lookup at a time

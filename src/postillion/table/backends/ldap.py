@@ -50,7 +50,7 @@ from ldap3.core.exceptions import (
 )
 from ldap3.utils.conv import escape_filter_chars
 
-from postillion.table.backend import EntryCheck, Shape
+from postillion.table.backend import OneKeyAtATime, Shape
 from postillion.table.backend_config import BackendConfig, read_backend_config
 from postillion.table.errors import BackendError
 from postillion.table.services import Service
@@ -345,7 +345,7 @@ class _Directory:
             executor.shutdown(wait=False, cancel_futures=False)
 
 
-class LdapBackend:
+class LdapBackend(OneKeyAtATime):
     name: ClassVar[str] = "ldap"
     services: ClassVar[frozenset[Service]] = LDAP_SERVICES
 
@@ -395,14 +395,4 @@ class LdapBackend:
     async def check(self, service: Service, key: str) -> bool:
         return await self.lookup(service, key) is not None
 
-    async def fetch(self, service: Service) -> str | None:
-        raise BackendError("an ldap table cannot fetch")
 
-    async def elements(self) -> Sequence[str]:
-        raise BackendError("an ldap table is not a list")
-
-    async def entries(self) -> Sequence[tuple[str, str]]:
-        raise BackendError("an ldap table cannot list its contents")
-
-    async def validate_on_load(self, service: Service, check: EntryCheck) -> None:
-        return None     # values are checked one lookup at a time

@@ -45,7 +45,7 @@ import time
 from collections.abc import Sequence
 from typing import ClassVar, Final
 
-from postillion.table.backend import EntryCheck, Shape
+from postillion.table.backend import OneKeyAtATime, Shape
 from postillion.table.errors import BackendError, printable
 from postillion.table.services import Service
 
@@ -153,7 +153,7 @@ class _Helper:
         return None
 
 
-class ProcBackend:
+class ProcBackend(OneKeyAtATime):
     name: ClassVar[str] = "proc"
     services: ClassVar[frozenset[Service]] = frozenset(Service)
 
@@ -374,15 +374,6 @@ class ProcBackend:
 
     async def fetch(self, service: Service) -> str | None:
         return await self._query("fetch", service, None)
-
-    async def elements(self) -> Sequence[str]:
-        raise BackendError("a proc table is not a list")
-
-    async def entries(self) -> Sequence[tuple[str, str]]:
-        raise BackendError("a proc table cannot list its contents")
-
-    async def validate_on_load(self, service: Service, check: EntryCheck) -> None:
-        return None     # values are checked one lookup at a time
 
 
 def _encodable(key: str) -> bool:

@@ -54,7 +54,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from postillion.table.backend import EntryCheck, Shape
+from postillion.table.backend import OneKeyAtATime, Shape
 from postillion.table.backend_config import BackendConfig, read_backend_config
 from postillion.table.cycle import FETCH_EXPIRE, FETCH_REFRESH, SourceCycle
 from postillion.table.errors import BackendError, printable
@@ -253,7 +253,7 @@ def reply_to_value(service: Service, key: str, reply: Any) -> str | None:
     return _text(reply) or None
 
 
-class RedisBackend:
+class RedisBackend(OneKeyAtATime):
     name: ClassVar[str] = "redis"
     services: ClassVar[frozenset[Service]] = REDIS_SERVICES
 
@@ -348,11 +348,4 @@ class RedisBackend:
 
         return await gen.cycle.next(read)
 
-    async def elements(self) -> Sequence[str]:
-        raise BackendError("a redis table is not a list")
 
-    async def entries(self) -> Sequence[tuple[str, str]]:
-        raise BackendError("a redis table cannot list its contents")
-
-    async def validate_on_load(self, service: Service, check: EntryCheck) -> None:
-        return None     # values are checked one lookup at a time

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
-from postillion.table.backend import EntryCheck, Shape
+from postillion.table.backend import OneKeyAtATime, Shape
 from postillion.table.errors import BackendError, printable
 from postillion.table.services import Service
 
@@ -123,7 +123,7 @@ class _Connection:
         self.writer.close()
 
 
-class SocketmapBackend:
+class SocketmapBackend(OneKeyAtATime):
     name: ClassVar[str] = "socketmap"
     services: ClassVar[frozenset[Service]] = SOCKETMAP_SERVICES
 
@@ -222,18 +222,6 @@ class SocketmapBackend:
     async def check(self, service: Service, key: str) -> bool:
         answer = await self._ask(service, key)
         return answer is not None and answer[0] == "OK"
-
-    async def fetch(self, service: Service) -> str | None:
-        raise BackendError("a socketmap table cannot fetch")
-
-    async def elements(self) -> Sequence[str]:
-        raise BackendError("a socketmap table is not a list")
-
-    async def entries(self) -> Sequence[tuple[str, str]]:
-        raise BackendError("a socketmap table cannot list its contents")
-
-    async def validate_on_load(self, service: Service, check: EntryCheck) -> None:
-        return None     # values are checked one lookup at a time
 
 
 def _parse_reply(reply: bytes) -> tuple[str, str]:

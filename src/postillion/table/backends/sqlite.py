@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, Final, TypeVar
 
-from postillion.table.backend import EntryCheck, Shape
+from postillion.table.backend import OneKeyAtATime, Shape
 from postillion.table.backend_config import BackendConfig, read_backend_config
 from postillion.table.cycle import FETCH_EXPIRE, FETCH_REFRESH, SourceCycle
 from postillion.table.errors import BackendError
@@ -236,7 +236,7 @@ class _Database:
         return await self.cycle.next(lambda: self.run(self.read_sources))
 
 
-class SqliteBackend:
+class SqliteBackend(OneKeyAtATime):
     name: ClassVar[str] = "sqlite"
     services: ClassVar[frozenset[Service]] = SQL_SERVICES
 
@@ -296,11 +296,4 @@ class SqliteBackend:
             raise BackendError(f"no fetch_{service.value} in {self.config_path}")
         return await db.fetch_source()
 
-    async def elements(self) -> Sequence[str]:
-        raise BackendError("an sqlite table is not a list")
 
-    async def entries(self) -> Sequence[tuple[str, str]]:
-        raise BackendError("an sqlite table cannot list its contents")
-
-    async def validate_on_load(self, service: Service, check: EntryCheck) -> None:
-        return None     # values are checked one lookup at a time
