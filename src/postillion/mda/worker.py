@@ -50,7 +50,8 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, BinaryIO, Final
 
 from postillion.mda import command, mbox
 from postillion.mda.maildir import deliver
@@ -74,56 +75,46 @@ def os_error_result(e: OSError, where: str) -> tuple[int, str]:
     return (EX_PERM if e.errno in PERMANENT_ERRNOS else EX_TEMPFAIL), reason
 
 
-def deliver_job(root: str, prefix: bytes, message_fd: int, anchor_fd: int | None,
-                name: str | None = None) -> tuple[int, str]:
-    """Deliver one message into one Maildir, already running as the user.
-
-    With an anchor, `root` is relative to it: the worker changes into the
-    anchor and resolves the rest as itself."""
+def _write_as_user(where: str, message_fd: int, anchor_fd: int | None,
+                   write: Callable[[BinaryIO], None]) -> tuple[int, str]:
+    """The one frame of every file delivery, already running as the user:
+    never as root; from the anchor directory when there is one (the rest of
+    the path is resolved as the user); an OSError mapped by its errno."""
     if os.geteuid() == 0:
         return EX_TEMPFAIL, "refusing to deliver as root"
     try:
         if anchor_fd is not None:
             os.fchdir(anchor_fd)
         with os.fdopen(message_fd, "rb", closefd=False) as source:
-            deliver(Path(root), prefix, source, name)
+            write(source)
     except OSError as e:
-        return os_error_result(e, root)
+        return os_error_result(e, where)
     finally:
         if anchor_fd is not None:
             os.chdir("/")
     return EX_OK, "Delivered"
+
+
+def deliver_job(root: str, prefix: bytes, message_fd: int, anchor_fd: int | None,
+                name: str | None = None) -> tuple[int, str]:
+    """Deliver one message into one Maildir; with an anchor, `root` is
+    relative to it."""
+    return _write_as_user(root, message_fd, anchor_fd,
+                          lambda source: deliver(Path(root), prefix, source, name))
 
 
 def mbox_job(sender: str, prefix: bytes, message_fd: int, mailbox_fd: int,
              where: str) -> tuple[int, str]:
     """Append to a system mailbox the daemon opened (and dot-locked) as root."""
-    if os.geteuid() == 0:
-        return EX_TEMPFAIL, "refusing to deliver as root"
-    try:
-        with os.fdopen(message_fd, "rb", closefd=False) as source:
-            mbox.append(mailbox_fd, sender, prefix, source)
-    except OSError as e:
-        return os_error_result(e, where)
-    return EX_OK, "Delivered"
+    return _write_as_user(where, message_fd, None,
+                          lambda source: mbox.append(mailbox_fd, sender, prefix, source))
 
 
 def file_job(path: str, sender: str, prefix: bytes, message_fd: int,
              anchor_fd: int | None) -> tuple[int, str]:
     """Append to the mbox file an alias target names, as the user throughout."""
-    if os.geteuid() == 0:
-        return EX_TEMPFAIL, "refusing to deliver as root"
-    try:
-        if anchor_fd is not None:
-            os.fchdir(anchor_fd)
-        with os.fdopen(message_fd, "rb", closefd=False) as source:
-            mbox.deliver_file(path, sender, prefix, source)
-    except OSError as e:
-        return os_error_result(e, path)
-    finally:
-        if anchor_fd is not None:
-            os.chdir("/")
-    return EX_OK, "Delivered"
+    return _write_as_user(path, message_fd, anchor_fd,
+                          lambda source: mbox.deliver_file(path, sender, prefix, source))
 
 
 def command_job(job: dict[str, Any], prefix: bytes, message_fd: int) -> tuple[int, str]:
