@@ -15,7 +15,6 @@ import mailbox
 import os
 import pwd
 import smtplib
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pytest
 from postillion.config import load
 from postillion.queue.layout import TMP_SUFFIX
 from tests.e2e import inproc
+from tests.tmpfs import small_tmpfs
 from tests.sysuser import home_user
 
 QUEUE_USER = "_postillion"
@@ -223,15 +223,8 @@ def test_mbox_delivers_as_the_user_into_the_mail_spool(daemon, as_root):
 @pytest.fixture
 def full_spool(daemon):
     """A 64 KiB tmpfs as the mail spool."""
-    mount = daemon.root / "small-spool"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, f"cannot mount a tmpfs for the full-disk test: {done.stderr}"
-    try:
+    with small_tmpfs(daemon.root / "small-spool") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_a_full_disk_keeps_the_mailbox_and_the_envelope(daemon, as_root, full_spool):

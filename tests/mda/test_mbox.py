@@ -8,9 +8,10 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+
+from tests.tmpfs import small_tmpfs
 
 from postillion.mda import mbox
 
@@ -132,16 +133,8 @@ def test_spool_mailbox_is_created_for_its_user_and_must_stay_theirs(tmp_path):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 64 KiB tmpfs: writes beyond it fail with ENOSPC."""
-    assert os.geteuid() == 0, "mounting a tmpfs needs root (make test runs as root)"
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, f"cannot mount a tmpfs for the full-disk test: {done.stderr}"
-    try:
+    with small_tmpfs(tmp_path / "small") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_a_full_disk_leaves_the_mailbox_as_it_was(small_disk):
